@@ -1,0 +1,28 @@
+# The quick start: `make run` serves Chute, `make test` runs the tests.
+# Each target builds the virtualenv from the pins in pyproject.toml first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,redis]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/chute serve
+
+test: $(STAMP)
+	$(BIN)/ruff format --check chute tests bench
+	$(BIN)/ruff check chute tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/upload_bench.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from chute.api.deps import RuntimeDep
+from chute.api.schemas import ServerConfig
+
+router = APIRouter(prefix="/api", tags=["config"])
+
+
+@router.get("/config")
+def server_config(rt: RuntimeDep) -> ServerConfig:
+    s = rt.settings
+    return ServerConfig(
+        chunk_size=s.chunk_size,
+        max_chunk_bytes=s.max_chunk_bytes,
+        max_total_chunks=s.max_total_chunks,
+        max_file_bytes=s.max_file_bytes,
+        parallel_chunks=s.parallel_chunks,
+    )

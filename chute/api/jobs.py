@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
+from chute.api.schemas import JobCreate, JobPage, JobPublic
+from chute.jobs import service
+
+router = APIRouter(prefix="/api/job", tags=["jobs"])
+
+
+@router.post("", status_code=201)
+def create_job(
+    body: JobCreate, user: CurrentUser, session: SessionDep, rt: RuntimeDep
+) -> JobPublic:
+    params = body.params.model_dump(exclude_defaults=True)
+    job = service.create_job(session, user.id, body.name, body.kind, params)
+    return JobPublic.of(job, None, rt.settings.upload_expiry)
+
+
+@router.get("")
+def list_jobs(
+    user: CurrentUser,
+    session: SessionDep,
+    rt: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    rows, total = service.list_jobs(session, user.id, limit, offset)
+    expiry = rt.settings.upload_expiry
+    items = [JobPublic.of(job, upload, expiry) for job, upload in rows]
+    return JobPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> JobPublic:
+    job = service.get_owned_job(session, user.id, job_id)
+    return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> JobPublic:
+    job, discard = service.cancel_job(session, user.id, job_id)
+    if discard is not None:
+        rt.storage.abort(discard)
+    return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Response:
+    storage_id = service.delete_job(session, user.id, job_id)
+    if storage_id is not None:
+        rt.storage.abort(storage_id)
+    rt.storage.delete(service.input_key(job_id))
+    return Response(status_code=204)

@@ -1,0 +1,135 @@
+"""What the API takes and gives, one schema family per resource."""
+
+from __future__ import annotations
+
+import codecs
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chute.db.models import Job, JobStatus, Upload
+from chute.jobs.service import expires_at
+
+JOB_KINDS = ("profile",)
+
+
+class ProfileParams(BaseModel):
+    """Parameters of the `profile` kind; all optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    header: bool = True
+    encoding: str | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["profile"] = "profile"
+    params: ProfileParams = Field(default_factory=ProfileParams)
+
+
+class UploadProgress(BaseModel):
+    state: Literal["partial", "complete"]
+    file_name: str | None
+    total_chunks: int
+    chunks_received: int
+    chunk_size: int | None
+    file_size: int | None
+    bytes_received: int
+    expires_at: datetime | None
+
+
+class JobPublic(BaseModel):
+    id: int
+    name: str
+    kind: str
+    params: dict[str, Any]
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    upload: UploadProgress | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def of(cls, job: Job, upload: Upload | None, expiry_seconds: int) -> JobPublic:
+        progress = None
+        if upload is not None:
+            progress = UploadProgress(
+                state="complete" if upload.completed_at else "partial",
+                file_name=upload.file_name,
+                total_chunks=upload.total_chunks,
+                chunks_received=upload.chunks_received,
+                chunk_size=upload.chunk_size,
+                file_size=upload.file_size,
+                bytes_received=upload.bytes_received,
+                expires_at=expires_at(upload, expiry_seconds),
+            )
+        return cls(
+            id=job.id,
+            name=job.name,
+            kind=job.kind,
+            params=job.params,
+            status=job.status,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            upload=progress,
+            result=job.result,
+            error=job.error,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class LoginBody(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1000)
+
+
+class TokenAnswer(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class Me(BaseModel):
+    id: int
+    username: str
+
+
+class ChunkAnswer(BaseModel):
+    message: str
+    data_chunk_index: int
+    job_id: int
+    duplicate: bool
+
+
+class ServerConfig(BaseModel):
+    chunk_size: int
+    max_chunk_bytes: int
+    max_total_chunks: int
+    max_file_bytes: int
+    parallel_chunks: int

@@ -1,0 +1,96 @@
+"""Users, sign-in and the tokens behind bearer auth and browser sessions.
+
+A token's secret is shown to its owner once; the database keeps its SHA-256 only
+(the secret is 256 random bits, so a fast hash is enough to make a stolen table useless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chute.auth.passwords import hash_password, random_password, verify_password
+from chute.db.models import AuthToken, TokenKind, User, utcnow
+from chute.errors import ChuteError, Problem
+
+USERNAME_MAX = 100
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_username(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > USERNAME_MAX or not name.isprintable():
+        raise ValueError(f"a user name is 1 to {USERNAME_MAX} printable characters")
+    return name
+
+
+def add_user(session: Session, username: str, password: str) -> User:
+    if not password:
+        raise ValueError("the password must not be empty")
+    user = User(username=check_username(username), password_hash=hash_password(password))
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ChuteError(Problem.USER_EXISTS) from None
+    return user
+
+
+def ensure_admin(session: Session) -> str | None:
+    """Create `admin` with a random password when there is no user; return that password."""
+    if session.scalar(select(User.id).limit(1)) is not None:
+        session.rollback()
+        return None
+    password = random_password()
+    try:
+        add_user(session, "admin", password)
+    except ChuteError:  # another process created it first
+        return None
+    return password
+
+
+def authenticate(session: Session, username: str, password: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if not verify_password(user.password_hash if user else None, password) or user is None:
+        raise ChuteError(Problem.BAD_CREDENTIALS)
+    return user
+
+
+def issue_token(session: Session, user: User, kind: TokenKind, ttl: int) -> str:
+    secret = secrets.token_urlsafe(32)
+    session.add(
+        AuthToken(
+            user_id=user.id,
+            kind=kind,
+            token_hash=_digest(secret),
+            expires_at=utcnow() + timedelta(seconds=ttl),
+        )
+    )
+    session.commit()
+    return secret
+
+
+def user_for_token(session: Session, secret: str, kind: TokenKind, now: datetime) -> User | None:
+    return session.scalar(
+        select(User)
+        .join(AuthToken, AuthToken.user_id == User.id)
+        .where(
+            AuthToken.token_hash == _digest(secret),
+            AuthToken.kind == kind,
+            AuthToken.expires_at > now,
+        )
+    )
+
+
+def revoke_token(session: Session, secret: str) -> None:
+    session.execute(delete(AuthToken).where(AuthToken.token_hash == _digest(secret)))
+    session.commit()

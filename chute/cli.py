@@ -1,0 +1,126 @@
+"""The `chute` command: serve, worker, user add."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import signal
+import subprocess
+import sys
+
+from chute.config import Settings
+
+
+def _prepare(settings: Settings) -> None:
+    """Create the data dir and bring the database schema up to date."""
+    from chute.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chute.auth.service import ensure_admin
+    from chute.db.session import make_engine, make_sessionmaker
+
+    settings = Settings()
+    _prepare(settings)
+    engine = make_engine(settings.resolved_database_url)
+    with make_sessionmaker(engine)() as session:
+        password = ensure_admin(session)
+    engine.dispose()
+    if password is not None:
+        print(f"Created user 'admin' with password: {password}", flush=True)
+        print("It is shown only this once.", flush=True)
+    worker = None
+    if not args.no_worker:
+        # The embedded deployment's worker: its own process, so jobs never slow the API.
+        worker = subprocess.Popen([sys.executable, "-m", "chute", "worker"], env=os.environ.copy())
+    try:
+        uvicorn.run(
+            "chute.app:app_from_env",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers,
+            http="httptools",
+            loop="uvloop",
+            # X-Forwarded-* are trusted only behind a proxy configured to set them.
+            proxy_headers=False,
+            log_level="info",
+        )
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGINT)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from chute.jobs.worker import run_worker
+
+    settings = Settings()
+    _prepare(settings)
+    run_worker(settings, threads=args.threads)
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from chute.auth.service import add_user
+    from chute.db.session import make_engine, make_sessionmaker
+    from chute.errors import ChuteError
+
+    settings = Settings()
+    _prepare(settings)
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            print("The passwords differ.", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            add_user(session, args.name, password)
+    except (ValueError, ChuteError) as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"Created user {args.name!r}.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chute", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (and the embedded worker)")
+    serve.add_argument("--host", help="address to listen on (CHUTE_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (CHUTE_PORT)")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    serve.add_argument("--no-worker", action="store_true", help="do not start a job worker")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a job worker")
+    worker.add_argument("--threads", type=int, default=2, help="jobs run at once (default 2)")
+    worker.set_defaults(func=cmd_worker)
+
+    user = commands.add_parser("user", help="manage users")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    add = user_commands.add_parser("add", help="create a user (password from stdin if piped)")
+    add.add_argument("name")
+    add.set_defaults(func=cmd_user_add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,72 @@
+"""One settings object for the whole service, read from `CHUTE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+DEFAULT_CHUNK_SIZE = 100 * MiB
+
+
+class Settings(BaseSettings):
+    """Defaults serve the embedded deployment: everything under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="CHUTE_", extra="ignore")
+
+    data_dir: Path = Path("chute-data")
+    # Empty means "the embedded default inside data_dir"; see the resolved_* properties.
+    database_url: str = ""
+    storage_url: str = ""
+    queue_url: str = ""
+
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
+    max_chunk_bytes: int = Field(256 * MiB, ge=1)
+    max_total_chunks: int = Field(100_000, ge=1)
+    max_file_bytes: int = Field(1024 * GiB, ge=1)
+    parallel_chunks: int = Field(3, ge=1, le=32)
+    # Seconds an unfinished upload may sit without a new chunk before it is removed.
+    upload_expiry: int = Field(24 * 3600, ge=1)
+    # Seconds between two sweeps of expired uploads and lost enqueues.
+    sweep_interval: float = Field(60.0, gt=0)
+    # A queued job not claimed after this many seconds is enqueued again.
+    requeue_after: float = Field(60.0, gt=0)
+    # Upload requests one user may have in flight at once in one API process.
+    max_uploads_per_user: int = Field(16, ge=1)
+    # Chunks are refused with 507 when storing one would leave less free disk than this.
+    min_free_bytes: int = Field(1 * GiB, ge=0)
+    # Seconds a request waits for another request still sending the same chunk.
+    chunk_lock_timeout: float = Field(30.0, gt=0)
+
+    token_ttl: int = Field(24 * 3600, ge=60)
+    session_ttl: int = Field(14 * 24 * 3600, ge=60)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> Self:
+        if self.chunk_size > self.max_chunk_bytes:
+            raise ValueError("CHUTE_CHUNK_SIZE must not exceed CHUTE_MAX_CHUNK_BYTES")
+        if self.queue_url and not self.queue_url.startswith(("sqlite://", "redis://")):
+            raise ValueError("CHUTE_QUEUE_URL must start with sqlite:// or redis://")
+        if self.storage_url and not self.storage_url.startswith("file://"):
+            raise ValueError("CHUTE_STORAGE_URL must start with file://")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'chute.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve() / 'files'}"
+
+    @property
+    def resolved_queue_url(self) -> str:
+        return self.queue_url or f"sqlite:///{self.data_dir.resolve() / 'queue.db'}"

@@ -1,0 +1,69 @@
+"""Every error a client can see, in one table: a name, an HTTP status and plain words.
+
+Services raise `ChuteError(Problem.X)`; one handler in `chute.app` renders it as
+`{"detail": ...}`. Backends map their native errors into this table. Anything
+else becomes a 500 whose body carries no exception text.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class Problem(Enum):
+    # (status, message); a message may have {placeholders} filled by ChuteError.
+    NOT_AUTHENTICATED = (401, "Not signed in.")
+    BAD_CREDENTIALS = (401, "Wrong user name or password.")
+    FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
+    JOB_NOT_FOUND = (404, "Job not found.")
+    NOT_ACCEPTING_DATA = (409, "This job is not accepting data (status: {status}).")
+    UPLOAD_COMPLETE = (409, "The upload is complete and can no longer be discarded.")
+    UPLOAD_REPLACED = (409, "The upload was discarded while this chunk was being sent.")
+    TOTAL_CHUNKS_DIFFERS = (
+        409,
+        "total_chunks is {got}, but earlier chunks of this upload said {expected}.",
+    )
+    CHUNK_SIZE_DIFFERS = (409, "{what}")
+    CHUNK_CONFLICT = (409, "Chunk {index} is already stored with different bytes.")
+    CHUNK_BUSY = (409, "Chunk {index} is being sent by another request; try again shortly.")
+    JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
+    USER_EXISTS = (409, "A user with that name already exists.")
+    CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")
+    FILE_TOO_LARGE = (413, "The file is larger than the limit of {limit} bytes.")
+    INVALID_FIELD = (422, "{what}")
+    CHECKSUM_MISMATCH = (
+        422,
+        "The chunk's SHA-256 is {actual}, not the chunk_sha256 sent ({expected}).",
+    )
+    EMPTY_CHUNK = (422, "The chunk is empty.")
+    NOT_CSV = (422, "This does not look like a CSV file: {why}")
+    MALFORMED_FORM = (422, "The request body is not valid multipart/form-data: {why}")
+    TOO_MANY_UPLOADS = (429, "Too many uploads at once for this user; try again shortly.")
+    STORAGE_FULL = (507, "The server's storage is full; the chunk was discarded, send it later.")
+
+    @property
+    def status(self) -> int:
+        return int(self.value[0])
+
+    @property
+    def message(self) -> str:
+        return str(self.value[1])
+
+
+class ChuteError(Exception):
+    """An error meant for the client: its text is safe to show."""
+
+    def __init__(self, problem: Problem, **details: Any) -> None:
+        self.problem = problem
+        self.detail = problem.message.format(**details) if details else problem.message
+        super().__init__(self.detail)
+
+    @property
+    def status(self) -> int:
+        return self.problem.status
+
+
+def invalid(what: str) -> ChuteError:
+    """A 422 for a missing or malformed field, with `what` saying which and why."""
+    return ChuteError(Problem.INVALID_FIELD, what=what)

@@ -1,0 +1,36 @@
+"""The task queue: Huey, on SQLite (embedded) or Redis (scale-out), with one task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from huey import RedisHuey, SqliteHuey
+from huey.api import Huey
+
+RUN_JOB = "chute.run_job"
+
+
+def make_huey(url: str) -> Huey:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = Path(parsed.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(name="chute", filename=str(path))
+    if parsed.scheme == "redis":
+        return RedisHuey(name="chute", url=url)
+    raise ValueError(f"unsupported queue URL scheme: {parsed.scheme!r}")
+
+
+class JobQueue:
+    """Hands job ids to workers. Enqueueing twice is harmless: a worker claims a job only
+    with a conditional `queued -> running` update, so a second task finds nothing to do."""
+
+    def __init__(self, huey: Huey, run_job: Callable[[int], None]) -> None:
+        self.huey = huey
+        self._task: Any = huey.task(name=RUN_JOB)(run_job)
+
+    def enqueue(self, job_id: int) -> None:
+        self._task(job_id)

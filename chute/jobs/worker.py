@@ -1,0 +1,33 @@
+"""`chute worker`: a Huey consumer running jobs, and the sweeper beside it."""
+
+from __future__ import annotations
+
+import logging
+
+from huey.consumer import Consumer
+
+from chute.config import Settings
+from chute.jobs.sweeper import Sweeper
+from chute.runtime import build_runtime
+
+
+def run_worker(settings: Settings, threads: int = 2) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rt = build_runtime(settings)
+    sweeper = Sweeper(rt)
+    sweeper.start()
+    consumer = Consumer(
+        rt.queue.huey,
+        workers=threads,
+        worker_type="thread",
+        periodic=False,
+        # Poll the SQLite queue at least twice a second when idle (Redis blocks instead).
+        initial_delay=0.05,
+        backoff=1.5,
+        max_delay=0.5,
+    )
+    try:
+        consumer.run()
+    finally:
+        sweeper.stop()
+        rt.close()

@@ -1,0 +1,42 @@
+"""Everything a process of Chute holds: settings, database, storage and queue, built once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from chute.config import Settings
+from chute.db.session import make_engine, make_sessionmaker
+from chute.jobs.queue import JobQueue, make_huey
+from chute.storage import Storage, make_storage
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    queue: JobQueue = field(init=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    from chute.jobs.runner import run_job  # the runner needs the runtime it is part of
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        storage=make_storage(settings.resolved_storage_url),
+    )
+    runtime.queue = JobQueue(
+        make_huey(settings.resolved_queue_url), lambda job_id: run_job(runtime, job_id)
+    )
+    return runtime

@@ -1,0 +1,89 @@
+"""The storage contract, modelled on S3 multipart: begin, put part, complete, abort, open, delete.
+
+The upload service validates indexes, sizes and checksums; a backend only moves
+bytes and says when they are durable. Methods block (they do file or network
+I/O) and are called from worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class StorageFull(Exception):
+    """The backend has no room for the bytes; nothing of them is kept."""
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """A recorded part whose offset was not known when it was written (see `open_part`)."""
+
+    index: int
+    size: int
+
+
+class PartWriter(Protocol):
+    """Receives one part's bytes in order, from one thread at a time."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def commit(self) -> None:
+        """Return once every byte written is durable. Raises StorageFull."""
+
+    def abort(self) -> None:
+        """Drop what was written; safe to call after a failed write or commit."""
+
+
+class Storage(ABC):
+    @abstractmethod
+    def begin(self) -> str:
+        """Start an upload and return its id."""
+
+    @abstractmethod
+    def open_part(self, upload_id: str, index: int, offset: int | None, reserve: int) -> PartWriter:
+        """Open a writer for part `index` of an upload.
+
+        `offset` is where the part starts in the assembled file (`index * chunk_size`), or
+        None while the upload's chunk size is not known yet: the backend then keeps the part
+        aside until `complete` learns where it goes. `reserve` is the most bytes the part
+        may hold, so a backend can claim the room up front (and raise StorageFull early).
+        A committed part replaces any earlier bytes of the same index whole.
+        """
+
+    @abstractmethod
+    def complete(
+        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
+    ) -> None:
+        """Assemble the upload into the file `key` of `size` bytes. Idempotent."""
+
+    @abstractmethod
+    def abort(self, upload_id: str) -> None:
+        """Remove an unfinished upload and all its parts. Idempotent."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """Open a stored file for reading."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a stored file. Idempotent."""
+
+    def free_bytes(self) -> int | None:
+        """Room left for new bytes, when the backend can tell."""
+        return None
+
+
+@runtime_checkable
+class PartLocking(Protocol):
+    """Capability: a lock that keeps two writers of the same part from mixing their bytes.
+
+    Backends that write parts in place (local disk) need it; object stores, whose part
+    uploads replace each other whole, do not.
+    """
+
+    def lock_part(self, upload_id: str, index: int, timeout: float) -> AbstractContextManager[None]:
+        """Hold the lock of one part; raise TimeoutError if not had within `timeout` s."""

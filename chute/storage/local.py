@@ -1,0 +1,240 @@
+"""Local-disk storage: each upload is one preallocated file, written at each part's offset.
+
+Layout under the root:
+    uploads/<upload_id>/data          the assembled file, parts written in place
+    uploads/<upload_id>/part-<i>      a part kept aside until the chunk size is known
+    uploads/<upload_id>/locks         byte i locked while part i is being written
+    objects/<key>                     completed files: `data` renamed here
+
+Completing an upload is a rename, not a copy (plus a copy of the rare parts kept aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from chute.storage.base import PartLocking, PartWriter, StagedPart, Storage, StorageFull
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+# Start writeback of what was written every so often, so the fdatasync at the end of a
+# part only waits for the tail instead of the whole part.
+_WRITEBACK_EVERY = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+_sync_file_range: Any = None
+try:
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+except (OSError, AttributeError):  # not Linux: the final fdatasync does all the work
+    _sync_file_range = None
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _map_no_space() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise StorageFull(str(exc)) from exc
+        raise
+
+
+class _FileRangeWriter:
+    """Writes a part into `fd` from `start`, starting writeback as it goes."""
+
+    def __init__(self, fd: int, start: int, on_commit: Path | None, final: Path | None) -> None:
+        self._fd = fd
+        self._start = start
+        self._pos = start
+        self._synced = start
+        # For a part kept aside: the temporary file and the name it takes once durable.
+        self._tmp = on_commit
+        self._final = final
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        with _map_no_space():
+            while view:
+                n = os.pwrite(self._fd, view, self._pos)
+                self._pos += n
+                view = view[n:]
+        if self._pos - self._synced >= _WRITEBACK_EVERY:
+            _start_writeback(self._fd, self._synced, self._pos - self._synced)
+            self._synced = self._pos
+
+    def commit(self) -> None:
+        with _map_no_space():
+            if self._tmp is not None and self._final is not None:
+                os.ftruncate(self._fd, self._pos - self._start)
+                os.fdatasync(self._fd)
+                os.replace(self._tmp, self._final)
+                _fsync_dir(self._final.parent)
+            else:
+                os.fdatasync(self._fd)
+        self._close()
+
+    def abort(self) -> None:
+        self._close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalStorage(Storage, PartLocking):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise ValueError("bad upload id")
+        return self.root / "uploads" / upload_id
+
+    def _object(self, key: str) -> Path:
+        path = (self.root / "objects" / key).resolve()
+        if not path.is_relative_to((self.root / "objects").resolve()):
+            raise ValueError("bad key")
+        return path
+
+    def begin(self) -> str:
+        upload_id = secrets.token_hex(16)
+        directory = self._upload_dir(upload_id)
+        directory.mkdir(parents=True)
+        for name in ("data", "locks"):
+            (directory / name).touch()
+        _fsync_dir(directory)
+        _fsync_dir(directory.parent)
+        return upload_id
+
+    def open_part(self, upload_id: str, index: int, offset: int | None, reserve: int) -> PartWriter:
+        directory = self._upload_dir(upload_id)
+        if offset is None:
+            # A fresh temporary name: bytes of a request that dies never look like a part.
+            tmp = directory / f"part-{index}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            writer = _FileRangeWriter(fd, 0, tmp, directory / f"part-{index}")
+            start = 0
+        else:
+            # O_CREAT is left out on purpose: an aborted upload's directory is gone, and
+            # a late request must fail rather than bring a stray file back.
+            fd = os.open(directory / "data", os.O_WRONLY)
+            writer = _FileRangeWriter(fd, offset, None, None)
+            start = offset
+        try:
+            with _map_no_space():
+                if reserve > 0:
+                    os.posix_fallocate(fd, start, reserve)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def complete(
+        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
+    ) -> None:
+        directory = self._upload_dir(upload_id)
+        final = self._object(key)
+        if not directory.exists():
+            if final.exists():
+                return  # completed before
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
+        data = directory / "data"
+        with _map_no_space():
+            fd = os.open(data, os.O_WRONLY)
+            try:
+                for part in staged:
+                    _copy_into(directory / f"part-{part.index}", fd, part.index * chunk_size)
+                os.ftruncate(fd, size)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(data, final)
+            _fsync_dir(final.parent)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def abort(self, upload_id: str) -> None:
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    def open(self, key: str) -> BinaryIO:
+        return self._object(key).open("rb")
+
+    def path(self, key: str) -> Path:
+        """Where a stored file is on disk (for readers that want a path, like DuckDB)."""
+        return self._object(key)
+
+    def delete(self, key: str) -> None:
+        self._object(key).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    @contextlib.contextmanager
+    def lock_part(self, upload_id: str, index: int, timeout: float) -> Iterator[None]:
+        # An open-file-description lock on byte `index`: it excludes other requests of
+        # this process as well as of other processes, and the kernel drops it when its
+        # holder dies, so a killed request never leaves a part locked.
+        fd = os.open(self._upload_dir(upload_id) / "locks", os.O_RDWR)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _try_lock(fd, index, fcntl.F_WRLCK):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"part {index} is locked")
+                time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _try_lock(fd: int, index: int, kind: int) -> bool:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding.
+    request = struct.pack("hhqqii", kind, os.SEEK_SET, index, 1, 0, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _copy_into(source: Path, fd: int, offset: int) -> None:
+    with source.open("rb") as src:
+        remaining = os.fstat(src.fileno()).st_size
+        position = 0
+        while remaining:
+            n = os.copy_file_range(src.fileno(), fd, remaining, position, offset + position)
+            if n == 0:
+                raise OSError(errno.EIO, f"short copy from {source}")
+            position += n
+            remaining -= n

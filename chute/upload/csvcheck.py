@@ -1,0 +1,103 @@
+"""The check of chunk 0: is this the start of a CSV file at all?
+
+Run on the bytes as they stream in, so a wrong file fails in its first seconds,
+not after 20 GB. It looks for NUL bytes in the whole chunk and, in its first
+64 KiB, for text in the declared (or sniffed) encoding and a header line.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+from chute.errors import ChuteError, Problem
+
+HEAD_BYTES = 64 * 1024
+# Bytes that start files people pick by mistake instead of their CSV.
+_MAGIC = {
+    b"\x1f\x8b": "it is gzip-compressed",
+    b"PK\x03\x04": "it is a ZIP archive (an .xlsx workbook is one)",
+    b"%PDF": "it is a PDF document",
+    b"PAR1": "it is a Parquet file",
+}
+_BOMS = [
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+]
+_CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r", "\f", "\v"}
+
+
+def not_csv(why: str) -> ChuteError:
+    return ChuteError(Problem.NOT_CSV, why=why)
+
+
+class CsvStartCheck:
+    """Feed it chunk 0's bytes in order, then call `finish`. Raises ChuteError (422)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.encoding: str | None = params.get("encoding")
+        self.expect_header: bool = params.get("header", True) is not False
+        self._head = bytearray()
+        self._nul_ok = False
+        self._decided = False
+
+    def feed(self, data: bytes | bytearray) -> None:
+        if len(self._head) < HEAD_BYTES:
+            self._head += data[: HEAD_BYTES - len(self._head)]
+            if not self._decided and len(self._head) >= 4:
+                self._decide_encoding()
+        if not self._nul_ok and b"\x00" in data:
+            raise not_csv("it contains NUL bytes, so it is binary, not text")
+
+    def _decide_encoding(self) -> None:
+        self._decided = True
+        head = bytes(self._head)
+        for magic, why in _MAGIC.items():
+            if head.startswith(magic):
+                raise not_csv(why)
+        if self.encoding is None:
+            for bom, name in _BOMS:
+                if head.startswith(bom):
+                    self.encoding = name
+                    break
+        # UTF-16 and UTF-32 text is full of NUL bytes.
+        self._nul_ok = self.encoding is not None and self.encoding.replace("-", "").lower()[:5] in (
+            "utf16",
+            "utf32",
+        )
+
+    def finish(self, whole_file: bool) -> None:
+        """`whole_file`: chunk 0 is also the last, so the head may end anywhere."""
+        if not self._decided:
+            self._decide_encoding()
+        text = self._decode(whole_file)
+        if not self.expect_header:
+            return
+        line, newline, _ = text.partition("\n")
+        if not newline and not whole_file and len(self._head) >= HEAD_BYTES:
+            raise not_csv(f"no line ends within the first {HEAD_BYTES // 1024} KiB")
+        if not line.strip().lstrip("\ufeff"):
+            raise not_csv("the first line, where the header belongs, is empty")
+
+    def _decode(self, whole_file: bool) -> str:
+        head = bytes(self._head)
+        final = whole_file and len(head) < HEAD_BYTES
+        if self.encoding is not None:
+            try:
+                return codecs.getincrementaldecoder(self.encoding)().decode(head, final)
+            except UnicodeDecodeError:
+                raise not_csv(f"it is not valid {self.encoding} text") from None
+            except LookupError:
+                raise not_csv(f"the encoding {self.encoding!r} is unknown") from None
+        try:
+            return codecs.getincrementaldecoder("utf-8")().decode(head, final)
+        except UnicodeDecodeError:
+            pass
+        # Not UTF-8: take it as a single-byte encoding if it reads as text.
+        text = head.decode("latin-1")
+        if any(ch in _CONTROL for ch in text):
+            raise not_csv("it is neither UTF-8 nor single-byte text")
+        return text

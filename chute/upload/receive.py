@@ -1,0 +1,352 @@
+"""Taking one chunk request: from the request stream to durable storage, then the record.
+
+The file part's bytes go to storage as they arrive. A worker thread hashes and writes
+each 1 MiB batch while the event loop receives the next one, so parsing, hashing and
+disk writes overlap, and no more than two batches of a chunk are ever in memory.
+
+Order of a request, and why:
+1. fields checked, upload opened (a short transaction);
+2. the part's lock taken, so no other request writes the same index meanwhile;
+3. bytes hashed and written (or only hashed, for an index already recorded);
+4. checks that need every byte (size, checksum, CSV start), then fdatasync;
+5. the chunk recorded, which may complete the upload and queue the job;
+6. lock released; the queue told about a completed upload.
+Anything that fails before step 5 leaves nothing recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chute.errors import ChuteError, Problem, invalid
+from chute.runtime import Runtime
+from chute.storage import PartLocking, PartWriter, StorageFull
+from chute.upload import service
+from chute.upload.csvcheck import CsvStartCheck
+from chute.upload.form import Field, FileData, FileEnd, FileStart, iter_form
+from chute.upload.protocol import ChunkRequest, add_field, has_position, parse_chunk_request
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BATCH = 1024 * 1024
+# Room for the form fields and part headers around a chunk's bytes.
+FORM_OVERHEAD = 64 * 1024
+
+MESSAGE_STORED = "Data chunk uploaded successfully"
+MESSAGE_COMPLETE = "Data uploaded successfully and job started"
+
+
+class Body:
+    """The request body, read once; what is left can be drained before an error answer."""
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream
+        self.exhausted = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._stream:
+            yield piece
+        self.exhausted = True
+
+    async def drain(self, limit: int) -> None:
+        """Read and drop up to `limit` bytes, so the client is not cut off mid-send and
+        sees the answer. A longer body is left unread: the connection will close."""
+        if self.exhausted:
+            return
+        seen = 0
+        with contextlib.suppress(Exception):
+            async for piece in self._stream:
+                seen += len(piece)
+                if seen > limit:
+                    return
+            self.exhausted = True
+
+
+class UploadSlots:
+    """How many upload requests each user has in flight in this process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight: dict[int, int] = {}
+
+    @contextlib.contextmanager
+    def take(self, user_id: int) -> Iterator[None]:
+        if self._in_flight.get(user_id, 0) >= self.limit:
+            raise ChuteError(Problem.TOO_MANY_UPLOADS)
+        self._in_flight[user_id] = self._in_flight.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[user_id] -= 1
+            if not self._in_flight[user_id]:
+                del self._in_flight[user_id]
+
+
+class _Pipeline:
+    """Runs in a worker thread, one batch at a time, in order: count, hash, check, write."""
+
+    def __init__(
+        self,
+        limit: int,
+        over_limit: ChuteError,
+        writer: PartWriter | Any | None,
+        check: CsvStartCheck | None,
+    ) -> None:
+        self.limit = limit
+        self.over_limit = over_limit
+        self.writer = writer
+        self.check = check
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def process(self, data: bytearray) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise self.over_limit
+        self.hash.update(data)
+        if self.check is not None:
+            self.check.feed(data)
+        if self.writer is not None:
+            try:
+                self.writer.write(data)
+            except StorageFull:
+                raise ChuteError(Problem.STORAGE_FULL) from None
+
+
+async def _pump(source: AsyncIterator[bytes], pipeline: _Pipeline, executor: Executor) -> None:
+    """Feed `source` to the pipeline in batches, one batch in the thread while the next fills."""
+    loop = asyncio.get_running_loop()
+    buffers = [bytearray(), bytearray()]
+    current = 0
+    pending: asyncio.Future[None] | None = None
+    try:
+        async for piece in source:
+            buffer = buffers[current]
+            buffer += piece
+            if len(buffer) >= BATCH:
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(executor, pipeline.process, buffer)
+                current ^= 1
+                # The other buffer's batch was awaited above, so it is free to reuse.
+                buffers[current].clear()
+        if pending is not None:
+            await pending
+            pending = None
+        if buffers[current]:
+            await loop.run_in_executor(executor, pipeline.process, buffers[current])
+    finally:
+        if pending is not None:
+            # Never leave a thread writing to a part that the caller is about to abort.
+            await asyncio.wait([pending])
+
+
+async def _file_bytes(events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async for event in events:
+        if isinstance(event, FileData):
+            yield event.data
+        elif isinstance(event, FileEnd):
+            return
+    raise ChuteError(Problem.MALFORMED_FORM, why="the file part has no end")
+
+
+class _SpoolWriter:
+    """The file part, kept in a temporary file until the fields after it say where it goes."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="spool-", dir=directory)
+        self.fd = fd
+        self.path = Path(name)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+async def _read_file(path: Path, executor: Executor) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    with path.open("rb", buffering=0) as f:
+        while block := await loop.run_in_executor(executor, f.read, BATCH):
+            yield block
+
+
+@dataclass
+class _Stored:
+    request: ChunkRequest
+    plan: service.ChunkPlan
+    pipeline: _Pipeline
+    writer: PartWriter | None
+
+
+class ChunkReceiver:
+    """One upload-data request. Use `receive`; it returns the answer's JSON."""
+
+    def __init__(
+        self, rt: Runtime, executor: Executor, slots: UploadSlots, user_id: int, job_id: int
+    ) -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.executor = executor
+        self.slots = slots
+        self.user_id = user_id
+        self.job_id = job_id
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
+
+    def _in_session(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.rt.sessions() as session:
+            return fn(session, *args)
+
+    async def receive(
+        self, content_type: str | None, content_length: int | None, body: Body
+    ) -> dict[str, Any]:
+        limit = self.settings.max_chunk_bytes + FORM_OVERHEAD
+        if content_length is not None and content_length > limit:
+            raise ChuteError(Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes)
+        try:
+            with self.slots.take(self.user_id):
+                return await self._receive(content_type, body)
+        except ChuteError:
+            await body.drain(limit)
+            raise
+
+    async def _receive(self, content_type: str | None, body: Body) -> dict[str, Any]:
+        fields: dict[str, str] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            stored: _Stored | None = None
+            spool: _SpoolWriter | None = None
+            file_name: str | None = None
+            events = iter_form(content_type, aiter(body))
+            async for event in events:
+                if isinstance(event, Field):
+                    add_field(fields, event.name, event.value)
+                elif isinstance(event, FileStart):
+                    if event.name != "file" or file_name is not None:
+                        raise invalid("send one file part, named 'file'")
+                    file_name = event.filename
+                    if has_position(fields):
+                        request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
+                        stored = await self._store(stack, request, _file_bytes(events))
+                    else:
+                        # The seed's sample sends the file before the fields: keep the
+                        # bytes aside until the fields say where they go.
+                        spool = _SpoolWriter(self.settings.data_dir / "tmp")
+                        stack.callback(spool.close)
+                        await _pump(
+                            _file_bytes(events),
+                            _Pipeline(
+                                self.settings.max_chunk_bytes,
+                                ChuteError(
+                                    Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes
+                                ),
+                                spool,
+                                None,
+                            ),
+                            self.executor,
+                        )
+            if file_name is None:
+                raise invalid("the field file is missing")
+            request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
+            if stored is None:
+                assert spool is not None
+                stored = await self._store(stack, request, _read_file(spool.path, self.executor))
+            elif request != stored.request:
+                raise invalid("fields after the file part contradict those before it")
+            return await self._finish(stored, request)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _store(
+        self, stack: contextlib.AsyncExitStack, request: ChunkRequest, source: AsyncIterator[bytes]
+    ) -> _Stored:
+        """Steps 1 to 3: open the upload, lock the part, stream its bytes."""
+        plan = await self._run(
+            self._in_session, service.open_upload, self.rt.storage, self.settings, self.user_id,
+            request,
+        )  # fmt: skip
+        storage = self.rt.storage
+        writer: PartWriter | None = None
+        if not plan.complete:
+            if isinstance(storage, PartLocking):
+                lock = storage.lock_part(
+                    plan.storage_id, request.index, self.settings.chunk_lock_timeout
+                )
+                try:
+                    await self._run(lock.__enter__)
+                except TimeoutError:
+                    raise ChuteError(Problem.CHUNK_BUSY, index=request.index) from None
+                except FileNotFoundError:
+                    raise ChuteError(Problem.UPLOAD_REPLACED) from None
+                stack.push_async_exit(lambda *exc: self._run(lock.__exit__, None, None, None))
+            if not await self._run(self._in_session, service.is_recorded, request):
+                writer = await self._open_writer(plan, request)
+                stack.callback(writer.abort)
+        check = CsvStartCheck(plan.params) if request.index == 0 and writer is not None else None
+        pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check)
+        await _pump(source, pipeline, self.executor)
+        return _Stored(request, plan, pipeline, writer)
+
+    async def _open_writer(self, plan: service.ChunkPlan, request: ChunkRequest) -> PartWriter:
+        storage = self.rt.storage
+        free = await self._run(storage.free_bytes)
+        if free is not None and free - plan.limit < self.settings.min_free_bytes:
+            raise ChuteError(Problem.STORAGE_FULL)
+        try:
+            return await self._run(
+                storage.open_part, plan.storage_id, request.index, plan.offset, plan.limit
+            )
+        except StorageFull:
+            raise ChuteError(Problem.STORAGE_FULL) from None
+        except FileNotFoundError:
+            raise ChuteError(Problem.UPLOAD_REPLACED) from None
+
+    async def _finish(self, stored: _Stored, request: ChunkRequest) -> dict[str, Any]:
+        """Steps 4 to 6: whole-chunk checks, durability, the record, the queue."""
+        pipeline = stored.pipeline
+        if pipeline.size == 0:
+            raise ChuteError(Problem.EMPTY_CHUNK)
+        sha = pipeline.hash.hexdigest()
+        if request.sha256 is not None and request.sha256 != sha:
+            raise ChuteError(Problem.CHECKSUM_MISMATCH, actual=sha, expected=request.sha256)
+        if pipeline.check is not None:
+            pipeline.check.finish(whole_file=request.total_chunks == 1)
+        if stored.writer is not None:
+            try:
+                await self._run(stored.writer.commit)
+            except StorageFull:
+                raise ChuteError(Problem.STORAGE_FULL) from None
+        recorded = await self._run(
+            self._in_session, service.record_chunk, self.user_id, request,
+            stored.plan.storage_id, pipeline.size, sha, stored.plan.offset is not None,
+        )  # fmt: skip
+        if recorded.completed_now:
+            try:
+                await self._run(self.rt.queue.enqueue, self.job_id)
+            except Exception:
+                # The job is queued in the database; the sweeper enqueues it again.
+                log.exception("could not enqueue job %s", self.job_id)
+        return {
+            "message": MESSAGE_COMPLETE if recorded.upload_complete else MESSAGE_STORED,
+            "data_chunk_index": request.index,
+            "job_id": self.job_id,
+            "duplicate": recorded.duplicate,
+        }

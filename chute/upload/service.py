@@ -1,0 +1,311 @@
+"""The rules of an upload, kept in the database: opening, recording, completing, discarding.
+
+Each function is one short transaction. The upload row is locked (`FOR UPDATE`; on
+SQLite every transaction takes the write lock up front) before it is read, so two
+chunks recorded at once see each other and exactly one of them completes the set.
+No transaction is ever held open while chunk bytes stream in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chute.config import Settings
+from chute.db.models import Chunk, Job, JobStatus, Upload, utcnow
+from chute.errors import ChuteError, Problem
+from chute.jobs.service import get_owned_job, transition
+from chute.storage import StagedPart, Storage
+from chute.upload.protocol import ChunkRequest
+
+COMPLETE_STATUSES = {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED}
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What the receiver needs to take a chunk's bytes."""
+
+    storage_id: str
+    # Where the chunk starts in the file, or None while the chunk size is unknown.
+    offset: int | None
+    # Most bytes the chunk may have; `over_limit` is raised past it.
+    limit: int
+    over_limit: ChuteError
+    # The upload is complete: the chunk can only be a re-send, compared and never written.
+    complete: bool
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    duplicate: bool  # the same bytes were already recorded
+    upload_complete: bool  # the set is complete (now or before)
+    completed_now: bool  # this request's commit completed it: queue the job
+
+
+def _size_conflict(what: str) -> ChuteError:
+    return ChuteError(Problem.CHUNK_SIZE_DIFFERS, what=what)
+
+
+def _staged_last_size(session: Session, upload: Upload) -> int | None:
+    return session.scalar(
+        select(Chunk.size).where(
+            Chunk.job_id == upload.job_id, Chunk.index == upload.total_chunks - 1
+        )
+    )
+
+
+def _fix_chunk_size(session: Session, upload: Upload, chunk_size: int) -> None:
+    """Set the upload's chunk size, once, checking what is already recorded against it."""
+    last = _staged_last_size(session, upload)
+    if last is not None and last > chunk_size:
+        raise _size_conflict(
+            f"chunk_size {chunk_size} is smaller than the last chunk already stored ({last} bytes)"
+        )
+    _check_file_size(upload.file_size, chunk_size, upload.total_chunks)
+    upload.chunk_size = chunk_size
+
+
+def _check_file_size(file_size: int | None, chunk_size: int | None, total: int) -> None:
+    if file_size is None or chunk_size is None:
+        return
+    expected = -(-file_size // chunk_size)
+    if expected != total:
+        raise _size_conflict(
+            f"a file of {file_size} bytes in chunks of {chunk_size} bytes has {expected} chunks, "
+            f"not total_chunks {total}"
+        )
+
+
+def _check_against_upload(upload: Upload, req: ChunkRequest) -> None:
+    if req.total_chunks != upload.total_chunks:
+        raise ChuteError(
+            Problem.TOTAL_CHUNKS_DIFFERS, got=req.total_chunks, expected=upload.total_chunks
+        )
+    if req.chunk_size is not None and upload.chunk_size not in (None, req.chunk_size):
+        raise _size_conflict(
+            f"chunk_size is {req.chunk_size}, but this upload's chunk size is {upload.chunk_size}"
+        )
+    if req.file_size is not None and upload.file_size not in (None, req.file_size):
+        raise _size_conflict(
+            f"file_size is {req.file_size}, but earlier chunks said {upload.file_size}"
+        )
+
+
+def _expected_size(upload: Upload, index: int) -> tuple[int | None, int | None]:
+    """(exact size, most bytes) of chunk `index`, as far as the upload knows them."""
+    cs = upload.chunk_size
+    if cs is None:
+        return None, None
+    if index < upload.total_chunks - 1:
+        return cs, cs
+    if upload.file_size is not None:
+        last = upload.file_size - (upload.total_chunks - 1) * cs
+        return last, last
+    return None, cs
+
+
+def open_upload(
+    session: Session, storage: Storage, settings: Settings, user_id: int, req: ChunkRequest
+) -> ChunkPlan:
+    """Check a chunk's fields against its job and upload, creating the upload if needed."""
+    job = get_owned_job(session, user_id, req.job_id, lock=True)
+    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
+    if upload is not None and upload.completed_at is not None:
+        _check_against_upload(upload, req)
+        session.commit()
+        return ChunkPlan(
+            upload.storage_id, None, settings.max_chunk_bytes,
+            ChuteError(Problem.CHUNK_TOO_LARGE, limit=settings.max_chunk_bytes), True, job.params,
+        )  # fmt: skip
+    if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
+        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
+    if upload is None:
+        upload = _create_upload(session, storage, job, req)
+    _check_against_upload(upload, req)
+    if req.file_size is not None and upload.file_size is None:
+        _check_file_size(req.file_size, upload.chunk_size, upload.total_chunks)
+        upload.file_size = req.file_size
+    if req.chunk_size is not None and upload.chunk_size is None:
+        _fix_chunk_size(session, upload, req.chunk_size)
+    if upload.chunk_size is not None and upload.chunk_size * (req.total_chunks - 1) >= (
+        settings.max_file_bytes
+    ):
+        raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
+    exact, most = _expected_size(upload, req.index)
+    plan = ChunkPlan(
+        storage_id=upload.storage_id,
+        offset=None if upload.chunk_size is None else req.index * upload.chunk_size,
+        limit=most if most is not None else settings.max_chunk_bytes,
+        over_limit=(
+            ChuteError(Problem.CHUNK_TOO_LARGE, limit=settings.max_chunk_bytes)
+            if most is None
+            else _size_conflict(
+                f"chunk {req.index} is larger than the {exact or most} bytes it must have "
+                f"in this upload (chunk size {upload.chunk_size})"
+            )
+        ),
+        complete=False,
+        params=job.params,
+    )
+    session.commit()
+    return plan
+
+
+def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkRequest) -> Upload:
+    _check_file_size(req.file_size, req.chunk_size, req.total_chunks)
+    storage_id = storage.begin()
+    upload = Upload(
+        job_id=job.id,
+        storage_id=storage_id,
+        file_name=req.file_name,
+        total_chunks=req.total_chunks,
+        chunk_size=req.chunk_size,
+        file_size=req.file_size,
+    )
+    session.add(upload)
+    transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
+    try:
+        session.flush()
+    except IntegrityError:
+        storage.abort(storage_id)
+        raise
+    return upload
+
+
+def record_chunk(
+    session: Session,
+    user_id: int,
+    req: ChunkRequest,
+    storage_id: str,
+    size: int,
+    sha256: str,
+    placed: bool,
+) -> Recorded:
+    """Record a chunk whose bytes are durably stored; complete the upload if it is the last.
+
+    The job moves to `queued` in this same transaction when the set becomes complete,
+    and only the transaction that moves it reports `completed_now`.
+    """
+    job = get_owned_job(session, user_id, req.job_id, lock=True)
+    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
+    if upload is None or upload.storage_id != storage_id:
+        raise ChuteError(Problem.UPLOAD_REPLACED)
+    existing = session.get(Chunk, (job.id, req.index))
+    if existing is not None:
+        if existing.sha256 != sha256:
+            raise ChuteError(Problem.CHUNK_CONFLICT, index=req.index)
+        session.commit()
+        return Recorded(True, upload.completed_at is not None, False)
+    if job.status != JobStatus.UPLOADING:
+        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
+    _check_against_upload(upload, req)
+    if not req.is_last and upload.chunk_size is None:
+        _fix_chunk_size(session, upload, size)
+    exact, most = _expected_size(upload, req.index)
+    if exact is not None and size != exact:
+        raise _size_conflict(
+            f"chunk {req.index} has {size} bytes, but it must have {exact} in this upload "
+            f"(chunk size {upload.chunk_size}; only the last chunk may be smaller)"
+        )
+    if most is not None and size > most:
+        raise _size_conflict(
+            f"the last chunk has {size} bytes, more than the chunk size {upload.chunk_size}"
+        )
+    now = utcnow()
+    session.add(Chunk(job_id=job.id, index=req.index, size=size, sha256=sha256, placed=placed))
+    upload.chunks_received += 1
+    upload.bytes_received += size
+    upload.touched_at = now
+    completed_now = False
+    if upload.chunks_received == upload.total_chunks:
+        completed_now = transition(
+            session, job.id, [JobStatus.UPLOADING], JobStatus.QUEUED, queued_at=now
+        )
+        if completed_now:
+            upload.completed_at = now
+    session.commit()
+    return Recorded(False, completed_now, completed_now)
+
+
+def is_recorded(session: Session, req: ChunkRequest) -> bool:
+    return session.get(Chunk, (req.job_id, req.index)) is not None
+
+
+def upload_status(
+    session: Session, user_id: int, job_id: int, expiry_seconds: int
+) -> dict[str, Any]:
+    job = get_owned_job(session, user_id, job_id)
+    upload = session.get(Upload, job.id)
+    answer: dict[str, Any] = {
+        "job_id": job.id,
+        "state": "empty",
+        "total_chunks": None,
+        "chunk_size": None,
+        "file_size": None,
+        "bytes_received": 0,
+        "chunks": [],
+    }
+    if upload is None:
+        return answer
+    chunks = session.scalars(
+        select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.index)
+    ).all()
+    answer.update(
+        state="complete" if upload.completed_at is not None else "partial",
+        total_chunks=upload.total_chunks,
+        chunk_size=upload.chunk_size,
+        file_size=upload.file_size,
+        bytes_received=upload.bytes_received,
+        chunks=[{"index": c.index, "size": c.size, "sha256": c.sha256} for c in chunks],
+    )
+    if upload.completed_at is None:
+        answer["expires_at"] = upload.touched_at + timedelta(seconds=expiry_seconds)
+    return answer
+
+
+def discard_upload(session: Session, user_id: int, job_id: int) -> str | None:
+    """Forget an unfinished upload; return its storage id for the caller to remove."""
+    job = get_owned_job(session, user_id, job_id, lock=True)
+    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
+    if upload is None:
+        session.commit()
+        return None
+    if upload.completed_at is not None:
+        raise ChuteError(Problem.UPLOAD_COMPLETE)
+    storage_id = upload.storage_id
+    session.delete(upload)
+    transition(session, job.id, [JobStatus.UPLOADING], JobStatus.AWAITING_UPLOAD)
+    session.commit()
+    return storage_id
+
+
+def staged_parts(session: Session, job_id: int) -> list[StagedPart]:
+    rows = session.scalars(
+        select(Chunk).where(Chunk.job_id == job_id, Chunk.placed.is_(False)).order_by(Chunk.index)
+    ).all()
+    return [StagedPart(c.index, c.size) for c in rows]
+
+
+def expire_uploads(session: Session, now: datetime, max_age: int) -> list[str]:
+    """Mark jobs whose upload sat unfinished too long `upload_expired`; return storage ids."""
+    stale = session.scalars(
+        select(Upload)
+        .where(Upload.completed_at.is_(None), Upload.touched_at < now - timedelta(seconds=max_age))
+        .with_for_update(skip_locked=True)
+    ).all()
+    removed = []
+    for upload in stale:
+        if transition(
+            session, upload.job_id, [JobStatus.UPLOADING], JobStatus.UPLOAD_EXPIRED, finished_at=now
+        ):
+            removed.append(upload.storage_id)
+            session.execute(delete(Chunk).where(Chunk.job_id == upload.job_id))
+            session.delete(upload)
+    session.commit()
+    return removed
