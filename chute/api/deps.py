@@ -7,6 +7,7 @@ any route touches the request body.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -14,7 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from chute.auth.service import user_for_token
-from chute.db.models import TokenKind, User, utcnow
+from chute.db.models import TokenKind, utcnow
 from chute.errors import ChuteError, Problem
 from chute.runtime import Runtime
 
@@ -56,7 +57,15 @@ def _same_origin(request: Request) -> bool:
     return host is not None and claimed.lower() == f"{request.url.scheme}://{host}".lower()
 
 
-def current_user(request: Request, rt: RuntimeDep) -> User:
+@dataclass(frozen=True)
+class Principal:
+    """Who sent the request."""
+
+    id: int
+    username: str
+
+
+def current_user(request: Request, rt: RuntimeDep) -> Principal:
     token = bearer_token(request)
     kind = TokenKind.BEARER
     if token is None:
@@ -68,16 +77,16 @@ def current_user(request: Request, rt: RuntimeDep) -> User:
     # transaction open while a chunk streams in.
     with rt.sessions() as session:
         user = user_for_token(session, token, kind, utcnow())
-        session.rollback()
-    if user is None:
-        raise ChuteError(Problem.NOT_AUTHENTICATED)
+        if user is None:
+            raise ChuteError(Problem.NOT_AUTHENTICATED)
+        principal = Principal(user.id, user.username)
     if (
         kind is TokenKind.SESSION
         and request.method not in SAFE_METHODS
         and not _same_origin(request)
     ):
         raise ChuteError(Problem.FOREIGN_ORIGIN)
-    return user
+    return principal
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
+CurrentUser = Annotated[Principal, Depends(current_user)]
