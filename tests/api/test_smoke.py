@@ -1,0 +1,15 @@
+from tests.conftest import Client
+from tests.factories import csv_bytes, sha256, split
+
+
+def test_upload_in_order_assembles_the_file_and_runs_the_job(client: Client) -> None:
+    data = csv_bytes(50_000)
+    chunks = split(data, 256 * 1024)
+    job_id = client.new_job()
+    answers = [client.send_chunk(job_id, i, len(chunks), c) for i, c in enumerate(chunks)]
+    assert [a.status_code for a in answers] == [200] * len(chunks)
+    assert answers[-1].json()["message"] == "Data uploaded successfully and job started"
+    assert {a.json()["message"] for a in answers[:-1]} == {"Data chunk uploaded successfully"}
+    job = client.wait_for(job_id, "succeeded", "failed")
+    assert job["status"] == "succeeded"
+    assert job["result"] == {"size": len(data), "sha256": sha256(data)}

@@ -1,0 +1,27 @@
+"""Builders for test data: CSV bytes, chunk form fields."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def csv_bytes(rows: int, seed: int = 0) -> bytes:
+    lines = [b"id,name,amount\n"]
+    lines += [f"{i},name-{seed}-{i},{i * 7 % 1000}.{i % 100:02d}\n".encode() for i in range(rows)]
+    return b"".join(lines)
+
+
+def split(data: bytes, chunk_size: int) -> list[bytes]:
+    return [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunk_fields(index: int, total: int, data: bytes | None = None, **extra: object) -> dict[str, str]:
+    fields = {"chunk_index": str(index), "total_chunks": str(total)}
+    if data is not None:
+        fields["chunk_sha256"] = sha256(data)
+    fields.update({k: str(v) for k, v in extra.items()})
+    return fields
