@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from chute.api import auth, config, jobs, uploads
 from chute.config import Settings
@@ -57,6 +58,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Nobody reads this answer; what the request had sent is already dropped.
+        log.info("client disconnected mid-request")
+        return JSONResponse({"detail": "The client went away mid-request."}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

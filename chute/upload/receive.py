@@ -27,7 +27,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from chute.errors import ChuteError, Problem, invalid
 from chute.runtime import Runtime
@@ -94,6 +94,10 @@ class UploadSlots:
                 del self._in_flight[user_id]
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
 class _Pipeline:
     """Runs in a worker thread, one batch at a time, in order: count, hash, check, write."""
 
@@ -101,7 +105,7 @@ class _Pipeline:
         self,
         limit: int,
         over_limit: ChuteError,
-        writer: PartWriter | Any | None,
+        writer: _Sink | None,
         check: CsvStartCheck | None,
     ) -> None:
         self.limit = limit
@@ -270,7 +274,10 @@ class ChunkReceiver:
             if stored is None:
                 assert spool is not None
                 stored = await self._store(stack, request, _read_file(spool.path, self.executor))
-            elif request != stored.request:
+            elif (request.index, request.total_chunks) != (
+                stored.request.index,
+                stored.request.total_chunks,
+            ):
                 raise invalid("fields after the file part contradict those before it")
             return await self._finish(stored, request)
         raise AssertionError("unreachable")  # pragma: no cover
