@@ -9,7 +9,23 @@ import signal
 import subprocess
 import sys
 
+from pydantic import ValidationError
+
 from chute.config import Settings
+
+
+def _settings() -> Settings:
+    """The settings from the environment, or an exit with plain words saying what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = "_".join(str(part) for part in error["loc"]).upper()
+            where = f"CHUTE_{field}: " if field else ""
+            # The value itself is not echoed: a database URL may hold a password.
+            lines.append(f"  {where}{error['msg'].removeprefix('Value error, ')}")
+        raise SystemExit("chute: the configuration is not valid:\n" + "\n".join(lines)) from None
 
 
 def _prepare(settings: Settings) -> None:
@@ -20,13 +36,11 @@ def _prepare(settings: Settings) -> None:
     upgrade(settings.resolved_database_url)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def cmd_migrate(args: argparse.Namespace) -> int:
     from chute.auth.service import ensure_admin
     from chute.db.session import make_engine, make_sessionmaker
 
-    settings = Settings()
+    settings = _settings()
     _prepare(settings)
     engine = make_engine(settings.resolved_database_url)
     with make_sessionmaker(engine)() as session:
@@ -35,6 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if password is not None:
         print(f"Created user 'admin' with password: {password}", flush=True)
         print("It is shown only this once.", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    # Migrations and the first user in a process of their own: what they import and
+    # allocate then never weighs on the long-running API process.
+    prepared = subprocess.run([sys.executable, "-m", "chute", "migrate"], check=False)
+    if prepared.returncode != 0:
+        return prepared.returncode
     worker = None
     if not args.no_worker:
         # The embedded deployment's worker: its own process, so jobs never slow the API.
@@ -65,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from chute.jobs.worker import run_worker
 
-    settings = Settings()
+    settings = _settings()
     _prepare(settings)
     run_worker(settings, threads=args.threads)
     return 0
@@ -76,7 +102,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from chute.db.session import make_engine, make_sessionmaker
     from chute.errors import ChuteError
 
-    settings = Settings()
+    settings = _settings()
     _prepare(settings)
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -108,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
     serve.add_argument("--no-worker", action="store_true", help="do not start a job worker")
     serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="create or upgrade the database schema, and the first user"
+    )
+    migrate.set_defaults(func=cmd_migrate)
 
     worker = commands.add_parser("worker", help="run a job worker")
     worker.add_argument("--threads", type=int, default=2, help="jobs run at once (default 2)")

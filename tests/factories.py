@@ -19,7 +19,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def chunk_fields(index: int, total: int, data: bytes | None = None, **extra: object) -> dict[str, str]:
+def chunk_fields(
+    index: int, total: int, data: bytes | None = None, **extra: object
+) -> dict[str, str]:
     fields = {"chunk_index": str(index), "total_chunks": str(total)}
     if data is not None:
         fields["chunk_sha256"] = sha256(data)

@@ -26,7 +26,7 @@ def list_jobs(
     session: SessionDep,
     rt: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=service.MAX_ID)] = 0,
 ) -> JobPage:
     rows, total = service.list_jobs(session, user.id, limit, offset)
     expiry = rt.settings.upload_expiry

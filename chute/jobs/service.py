@@ -16,9 +16,15 @@ from sqlalchemy.orm import Session
 from chute.db.models import ENDED, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
 
+# The largest id any supported database holds (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
+
 
 def get_owned_job(session: Session, user_id: int, job_id: int, *, lock: bool = False) -> Job:
     """The job, if it is this user's; another user's job answers the same 404 as none."""
+    if not 0 < job_id <= MAX_ID:
+        # Names no job; a larger number would not even bind as a query parameter.
+        raise ChuteError(Problem.JOB_NOT_FOUND)
     query = select(Job).where(Job.id == job_id, Job.user_id == user_id)
     job = session.scalar(query.with_for_update() if lock else query)
     if job is None:
@@ -72,16 +78,21 @@ def upload_of(session: Session, job_id: int) -> Upload | None:
 
 
 def cancel_job(session: Session, user_id: int, job_id: int) -> tuple[Job, str | None]:
-    """Cancel a job that has not ended; return it and the storage id of an unfinished upload."""
+    """Cancel a job that has not ended; return it and the storage id of its upload.
+
+    The caller removes that upload's parts: nothing reads them once the job is cancelled,
+    not even when the upload was complete but not yet assembled by a worker (a queued job).
+    """
     job = get_owned_job(session, user_id, job_id, lock=True)
     upload = session.get(Upload, job_id)
     live = set(JobStatus) - ENDED
     if not transition(session, job_id, live, JobStatus.CANCELLED, finished_at=utcnow()):
         raise ChuteError(Problem.JOB_NOT_CANCELLABLE, status=job.status.value)
     discard = None
-    if upload is not None and upload.completed_at is None:
+    if upload is not None:
         discard = upload.storage_id
-        session.delete(upload)
+        if upload.completed_at is None:
+            session.delete(upload)
     session.commit()
     session.refresh(job)
     return job, discard
