@@ -125,8 +125,29 @@ def open_upload(
         )  # fmt: skip
     if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
         raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
-    if upload is None:
-        upload = _create_upload(session, storage, job, req)
+    begun: str | None = None  # storage this call started: removed again if the call fails
+    replaced: str | None = None
+    try:
+        if upload is None:
+            upload = _create_upload(session, storage, job, req)
+            begun = upload.storage_id
+        elif upload.chunks_received == 0 and _shape_differs(upload, req):
+            replaced = _start_over(storage, upload, req)
+            begun = upload.storage_id
+        plan = _plan(session, settings, job, upload, req)
+        session.commit()
+    except BaseException:
+        if begun is not None:
+            storage.abort(begun)
+        raise
+    if replaced is not None:
+        storage.abort(replaced)
+    return plan
+
+
+def _plan(
+    session: Session, settings: Settings, job: Job, upload: Upload, req: ChunkRequest
+) -> ChunkPlan:
     _check_against_upload(upload, req)
     if req.file_size is not None and upload.file_size is None:
         _check_file_size(req.file_size, upload.chunk_size, upload.total_chunks)
@@ -138,7 +159,7 @@ def open_upload(
     ):
         raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
     exact, most = _expected_size(upload, req.index)
-    plan = ChunkPlan(
+    return ChunkPlan(
         storage_id=upload.storage_id,
         offset=None if upload.chunk_size is None else req.index * upload.chunk_size,
         limit=most if most is not None else settings.max_chunk_bytes,
@@ -153,8 +174,6 @@ def open_upload(
         complete=False,
         params=job.params,
     )
-    session.commit()
-    return plan
 
 
 def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkRequest) -> Upload:
@@ -176,6 +195,34 @@ def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkReque
         storage.abort(storage_id)
         raise
     return upload
+
+
+def _shape_differs(upload: Upload, req: ChunkRequest) -> bool:
+    """The request contradicts what earlier requests said about the upload's sizes."""
+    return (
+        req.total_chunks != upload.total_chunks
+        or (req.chunk_size is not None and upload.chunk_size not in (None, req.chunk_size))
+        or (req.file_size is not None and upload.file_size not in (None, req.file_size))
+    )
+
+
+def _start_over(storage: Storage, upload: Upload, req: ChunkRequest) -> str:
+    """Give an upload with no chunk recorded the request's shape; return the old storage id.
+
+    Such a shape came only from requests that all failed, and bad input must bind nothing
+    (a client that sent the wrong file may send the right one, of other sizes). The upload
+    moves to fresh storage, so a request still writing by the old shape cannot record its
+    bytes in the new one: it answers that the upload was replaced.
+    """
+    _check_file_size(req.file_size, req.chunk_size, req.total_chunks)
+    replaced = upload.storage_id
+    upload.storage_id = storage.begin()
+    upload.file_name = req.file_name
+    upload.total_chunks = req.total_chunks
+    upload.chunk_size = req.chunk_size
+    upload.file_size = req.file_size
+    upload.touched_at = utcnow()
+    return replaced
 
 
 def record_chunk(
