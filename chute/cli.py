@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import getpass
 import os
 import signal
@@ -12,6 +14,8 @@ import sys
 from pydantic import ValidationError
 
 from chute.config import Settings
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _settings() -> Settings:
@@ -52,6 +56,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_with_parent() -> None:
+    """In the child: be sent SIGTERM when `chute serve` dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -64,7 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if not args.no_worker:
         # The embedded deployment's worker: its own process, so jobs never slow the API.
-        worker = subprocess.Popen([sys.executable, "-m", "chute", "worker"], env=os.environ.copy())
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "chute", "worker"],
+            env=os.environ.copy(),
+            preexec_fn=_stop_with_parent,
+        )
     try:
         uvicorn.run(
             "chute.app:app_from_env",

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chute.db.models import Job, JobStatus, Upload
 from chute.jobs.service import expires_at
+from chute.upload.service import started
 
 JOB_KINDS = ("profile",)
 
@@ -70,7 +71,7 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, job: Job, upload: Upload | None, expiry_seconds: int) -> JobPublic:
         progress = None
-        if upload is not None:
+        if upload is not None and started(upload):
             progress = UploadProgress(
                 state="complete" if upload.completed_at else "partial",
                 file_name=upload.file_name,
@@ -125,6 +126,8 @@ class ChunkAnswer(BaseModel):
     data_chunk_index: int
     job_id: int
     duplicate: bool
+    # While the upload is unfinished: when it expires if no further chunk arrives.
+    expires_at: datetime | None = None
 
 
 class ServerConfig(BaseModel):

@@ -162,11 +162,13 @@ class LocalStorage(Storage, PartLocking):
     ) -> None:
         directory = self._upload_dir(upload_id)
         final = self._object(key)
-        if not directory.exists():
-            if final.exists():
-                return  # completed before
-            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
         data = directory / "data"
+        if not data.exists():
+            if final.exists():
+                # Completed before (perhaps by a worker that died before its cleanup).
+                shutil.rmtree(directory, ignore_errors=True)
+                return
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
         with _map_no_space():
             fd = os.open(data, os.O_WRONLY)
             try:

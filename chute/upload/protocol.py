@@ -50,7 +50,8 @@ def _int(fields: dict[str, str], name: str, *, required: bool) -> int | None:
         if required:
             raise invalid(f"the field {name} is missing")
         return None
-    if not raw.isdigit():
+    # isascii: str.isdigit() also takes '²' and other digits int() reads otherwise or not at all.
+    if not (raw.isascii() and raw.isdigit()):
         raise invalid(f"the field {name} must be a whole number, not {raw[:40]!r}")
     return int(raw)
 

@@ -342,7 +342,7 @@ class ChunkReceiver:
             except StorageFull:
                 raise ChuteError(Problem.STORAGE_FULL) from None
         recorded = await self._run(
-            self._in_session, service.record_chunk, self.user_id, request,
+            self._in_session, service.record_chunk, self.settings, self.user_id, request,
             stored.plan.storage_id, pipeline.size, sha, stored.plan.offset is not None,
         )  # fmt: skip
         if recorded.completed_now:
@@ -356,4 +356,5 @@ class ChunkReceiver:
             "data_chunk_index": request.index,
             "job_id": self.job_id,
             "duplicate": recorded.duplicate,
+            "expires_at": recorded.expires_at,
         }

@@ -46,6 +46,7 @@ class Recorded:
     duplicate: bool  # the same bytes were already recorded
     upload_complete: bool  # the set is complete (now or before)
     completed_now: bool  # this request's commit completed it: queue the job
+    expires_at: datetime | None  # when the unfinished upload expires
 
 
 def _size_conflict(what: str) -> ChuteError:
@@ -187,8 +188,9 @@ def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkReque
         chunk_size=req.chunk_size,
         file_size=req.file_size,
     )
+    # The job stays `awaiting_upload` until a chunk is recorded: a refused first chunk
+    # changes nothing a client can see.
     session.add(upload)
-    transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
     try:
         session.flush()
     except IntegrityError:
@@ -227,6 +229,7 @@ def _start_over(storage: Storage, upload: Upload, req: ChunkRequest) -> str:
 
 def record_chunk(
     session: Session,
+    settings: Settings,
     user_id: int,
     req: ChunkRequest,
     storage_id: str,
@@ -248,8 +251,8 @@ def record_chunk(
         if existing.sha256 != sha256:
             raise ChuteError(Problem.CHUNK_CONFLICT, index=req.index)
         session.commit()
-        return Recorded(True, upload.completed_at is not None, False)
-    if job.status != JobStatus.UPLOADING:
+        return Recorded(True, upload.completed_at is not None, False, _expiry(upload, settings))
+    if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
         raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
     _check_against_upload(upload, req)
     if not req.is_last and upload.chunk_size is None:
@@ -265,6 +268,7 @@ def record_chunk(
             f"the last chunk has {size} bytes, more than the chunk size {upload.chunk_size}"
         )
     now = utcnow()
+    transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
     session.add(Chunk(job_id=job.id, index=req.index, size=size, sha256=sha256, placed=placed))
     upload.chunks_received += 1
     upload.bytes_received += size
@@ -277,7 +281,18 @@ def record_chunk(
         if completed_now:
             upload.completed_at = now
     session.commit()
-    return Recorded(False, completed_now, completed_now)
+    return Recorded(False, completed_now, completed_now, _expiry(upload, settings))
+
+
+def _expiry(upload: Upload, settings: Settings) -> datetime | None:
+    if upload.completed_at is not None:
+        return None
+    return upload.touched_at + timedelta(seconds=settings.upload_expiry)
+
+
+def started(upload: Upload | None) -> bool:
+    """An upload shows once a chunk is recorded; before, it is only the server's bookkeeping."""
+    return upload is not None and upload.chunks_received > 0
 
 
 def is_recorded(session: Session, req: ChunkRequest) -> bool:
@@ -298,8 +313,9 @@ def upload_status(
         "bytes_received": 0,
         "chunks": [],
     }
-    if upload is None:
+    if not started(upload):
         return answer
+    assert upload is not None
     chunks = session.scalars(
         select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.index)
     ).all()
@@ -340,7 +356,10 @@ def staged_parts(session: Session, job_id: int) -> list[StagedPart]:
 
 
 def expire_uploads(session: Session, now: datetime, max_age: int) -> list[str]:
-    """Mark jobs whose upload sat unfinished too long `upload_expired`; return storage ids."""
+    """Mark jobs whose upload sat unfinished too long `upload_expired`; return storage ids.
+
+    An upload with no chunk recorded is only removed: its job never left `awaiting_upload`.
+    """
     stale = session.scalars(
         select(Upload)
         .where(Upload.completed_at.is_(None), Upload.touched_at < now - timedelta(seconds=max_age))
@@ -348,7 +367,7 @@ def expire_uploads(session: Session, now: datetime, max_age: int) -> list[str]:
     ).all()
     removed = []
     for upload in stale:
-        if transition(
+        if not started(upload) or transition(
             session, upload.job_id, [JobStatus.UPLOADING], JobStatus.UPLOAD_EXPIRED, finished_at=now
         ):
             removed.append(upload.storage_id)

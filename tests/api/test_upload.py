@@ -157,7 +157,11 @@ def test_answers_carry_the_seeds_three_fields(client: Client) -> None:
             index,
             job_id,
         )
+        # An unfinished upload's answers say until when it may be resumed.
+        expires = datetime.fromisoformat(body["expires_at"])
+        assert timedelta(hours=23) < expires - datetime.now(UTC) <= timedelta(hours=24)
     last = answers[-1].json()
+    assert last["expires_at"] is None
     assert (last["message"], last["data_chunk_index"], last["job_id"]) == (
         COMPLETE,
         len(chunks) - 1,

@@ -594,6 +594,10 @@ def test_refused_first_chunk_binds_no_sizes(server: Server, client: Client) -> N
     answer = client.send_chunk(job_id, 0, 7, wrong[: CHUNK // 2], chunk_size=CHUNK // 2)
     assert answer.status_code == 422, answer.text
     assert_nothing_recorded(client, job_id)
+    # Not even the job's status moved: to a client, nothing happened.
+    assert upload_status(client, job_id)["state"] == "empty"
+    job = client.job(job_id)
+    assert (job["status"], job["upload"]) == ("awaiting_upload", None)
     before = upload_dirs(server)
 
     answers = upload_all(client, job_id, CHUNKS)

@@ -241,11 +241,6 @@ def test_free_bytes_is_the_disks(storage: LocalStorage) -> None:
     assert abs(free - stat.f_bavail * stat.f_frsize) < 64 * 1024 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (chute/storage): complete() after a crash between its rename and its "
-    "cleanup finds the upload dir without `data` and raises instead of returning",
-)
 def test_complete_is_idempotent_after_a_crash_before_cleanup(storage: LocalStorage) -> None:
     upload_id = storage.begin()
     put(storage, upload_id, 0, b"id\n1\n", None)

@@ -70,12 +70,6 @@ def test_declared_utf16_without_bom(declared: str) -> None:
     check([TEXT.encode(declared)], {"encoding": declared})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (chute/upload/csvcheck): the NUL test runs before the encoding is decided "
-    "(only once 4 bytes are in), so a first piece under 4 bytes holding a NUL is refused "
-    "even when the encoding is UTF-16",
-)
 @pytest.mark.parametrize(
     ("data", "params"),
     [

@@ -138,11 +138,6 @@ def test_the_bounds_themselves_are_allowed(settings: Settings) -> None:
     parse(settings, chunk_index="0", total_chunks="1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (chute/upload/protocol): str.isdigit() accepts '²', which int() cannot "
-    "parse: a ValueError (500) instead of a 422",
-)
 def test_a_unicode_digit_is_422_not_a_crash(settings: Settings) -> None:
     assert error(settings, chunk_index="²", total_chunks="3").status == 422
 
