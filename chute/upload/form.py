@@ -34,7 +34,7 @@ class FileStart:
 
 @dataclass(frozen=True)
 class FileData:
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ class _Collector:
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
-            self.events.append(FileData(data[start:end]))
+            # A view, not a copy: the bytes go on to be hashed and written as they are.
+            self.events.append(FileData(memoryview(data)[start:end]))
             return
         if len(self._value) + end - start > MAX_FIELD_BYTES:
             raise malformed(f"the field {self._field_name!r} is longer than {MAX_FIELD_BYTES}")

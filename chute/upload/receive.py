@@ -39,6 +39,7 @@ from chute.upload.protocol import ChunkRequest, add_field, has_position, parse_c
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Buffer = bytes | memoryview
 
 BATCH = 1024 * 1024
 # Room for the form fields and part headers around a chunk's bytes.
@@ -95,7 +96,7 @@ class UploadSlots:
 
 
 class _Sink(Protocol):
-    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def write(self, data: Buffer) -> None: ...
 
 
 class _Pipeline:
@@ -115,49 +116,52 @@ class _Pipeline:
         self.size = 0
         self.hash = hashlib.sha256()
 
-    def process(self, data: bytearray) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise self.over_limit
-        self.hash.update(data)
-        if self.check is not None:
-            self.check.feed(data)
-        if self.writer is not None:
-            try:
-                self.writer.write(data)
-            except StorageFull:
-                raise ChuteError(Problem.STORAGE_FULL) from None
+    def process(self, pieces: list[Buffer]) -> None:
+        for piece in pieces:
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise self.over_limit
+            self.hash.update(piece)
+            if self.check is not None:
+                self.check.feed(bytes(piece))  # chunk 0 only; `in` needs bytes, not a view
+            if self.writer is not None:
+                try:
+                    self.writer.write(piece)
+                except StorageFull:
+                    raise ChuteError(Problem.STORAGE_FULL) from None
 
 
-async def _pump(source: AsyncIterator[bytes], pipeline: _Pipeline, executor: Executor) -> None:
-    """Feed `source` to the pipeline in batches, one batch in the thread while the next fills."""
+async def _pump(source: AsyncIterator[Buffer], pipeline: _Pipeline, executor: Executor) -> None:
+    """Feed `source` to the pipeline in batches, one batch in the thread while the next fills.
+
+    A batch is a list of the pieces as they came off the socket (views, not copies), so
+    no byte of a chunk is copied in Python on its way from the request to the disk.
+    """
     loop = asyncio.get_running_loop()
-    buffers = [bytearray(), bytearray()]
-    current = 0
+    batch: list[Buffer] = []
+    batched = 0
     pending: asyncio.Future[None] | None = None
     try:
         async for piece in source:
-            buffer = buffers[current]
-            buffer += piece
-            if len(buffer) >= BATCH:
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= BATCH:
                 if pending is not None:
                     await pending
-                pending = loop.run_in_executor(executor, pipeline.process, buffer)
-                current ^= 1
-                # The other buffer's batch was awaited above, so it is free to reuse.
-                buffers[current].clear()
+                pending = loop.run_in_executor(executor, pipeline.process, batch)
+                batch, batched = [], 0
         if pending is not None:
             await pending
             pending = None
-        if buffers[current]:
-            await loop.run_in_executor(executor, pipeline.process, buffers[current])
+        if batch:
+            await loop.run_in_executor(executor, pipeline.process, batch)
     finally:
         if pending is not None:
             # Never leave a thread writing to a part that the caller is about to abort.
             await asyncio.wait([pending])
 
 
-async def _file_bytes(events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def _file_bytes(events: AsyncIterator[Any]) -> AsyncIterator[Buffer]:
     async for event in events:
         if isinstance(event, FileData):
             yield event.data
@@ -283,7 +287,7 @@ class ChunkReceiver:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _store(
-        self, stack: contextlib.AsyncExitStack, request: ChunkRequest, source: AsyncIterator[bytes]
+        self, stack: contextlib.AsyncExitStack, request: ChunkRequest, source: AsyncIterator[Buffer]
     ) -> _Stored:
         """Steps 1 to 3: open the upload, lock the part, stream its bytes."""
         plan = await self._run(

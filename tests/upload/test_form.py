@@ -72,10 +72,12 @@ def events(content_type: str | None, pieces: Iterable[bytes]) -> list[object]:
     async def collect() -> list[object]:
         out: list[object] = []
         async for event in iter_form(content_type, _stream(pieces)):
-            if isinstance(event, FileData) and out and isinstance(out[-1], FileData):
-                out[-1] = FileData(out[-1].data + event.data)
-            else:
-                out.append(event)
+            if isinstance(event, FileData):
+                event = FileData(bytes(event.data))  # a view into the piece it came in
+                if out and isinstance(out[-1], FileData):
+                    out[-1] = FileData(bytes(out[-1].data) + event.data)
+                    continue
+            out.append(event)
         return out
 
     return asyncio.run(collect())
