@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import getpass
 import os
 import signal
@@ -14,8 +12,6 @@ import sys
 from pydantic import ValidationError
 
 from chute.config import Settings
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _settings() -> Settings:
@@ -56,15 +52,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_with_parent() -> None:
-    """In the child: be sent SIGTERM when `chute serve` dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from chute.serve import serve, stop_with_parent
 
     settings = _settings()
     # Migrations and the first user in a process of their own: what they import and
@@ -78,21 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         worker = subprocess.Popen(
             [sys.executable, "-m", "chute", "worker"],
             env=os.environ.copy(),
-            preexec_fn=_stop_with_parent,
+            preexec_fn=stop_with_parent,
         )
     try:
-        uvicorn.run(
-            "chute.app:app_from_env",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            workers=args.workers,
-            http="httptools",
-            loop="uvloop",
-            # X-Forwarded-* are trusted only behind a proxy configured to set them.
-            proxy_headers=False,
-            log_level="info",
-        )
+        serve(args.host or settings.host, args.port or settings.port, args.workers)
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGINT)
