@@ -27,7 +27,6 @@ _BOMS = [
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 ]
-_BINARY = "it contains NUL bytes, so it is binary, not text"
 _CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r", "\f", "\v"}
 
 
@@ -52,11 +51,12 @@ class CsvStartCheck:
                 if len(self._head) < 4:
                     return  # too early to tell UTF-16/32 (whose text has NULs) from binary
                 self._decide_encoding()
-                # What arrived before the decision is checked too.
-                if not self._nul_ok and b"\x00" in self._head:
-                    raise not_csv(_BINARY)
+                self._refuse_nul(self._head)  # what arrived before the decision, too
+        self._refuse_nul(data)
+
+    def _refuse_nul(self, data: bytes | bytearray) -> None:
         if not self._nul_ok and b"\x00" in data:
-            raise not_csv(_BINARY)
+            raise not_csv("it contains NUL bytes, so it is binary, not text")
 
     def _decide_encoding(self) -> None:
         self._decided = True
@@ -79,8 +79,7 @@ class CsvStartCheck:
         """`whole_file`: chunk 0 is also the last, so the head may end anywhere."""
         if not self._decided:
             self._decide_encoding()
-            if not self._nul_ok and b"\x00" in self._head:
-                raise not_csv(_BINARY)
+            self._refuse_nul(self._head)
         text = self._decode(whole_file)
         if not self.expect_header:
             return

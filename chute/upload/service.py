@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from chute.config import Settings
 from chute.db.models import Chunk, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
-from chute.jobs.service import get_owned_job, transition
+from chute.jobs.service import expires_at, get_owned_job, transition
 from chute.storage import StagedPart, Storage
 from chute.upload.protocol import ChunkRequest
 
@@ -251,7 +251,9 @@ def record_chunk(
         if existing.sha256 != sha256:
             raise ChuteError(Problem.CHUNK_CONFLICT, index=req.index)
         session.commit()
-        return Recorded(True, upload.completed_at is not None, False, _expiry(upload, settings))
+        return Recorded(
+            True, upload.completed_at is not None, False, expires_at(upload, settings.upload_expiry)
+        )
     if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
         raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
     _check_against_upload(upload, req)
@@ -281,13 +283,7 @@ def record_chunk(
         if completed_now:
             upload.completed_at = now
     session.commit()
-    return Recorded(False, completed_now, completed_now, _expiry(upload, settings))
-
-
-def _expiry(upload: Upload, settings: Settings) -> datetime | None:
-    if upload.completed_at is not None:
-        return None
-    return upload.touched_at + timedelta(seconds=settings.upload_expiry)
+    return Recorded(False, completed_now, completed_now, expires_at(upload, settings.upload_expiry))
 
 
 def started(upload: Upload | None) -> bool:
@@ -328,7 +324,7 @@ def upload_status(
         chunks=[{"index": c.index, "size": c.size, "sha256": c.sha256} for c in chunks],
     )
     if upload.completed_at is None:
-        answer["expires_at"] = upload.touched_at + timedelta(seconds=expiry_seconds)
+        answer["expires_at"] = expires_at(upload, expiry_seconds)
     return answer
 
 
