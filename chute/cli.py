@@ -1,4 +1,4 @@
-"""The `chute` command: serve, worker, user add."""
+"""The `chute` command: serve, worker, user add; and for users: login, upload, jobs, status."""
 
 from __future__ import annotations
 
@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = user_commands.add_parser("add", help="create a user (password from stdin if piped)")
     add.add_argument("name")
     add.set_defaults(func=cmd_user_add)
+
+    from chute.client.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

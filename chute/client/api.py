@@ -1,0 +1,242 @@
+"""`Client`: Chute's HTTP API as typed Python calls, on one httpx connection pool.
+
+Every call that reads, and every call that cannot do harm when repeated, is retried
+on network errors, 5xx, 429 and 507 (see `retry.py`). Creating a job is retried
+only when the request never reached the server, so a lost answer cannot make two
+jobs. Any other error answer raises `ApiError` with the server's `detail`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chute.client.errors import ApiError, ChuteClientError, detail_of
+from chute.client.models import Job, ServerConfig, UploadStatus
+from chute.client.progress import ProgressCallback
+from chute.client.retry import RetryPolicy, retry_after, retryable_status
+from chute.client.upload import Uploader, UploadSummary
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+# A chunk's answer comes after the server's fdatasync and commit: allow for a slow disk.
+TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=300.0)
+
+
+class Client:
+    """A signed-in session with one Chute server.
+
+    >>> chute = Client.sign_in("http://127.0.0.1:8000", "admin", "password")
+    >>> job = chute.submit("sales.csv")          # create, upload, wait
+    >>> job.result["rows"]
+
+    Thread-safe: `upload` sends chunks from several threads through this client.
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        token: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            timeout=TIMEOUT,
+            transport=transport,
+            # Chunks in flight each need a connection of their own.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+        self._config: ServerConfig | None = None
+
+    @classmethod
+    def sign_in(cls, server: str, username: str, password: str, **options: Any) -> Client:
+        """A client signed in with a new bearer token for `username`."""
+        client = cls(server, **options)
+        client.set_token(client.request_token(username, password))
+        return client
+
+    def set_token(self, token: str) -> None:
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- requests ---------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, *, safe_to_repeat: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """One API call, retried as the module says; an error answer raises `ApiError`."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if not (safe_to_repeat or isinstance(exc, httpx.ConnectError)):
+                    raise ChuteClientError(
+                        f"{method} {path}: the connection failed ({exc}); "
+                        "the server may or may not have done it"
+                    ) from exc
+                failure: Exception = exc
+                wait = next(delays, None)
+            else:
+                if response.is_success:
+                    return response
+                if not (safe_to_repeat and retryable_status(response.status_code)):
+                    raise ApiError(response.status_code, detail_of(response))
+                failure = ApiError(response.status_code, detail_of(response))
+                wait = next(delays, None)
+                if wait is not None:
+                    wait = max(wait, retry_after(response) or 0.0)
+            if wait is None:
+                raise _gave_up(self.server, failure)
+            time.sleep(wait)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # --- auth and configuration -------------------------------------------------------
+
+    def request_token(self, username: str, password: str) -> str:
+        answer = self._json(
+            "POST", "/api/auth/token", data={"username": username, "password": password}
+        )
+        return str(answer["access_token"])
+
+    def me(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._json("GET", "/api/auth/me")
+        return answer
+
+    def config(self) -> ServerConfig:
+        """The server's `/api/config`, fetched once per client."""
+        if self._config is None:
+            self._config = ServerConfig.of(self._json("GET", "/api/config"))
+        return self._config
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def create_job(
+        self, name: str, kind: str = "profile", params: dict[str, Any] | None = None
+    ) -> Job:
+        body = {"name": name, "kind": kind, "params": params or {}}
+        return Job.of(self._json("POST", "/api/job", json=body, safe_to_repeat=False))
+
+    def jobs(self, limit: int = 50, offset: int = 0) -> list[Job]:
+        """Own jobs, newest first."""
+        page = self._json("GET", "/api/job", params={"limit": limit, "offset": offset})
+        return [Job.of(item) for item in page["items"]]
+
+    def job(self, job_id: int) -> Job:
+        return Job.of(self._json("GET", f"/api/job/{job_id}"))
+
+    def cancel(self, job_id: int) -> Job:
+        return Job.of(self._json("POST", f"/api/job/{job_id}/cancel"))
+
+    def delete(self, job_id: int) -> None:
+        self.request("DELETE", f"/api/job/{job_id}")
+
+    def upload_status(self, job_id: int) -> UploadStatus:
+        return UploadStatus.of(self._json("GET", f"/api/job/{job_id}/upload-data"))
+
+    def result(self, job_id: int) -> dict[str, Any]:
+        """A succeeded job's result; `ApiError` 409 while it has none."""
+        answer: dict[str, Any] = self._json("GET", f"/api/job/{job_id}/result")
+        return answer
+
+    def download_parquet(self, job_id: int, target: str | os.PathLike[str]) -> Path:
+        """Stream a succeeded job's data as Parquet into `target`; never held in memory."""
+        path = Path(target)
+        partial = path.with_name(path.name + ".part")
+        with self.http.stream("GET", f"/api/job/{job_id}/result/data.parquet") as response:
+            if not response.is_success:
+                response.read()
+                raise ApiError(response.status_code, detail_of(response))
+            with partial.open("wb") as out:
+                for block in response.iter_bytes(1024 * 1024):
+                    out.write(block)
+        partial.replace(path)
+        return path
+
+    def wait(
+        self,
+        job_id: int,
+        *,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll the job until its status is final; `on_update` sees every answer."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.done:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ChuteClientError(f"job {job_id} is still {job.status} after {timeout} s")
+            time.sleep(interval)
+
+    # --- uploads ----------------------------------------------------------------------
+
+    def upload(
+        self,
+        job_id: int,
+        path: str | os.PathLike[str],
+        *,
+        chunk_size: int | None = None,
+        parallel: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        limit_rate: int | None = None,
+    ) -> UploadSummary:
+        """Send the file at `path` as job `job_id`'s data; only what the server lacks.
+
+        Defaults come from the server's `/api/config`. A chunk size the server already
+        fixed for this upload wins over `chunk_size`. See `chute.client.upload`.
+        """
+        uploader = Uploader(
+            self,
+            job_id,
+            Path(path),
+            chunk_size=chunk_size,
+            parallel=parallel,
+            on_progress=on_progress,
+            limit_rate=limit_rate,
+        )
+        return uploader.run()
+
+    def submit(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+        wait: bool = True,
+        **upload_options: Any,
+    ) -> Job:
+        """Create a job for the file, upload it, and (by default) wait for its result."""
+        job = self.create_job(name or Path(path).name, params=params)
+        self.upload(job.id, path, **upload_options)
+        return self.wait(job.id) if wait else self.job(job.id)
+
+
+def _gave_up(server: str, failure: Exception) -> ChuteClientError:
+    if isinstance(failure, ApiError):
+        return failure
+    return ChuteClientError(f"cannot reach {server}: {failure}")

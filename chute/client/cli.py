@@ -1,0 +1,306 @@
+"""The user commands of `chute`: login, upload, jobs, status.
+
+Where they find their server and token, first match wins:
+server: `--server`, `CHUTE_SERVER`, the server of the last `chute login`, the default;
+token: `CHUTE_TOKEN`, the token `chute login` stored for that server.
+
+Exit status: 0 done, 1 the server refused or the job did not succeed, 2 bad usage
+(a bad option or file), 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from chute.client import render
+from chute.client.api import DEFAULT_SERVER, Client
+from chute.client.errors import ApiError, ChuteClientError
+from chute.client.models import ACCEPTING_STATUSES, Job
+from chute.client.progress import Progress as UploadProgress
+from chute.client.state import Credentials, UploadRecords
+from chute.client.units import parse_size
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input on the command line: exit 2."""
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        # Piped or captured: wide enough that a SHA-256 or a table is not folded.
+        console.width = 200
+    return console
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count_arg(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
+def _job_id_arg(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a positive integer)")
+    return int(text)
+
+
+def _server(args: argparse.Namespace) -> str:
+    server = (
+        args.server
+        or os.environ.get("CHUTE_SERVER")
+        or Credentials().default_server()
+        or DEFAULT_SERVER
+    )
+    return str(server).rstrip("/")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    server = _server(args)
+    token = os.environ.get("CHUTE_TOKEN") or Credentials().token(server)
+    if not token:
+        raise ChuteClientError(
+            f"not signed in to {server}: run `chute login --server {server}` or set CHUTE_TOKEN"
+        )
+    return Client(server, token)
+
+
+def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command, turning what it raises into a message and an exit status."""
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as exc:
+        hint = " Run `chute login` again, or set CHUTE_TOKEN." if exc.status == 401 else ""
+        print(f"chute: the server said: {exc.detail} (HTTP {exc.status}).{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except ChuteClientError as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --- login ------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    server = _server(args)
+    username = args.user or input("User: ")
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    with Client(server) as client:
+        token = client.request_token(username, password)
+    where = Credentials().save(server, token)
+    print(f"Signed in to {server} as {username}; token stored in {where}.")
+    return 0
+
+
+# --- upload -----------------------------------------------------------------------------
+
+
+def _job_for_file(client: Client, args: argparse.Namespace, path: Path) -> tuple[Job, str]:
+    """The job to send `path` to, and a few words on how it was found."""
+    records = UploadRecords()
+    if args.job is not None:
+        return client.job(args.job), "as asked"
+    if args.new is None:
+        known = records.job_for(client.server, path)
+        if known is not None:
+            try:
+                job = client.job(known)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                if job.status not in ("cancelled", "upload_expired"):
+                    return job, "found from an earlier run"
+    job = client.create_job(args.new or path.name)
+    # Remembered before the first byte: a run killed at any point is found again.
+    records.remember(client.server, path, job.id)
+    return job, "new"
+
+
+class _Bar:
+    """The rich progress bar, fed from the sender threads."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.task: TaskID | None = None
+
+    def __call__(self, p: UploadProgress) -> None:
+        description = f"job {p.job_id}: chunk {p.chunks_done}/{p.total_chunks}"
+        if self.task is None:
+            # Bytes the server already held start the bar, so the speed is of this run only.
+            self.task = self.progress.add_task(
+                description, total=p.total_bytes, completed=p.done_bytes
+            )
+        else:
+            self.progress.update(self.task, completed=p.done_bytes, description=description)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file).expanduser()
+    if not path.exists():
+        raise UsageError(f"no such file: {args.file}")
+    if not path.is_file():
+        raise UsageError(f"not a regular file: {args.file}")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"cannot read {args.file}: permission denied")
+    out, err = _console(), _console(stderr=True)
+    with _client(args) as client:
+        job, how = _job_for_file(client, args, path.resolve())
+        if job.status in ACCEPTING_STATUSES:
+            err.print(f"Job {job.id} ({job.name}), {how}: sending {path.name}")
+            bar = _Bar(err)
+            try:
+                with bar.progress:
+                    summary = client.upload(
+                        job.id,
+                        path,
+                        chunk_size=args.chunk_size,
+                        parallel=args.parallel,
+                        limit_rate=args.limit_rate,
+                        on_progress=bar,
+                    )
+            except KeyboardInterrupt:
+                err.print(
+                    f"Interrupted. Run the same command again to send the rest of job {job.id}."
+                )
+                return EXIT_INTERRUPTED
+            speed = render.size_text(summary.bytes_per_second)
+            err.print(
+                f"Job {job.id}: sent {summary.sent_chunks} of {summary.total_chunks} chunks "
+                f"({render.size_text(summary.sent_bytes)}) in {summary.seconds:.1f} s, "
+                f"{speed}/s; {summary.held_chunks} were already on the server"
+                + (f"; {summary.retries} retried" if summary.retries else "")
+                + "."
+            )
+        else:
+            err.print(f"Job {job.id} ({job.name}), {how}: already uploaded ({job.status}).")
+        if not args.wait:
+            out.print(f"job {job.id}: {client.job(job.id).status}")
+            return 0
+        return _wait(client, job.id, out, err)
+
+
+def _wait(client: Client, job_id: int, out: Console, err: Console) -> int:
+    seen: list[str] = []
+
+    def show(job: Job) -> None:
+        state = job.status
+        if job.progress is not None and not job.done:
+            state += f" {job.progress:.0f} %"
+        if not seen or seen[-1] != state:
+            seen.append(state)
+            err.print(f"job {job.id}: {state}")
+
+    try:
+        job = client.wait(job_id, on_update=show)
+    except KeyboardInterrupt:
+        err.print(f"Stopped waiting; the job goes on. `chute status {job_id}` shows it.")
+        return EXIT_INTERRUPTED
+    out.print(render.job_view(job))
+    return 0 if job.status == "succeeded" else EXIT_FAILED
+
+
+# --- jobs and status --------------------------------------------------------------------
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = client.jobs(limit=args.limit)
+    _console().print(render.jobs_table(jobs) if jobs else "No jobs.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.id)
+    _console().print(render.job_view(job))
+    return 0
+
+
+# --- wiring -----------------------------------------------------------------------------
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register login, upload, jobs and status on the `chute` parser."""
+    server_help = f"the Chute server (CHUTE_SERVER; default: last login, else {DEFAULT_SERVER})"
+
+    login = commands.add_parser("login", help="sign in and store a token for later commands")
+    login.add_argument("--server", help=server_help)
+    login.add_argument("--user", help="user name (asked when missing)")
+    login.set_defaults(func=lambda a: _run(cmd_login, a))
+
+    upload = commands.add_parser(
+        "upload", help="send a CSV file as a job's data; run it again to resume"
+    )
+    upload.add_argument("file", help="the CSV file")
+    which = upload.add_mutually_exclusive_group()
+    which.add_argument("--job", type=_job_id_arg, help="send to this existing job")
+    which.add_argument("--new", metavar="NAME", help="always create a new job with this name")
+    upload.add_argument("--server", help=server_help)
+    upload.add_argument(
+        "--parallel", type=_count_arg(1, 32), help="chunks in flight (default: the server's)"
+    )
+    upload.add_argument(
+        "--chunk-size", type=_size_arg, help="e.g. 100M or 64KiB (default: the server's)"
+    )
+    upload.add_argument(
+        "--limit-rate", type=_size_arg, metavar="RATE", help="most bytes a second, e.g. 20M"
+    )
+    upload.add_argument(
+        "--wait", action="store_true", help="then wait for the job and show its result"
+    )
+    upload.set_defaults(func=lambda a: _run(cmd_upload, a))
+
+    jobs = commands.add_parser("jobs", help="list your jobs, newest first")
+    jobs.add_argument("--server", help=server_help)
+    jobs.add_argument("--limit", type=_count_arg(1, 200), default=20, help="how many (1-200)")
+    jobs.set_defaults(func=lambda a: _run(cmd_jobs, a))
+
+    status = commands.add_parser("status", help="one job, with its result when it has one")
+    status.add_argument("id", type=_job_id_arg)
+    status.add_argument("--server", help=server_help)
+    status.set_defaults(func=lambda a: _run(cmd_status, a))

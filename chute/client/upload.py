@@ -1,0 +1,343 @@
+"""Sending a file as a job's chunks: only those the server lacks, several at once.
+
+How a chunk is sent without ever being held in memory: its region of the file is
+read twice, in 1 MiB blocks. The first pass computes its SHA-256 (the server wants
+`chunk_sha256` in the form fields, which come before the bytes); the second streams
+the blocks into the request body, whose length is computed up front so it goes out
+with Content-Length. The second read nearly always comes from the page cache. So
+memory stays at a few blocks per chunk in flight, whatever the chunk or file size.
+
+Resuming: the server lists the chunks it holds, with their sizes and SHA-256s. Each
+held chunk of the file is hashed and compared; a match is skipped, a mismatch stops
+the upload (the job holds another file). Every other chunk is sent. Chunk 0 is
+taken first, as the server checks the CSV on it.
+
+Retries: a chunk that fails on the network, or gets 5xx, 429 or 507, is sent again
+after a backoff with jitter (`retry.py`); it is idempotent on the server. Any other
+4xx stops every chunk in flight and raises `ApiError` with the server's detail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from chute.client.errors import ApiError, ChuteClientError, UploadError, detail_of
+from chute.client.models import ServerConfig, UploadStatus
+from chute.client.multipart import ChunkForm
+from chute.client.progress import ProgressCallback, Tracker
+from chute.client.retry import retry_after, retryable_status
+from chute.client.throttle import Throttle
+
+if TYPE_CHECKING:
+    from chute.client.api import Client
+
+BLOCK = 1024 * 1024
+COMPLETING_MESSAGE = "Data uploaded successfully and job started"
+
+
+@dataclass(frozen=True)
+class UploadSummary:
+    job_id: int
+    file_size: int
+    chunk_size: int
+    total_chunks: int
+    held_chunks: int  # on the server before this run, checked and not sent again
+    sent_chunks: int  # sent and confirmed in this run
+    sent_bytes: int  # chunk bytes of the chunks sent in this run
+    retries: int  # chunk requests that had to be sent again
+    seconds: float
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.sent_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Piece:
+    index: int
+    offset: int
+    size: int
+
+
+class Aborted(Exception):
+    """Sending stopped on purpose: another chunk failed, or the user interrupted."""
+
+
+def plan(file_size: int, chunk_size: int) -> list[Piece]:
+    return [
+        Piece(index, offset, min(chunk_size, file_size - offset))
+        for index, offset in enumerate(range(0, file_size, chunk_size))
+    ]
+
+
+def choose_chunk_size(
+    requested: int | None, status: UploadStatus, config: ServerConfig, file_size: int
+) -> int:
+    """The chunk size for this file: the one the server fixed for the upload, if any,
+    else the one asked for, else the server's; checked against the server's limits."""
+    size = status.chunk_size or requested or config.chunk_size
+    if size < 1:
+        raise UploadError("the chunk size must be at least 1 byte")
+    if size > config.max_chunk_bytes:
+        raise UploadError(
+            f"a chunk size of {size} bytes is over the server's limit of "
+            f"{config.max_chunk_bytes} bytes"
+        )
+    if file_size > config.max_file_bytes:
+        raise UploadError(
+            f"the file has {file_size} bytes, over the server's limit of "
+            f"{config.max_file_bytes} bytes"
+        )
+    total = -(-file_size // size)
+    if total > config.max_total_chunks:
+        raise UploadError(
+            f"{total} chunks of {size} bytes is more than the server's limit of "
+            f"{config.max_total_chunks} chunks; use a larger chunk size"
+        )
+    return size
+
+
+class Uploader:
+    """One run of sending a file. Build one per `Client.upload` call."""
+
+    def __init__(
+        self,
+        client: Client,
+        job_id: int,
+        path: Path,
+        *,
+        chunk_size: int | None,
+        parallel: int | None,
+        on_progress: ProgressCallback | None,
+        limit_rate: int | None,
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.path = path
+        self.requested_chunk_size = chunk_size
+        self.requested_parallel = parallel
+        self.on_progress = on_progress
+        self.throttle = Throttle(limit_rate) if limit_rate else None
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._errors: list[BaseException] = []
+        self._retries = 0
+        self._sent: list[Piece] = []
+        self._completed = False
+
+    def run(self) -> UploadSummary:
+        started = time.monotonic()
+        before = self._stat()
+        if before.st_size == 0:
+            raise UploadError(f"{self.path} is empty; there is nothing to upload")
+        status = self.client.upload_status(self.job_id)
+        config = self.client.config()
+        size = before.st_size
+        chunk_size = choose_chunk_size(self.requested_chunk_size, status, config, size)
+        pieces = plan(size, chunk_size)
+        self._check_against(status, pieces, size)
+        self.chunk_size = chunk_size
+        self.total_chunks = len(pieces)
+        self.status = status
+        self.file_size = size
+        tracker = Tracker(self.job_id, size, len(pieces), self.on_progress)
+        for index in status.chunks:
+            tracker.held(pieces[index].size)
+        if status.state == "complete":
+            # The server holds every chunk and has started the job. Their sizes were
+            # checked above; hashing the whole file again would only delay the answer.
+            return self._summary(pieces, started)
+        tracker.start()
+        self.tracker = tracker
+        parallel = max(1, min(self.requested_parallel or config.parallel_chunks, len(pieces)))
+        self._send_all(pieces, parallel)
+        after = self._stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise UploadError(f"{self.path} changed while it was being sent; send it again")
+        if not self._completed and self.client.upload_status(self.job_id).state != "complete":
+            raise UploadError(f"job {self.job_id}: the server does not hold the whole file")
+        return self._summary(pieces, started)
+
+    def _stat(self) -> os.stat_result:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise UploadError(f"no such file: {self.path}") from None
+        except OSError as exc:
+            raise UploadError(f"cannot read {self.path}: {exc.strerror}") from None
+        if not self.path.is_file():
+            raise UploadError(f"not a regular file: {self.path}")
+        return stat
+
+    def _check_against(self, status: UploadStatus, pieces: list[Piece], size: int) -> None:
+        """A job whose upload was begun with another file is refused before any byte."""
+        other = (
+            f"job {self.job_id} holds the start of another upload "
+            f"({status.total_chunks} chunks of {status.chunk_size} bytes"
+        )
+        if status.total_chunks is not None and status.total_chunks != len(pieces):
+            raise UploadError(f"{other}); this file makes {len(pieces)} chunks")
+        if status.file_size is not None and status.file_size != size:
+            raise UploadError(f"{other}, {status.file_size} bytes); this file has {size} bytes")
+        for index, held in status.chunks.items():
+            if index >= len(pieces) or held.size != pieces[index].size:
+                raise UploadError(f"{other}): chunk {index} differs in size")
+
+    def _summary(self, pieces: list[Piece], started: float) -> UploadSummary:
+        return UploadSummary(
+            job_id=self.job_id,
+            file_size=self.file_size,
+            chunk_size=self.chunk_size,
+            total_chunks=len(pieces),
+            held_chunks=len(self.status.chunks),
+            sent_chunks=len(self._sent),
+            sent_bytes=sum(piece.size for piece in self._sent),
+            retries=self._retries,
+            seconds=time.monotonic() - started,
+        )
+
+    # --- the sender threads ---------------------------------------------------------
+
+    def _send_all(self, pieces: list[Piece], parallel: int) -> None:
+        todo = deque(pieces)  # index order: chunk 0 is taken first
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            threads = [
+                threading.Thread(target=self._sender, args=(fd, todo), daemon=True)
+                for _ in range(parallel)
+            ]
+            for thread in threads:
+                thread.start()
+            try:
+                for thread in threads:
+                    # A timed join, so Ctrl-C reaches this thread while chunks are in flight.
+                    while thread.is_alive():
+                        thread.join(0.2)
+            except BaseException:
+                self.stop.set()
+                for thread in threads:
+                    thread.join()
+                raise
+        finally:
+            os.close(fd)
+        if self._errors:
+            raise self._errors[0]
+
+    def _sender(self, fd: int, todo: deque[Piece]) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    piece = todo.popleft()
+                except IndexError:
+                    return
+                sha256 = self._hash(fd, piece)
+                held = self.status.chunks.get(piece.index)
+                if held is not None:
+                    if held.sha256 != sha256:
+                        raise UploadError(
+                            f"job {self.job_id} holds other bytes for chunk {piece.index}: "
+                            "it was begun with another file"
+                        )
+                    continue
+                self._send(fd, piece, sha256)
+                with self._lock:
+                    self._sent.append(piece)
+        except Aborted:
+            pass
+        except BaseException as exc:
+            with self._lock:
+                self._errors.append(exc)
+            self.stop.set()
+
+    def _read(self, fd: int, piece: Piece) -> Iterator[bytes]:
+        block_size = self.throttle.block_size if self.throttle else BLOCK
+        offset, end = piece.offset, piece.offset + piece.size
+        while offset < end:
+            if self.stop.is_set():
+                raise Aborted
+            block = os.pread(fd, min(block_size, end - offset), offset)
+            if not block:
+                raise UploadError(f"{self.path} became shorter while it was being sent")
+            offset += len(block)
+            yield block
+
+    def _hash(self, fd: int, piece: Piece) -> str:
+        digest = hashlib.sha256()
+        for block in self._read(fd, piece):
+            digest.update(block)
+        return digest.hexdigest()
+
+    def _send(self, fd: int, piece: Piece, sha256: str) -> None:
+        delays = self.client.retry.delays()
+        while True:
+            streamed = [0]
+            try:
+                response = self._post(fd, piece, sha256, streamed)
+            except httpx.TransportError as exc:
+                failure: Exception = exc
+                wait = next(delays, None)
+            else:
+                if response.status_code == 200:
+                    self._confirmed(response.json())
+                    return
+                failure = ApiError(response.status_code, detail_of(response))
+                if not retryable_status(response.status_code):
+                    raise failure
+                wait = next(delays, None)
+                if wait is not None:
+                    wait = max(wait, retry_after(response) or 0.0)
+            self.tracker.rewound(streamed[0])
+            if wait is None:
+                raise ChuteClientError(
+                    f"chunk {piece.index} could not be sent after "
+                    f"{self.client.retry.attempts} tries: {failure}"
+                )
+            with self._lock:
+                self._retries += 1
+            if not self.client.retry.pause(wait, self.stop):
+                raise Aborted
+
+    def _confirmed(self, answer: dict[str, Any]) -> None:
+        if answer.get("message") == COMPLETING_MESSAGE:
+            self._completed = True
+        self.tracker.confirmed()
+
+    def _post(self, fd: int, piece: Piece, sha256: str, streamed: list[int]) -> httpx.Response:
+        fields = {
+            "chunk_index": str(piece.index),
+            "total_chunks": str(self.total_chunks),
+            "chunk_size": str(self.chunk_size),
+            "file_size": str(self.file_size),
+            "chunk_sha256": sha256,
+        }
+        form = ChunkForm(fields, self.path.name, piece.size)
+
+        def body() -> Iterator[bytes]:
+            yield form.head
+            for block in self._read(fd, piece):
+                if self.throttle is not None:
+                    self.throttle.take(len(block))
+                yield block
+                streamed[0] += len(block)
+                self.tracker.streamed(len(block))
+            yield form.tail
+
+        try:
+            return self.client.http.post(
+                f"/api/job/{self.job_id}/upload-data",
+                content=body(),
+                headers={"Content-Type": form.content_type, "Content-Length": str(form.length)},
+            )
+        except Aborted:
+            self.tracker.rewound(streamed[0])
+            raise
