@@ -62,7 +62,11 @@ class Client:
     def sign_in(cls, server: str, username: str, password: str, **options: Any) -> Client:
         """A client signed in with a new bearer token for `username`."""
         client = cls(server, **options)
-        client.set_token(client.request_token(username, password))
+        try:
+            client.set_token(client.request_token(username, password))
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def set_token(self, token: str) -> None:

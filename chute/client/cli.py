@@ -132,21 +132,31 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _job_for_file(client: Client, args: argparse.Namespace, path: Path) -> tuple[Job, str]:
-    """The job to send `path` to, and a few words on how it was found."""
+    """The job to send `path` to, and a few words on how it was found.
+
+    A file already sent from this machine to this server (same absolute path, size
+    and mtime) has its job in `UploadRecords`. Without `--job`/`--new`, that job is
+    taken whatever its status, so a re-run after the upload finished does nothing.
+    With `--new NAME`, it is taken only while its upload is unfinished, so re-running
+    the very command that was interrupted resumes it; otherwise a new job is made.
+    """
     records = UploadRecords()
     if args.job is not None:
         return client.job(args.job), "as asked"
-    if args.new is None:
-        known = records.job_for(client.server, path)
-        if known is not None:
-            try:
-                job = client.job(known)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+    known = records.job_for(client.server, path)
+    if known is not None:
+        try:
+            job = client.job(known)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            if args.new:
+                reusable = job.status in ACCEPTING_STATUSES
             else:
-                if job.status not in ("cancelled", "upload_expired"):
-                    return job, "found from an earlier run"
+                reusable = job.status not in ("cancelled", "upload_expired")
+            if reusable:
+                return job, "found from an earlier run"
     job = client.create_job(args.new or path.name)
     # Remembered before the first byte: a run killed at any point is found again.
     records.remember(client.server, path, job.id)

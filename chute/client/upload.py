@@ -9,8 +9,11 @@ memory stays at a few blocks per chunk in flight, whatever the chunk or file siz
 
 Resuming: the server lists the chunks it holds, with their sizes and SHA-256s. Each
 held chunk of the file is hashed and compared; a match is skipped, a mismatch stops
-the upload (the job holds another file). Every other chunk is sent. Chunk 0 is
-taken first, as the server checks the CSV on it.
+the upload (the job holds another file). Every other chunk is sent.
+
+Chunk 0 goes alone: the server checks the CSV on it, so a wrong file is refused
+after one chunk, not after one per thread. The other threads hash their chunks
+meanwhile and start sending once the server took chunk 0.
 
 Retries: a chunk that fails on the network, or gets 5xx, 429 or 507, is sent again
 after a backoff with jitter (`retry.py`); it is idempotent on the server. Any other
@@ -129,6 +132,8 @@ class Uploader:
         self.on_progress = on_progress
         self.throttle = Throttle(limit_rate) if limit_rate else None
         self.stop = threading.Event()
+        # Set once the server holds chunk 0; other chunks wait for it.
+        self.first_taken = threading.Event()
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
         self._retries = 0
@@ -159,6 +164,8 @@ class Uploader:
             return self._summary(pieces, started)
         tracker.start()
         self.tracker = tracker
+        if 0 in status.chunks:
+            self.first_taken.set()
         parallel = max(1, min(self.requested_parallel or config.parallel_chunks, len(pieces)))
         self._send_all(pieces, parallel)
         after = self._stat()
@@ -249,6 +256,10 @@ class Uploader:
                             "it was begun with another file"
                         )
                     continue
+                if piece.index != 0:
+                    while not self.first_taken.wait(0.1):
+                        if self.stop.is_set():
+                            raise Aborted
                 self._send(fd, piece, sha256)
                 with self._lock:
                     self._sent.append(piece)
@@ -310,6 +321,7 @@ class Uploader:
     def _confirmed(self, answer: dict[str, Any]) -> None:
         if answer.get("message") == COMPLETING_MESSAGE:
             self._completed = True
+        self.first_taken.set()
         self.tracker.confirmed()
 
     def _post(self, fd: int, piece: Piece, sha256: str, streamed: list[int]) -> httpx.Response:

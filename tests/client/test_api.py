@@ -1,0 +1,181 @@
+"""`chute.client.Client` against a real `chute serve`: jobs, uploads, resuming, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chute.client import ApiError, ChuteClientError, Client, Progress, RetryPolicy, UploadError
+from tests.client_support import KiB, chunk_posts, held_chunks, stored_sha256, token_of
+from tests.conftest import Server, free_port
+from tests.factories import csv_bytes, split
+
+CHUNK = 64 * KiB
+
+
+@pytest.fixture(scope="module")
+def small_chunks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module, telling clients to use 64 KiB chunks."""
+    base = tmp_path_factory.mktemp("client-api")
+    env = {
+        **os.environ,
+        "CHUTE_DATA_DIR": str(base / "data"),
+        "CHUTE_MIN_FREE_BYTES": "0",
+        "CHUTE_CHUNK_SIZE": str(CHUNK),
+        "CHUTE_MAX_CHUNK_BYTES": str(1024 * KiB),
+    }
+    server = Server(data_dir=base / "data", env=env)
+    server.start()
+    yield server
+    server.close_clients()
+    server.stop(kill=True)
+
+
+def write_csv(tmp_path: Path, rows: int, seed: int = 0) -> tuple[Path, bytes]:
+    data = csv_bytes(rows, seed)
+    path = tmp_path / f"data-{seed}.csv"
+    path.write_bytes(data)
+    return path, data
+
+
+def signed_in(server: Server) -> Client:
+    return Client(server.url, token_of(server.client()))
+
+
+def test_upload_in_parallel_stores_the_same_file(small_chunks: Server, tmp_path: Path) -> None:
+    path, data = write_csv(tmp_path, 40_000)  # about 1 MiB: 17 chunks
+    seen: list[Progress] = []
+    user = small_chunks.client()
+    with Client(small_chunks.url, token_of(user)) as chute:
+        job = chute.create_job("parallel")
+        summary = chute.upload(job.id, path, parallel=3, on_progress=seen.append)
+        assert summary.total_chunks == len(split(data, CHUNK)) > 10
+        assert (summary.sent_chunks, summary.held_chunks) == (summary.total_chunks, 0)
+        assert summary.sent_bytes == len(data)
+        done = chute.wait(job.id, timeout=30)
+    assert done.status == "succeeded"
+    digest = hashlib.sha256(data).hexdigest()
+    assert stored_sha256(small_chunks, user, job.id) == digest
+    assert digest in str(done.result)
+    assert seen[-1].done_bytes == len(data)
+    assert seen[-1].chunks_done == summary.total_chunks
+    assert chunk_posts(small_chunks.log(), job.id) == summary.total_chunks
+
+
+def test_upload_sends_only_the_chunks_the_server_lacks(
+    small_chunks: Server, tmp_path: Path
+) -> None:
+    path, data = write_csv(tmp_path, 20_000, seed=1)
+    chunks = split(data, CHUNK)
+    user = small_chunks.client()
+    job_id = user.new_job("resume")
+    for index in (0, 2, 3):
+        answer = user.send_chunk(job_id, index, len(chunks), chunks[index], chunk_size=CHUNK)
+        assert answer.status_code == 200, answer.text
+    with Client(small_chunks.url, token_of(user)) as chute:
+        summary = chute.upload(job_id, path, parallel=2)
+    assert summary.held_chunks == 3
+    assert summary.sent_chunks == len(chunks) - 3
+    # Each chunk reached the server once: the three sent before, the rest by the client.
+    assert chunk_posts(small_chunks.log(), job_id) == len(chunks)
+    assert held_chunks(user, job_id) == set(range(len(chunks)))
+    assert stored_sha256(small_chunks, user, job_id) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_complete_upload_is_not_sent_again(small_chunks: Server, tmp_path: Path) -> None:
+    path, _ = write_csv(tmp_path, 5_000, seed=2)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("twice")
+        first = chute.upload(job.id, path)
+        again = chute.upload(job.id, path)
+    assert first.sent_chunks == first.total_chunks
+    assert (again.sent_chunks, again.held_chunks) == (0, first.total_chunks)
+    assert chunk_posts(small_chunks.log(), job.id) == first.total_chunks
+
+
+def test_a_job_begun_with_other_bytes_is_refused(small_chunks: Server, tmp_path: Path) -> None:
+    path, data = write_csv(tmp_path, 5_000, seed=3)
+    other = bytearray(data)
+    other[CHUNK + 10] ^= 1  # the same size, one byte different in chunk 1
+    user = small_chunks.client()
+    job_id = user.new_job("other file")
+    chunks = split(bytes(other), CHUNK)
+    assert user.send_chunk(job_id, 1, len(chunks), chunks[1], chunk_size=CHUNK).status_code == 200
+    with Client(small_chunks.url, token_of(user)) as chute, pytest.raises(UploadError) as caught:
+        chute.upload(job_id, path, parallel=1)
+    assert "other bytes for chunk 1" in str(caught.value)
+    # Chunk 0 may have gone out before chunk 1 was compared; nothing after it did.
+    assert chunk_posts(small_chunks.log(), job_id) <= 2
+
+
+def test_a_refused_chunk_is_not_sent_again(small_chunks: Server, tmp_path: Path) -> None:
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"\x00\x01\x02" * 50_000)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("binary")
+        with pytest.raises(ApiError) as caught:
+            chute.upload(job.id, path, parallel=1)
+    assert caught.value.status == 422
+    assert "CSV" in caught.value.detail
+    assert chunk_posts(small_chunks.log(), job.id, 422) == 1
+    assert chunk_posts(small_chunks.log(), job.id) == 0
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "words"),
+    [(2048 * KiB, "over the server's limit"), (1, "more than the server's limit")],
+)
+def test_chunk_sizes_the_server_cannot_take_fail_before_sending(
+    small_chunks: Server, tmp_path: Path, chunk_size: int, words: str
+) -> None:
+    path, _ = write_csv(tmp_path, 30_000, seed=4)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("too big")
+        with pytest.raises(UploadError, match=words):
+            chute.upload(job.id, path, chunk_size=chunk_size)
+    assert chunk_posts(small_chunks.log(), job.id, None) == 0
+
+
+def test_missing_and_empty_files_fail_plainly(small_chunks: Server, tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("nothing")
+        with pytest.raises(UploadError, match="no such file"):
+            chute.upload(job.id, tmp_path / "missing.csv")
+        with pytest.raises(UploadError, match="is empty"):
+            chute.upload(job.id, tmp_path / "empty.csv")
+
+
+def test_jobs_list_get_cancel_delete(small_chunks: Server) -> None:
+    user = small_chunks.client()
+    with Client.sign_in(small_chunks.url, user.username, "pw-for-tests") as chute:
+        first = chute.create_job("first")
+        second = chute.create_job("second", params={"delimiter": ";"})
+        assert [job.id for job in chute.jobs()] == [second.id, first.id]
+        assert chute.job(second.id).raw["params"] == {"delimiter": ";"}
+        assert chute.cancel(first.id).status == "cancelled"
+        assert chute.wait(first.id, timeout=5).status == "cancelled"
+        chute.delete(second.id)
+        with pytest.raises(ApiError) as caught:
+            chute.job(second.id)
+    assert (caught.value.status, caught.value.detail) == (404, "Job not found.")
+
+
+def test_wrong_password_and_bad_token_raise_with_the_detail(small_chunks: Server) -> None:
+    name = small_chunks.add_user()
+    with pytest.raises(ApiError) as caught:
+        Client.sign_in(small_chunks.url, name, "not the password")
+    assert (caught.value.status, caught.value.detail) == (401, "Wrong user name or password.")
+    with Client(small_chunks.url, "not-a-token") as chute, pytest.raises(ApiError) as caught:
+        chute.jobs()
+    assert caught.value.status == 401
+
+
+def test_an_unreachable_server_is_retried_then_reported() -> None:
+    chute = Client(f"http://127.0.0.1:{free_port()}", "t", retry=RetryPolicy(3, 0.01, 0.02))
+    with chute, pytest.raises(ChuteClientError, match="cannot reach"):
+        chute.jobs()

@@ -1,0 +1,231 @@
+"""`chute upload`, `jobs`, `status` and `login` as a user runs them, against a real server:
+interrupted and resumed, across a server restart, refused, and with bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.client_support import (
+    KiB,
+    chunk_posts,
+    chute_command,
+    held_chunks,
+    run_chute,
+    stored_sha256,
+    token_of,
+    user_env,
+)
+from tests.conftest import Client, Server, ServerFactory
+from tests.factories import csv_bytes, split
+
+CHUNK = 64 * KiB
+
+
+@pytest.fixture
+def slow_server(make_server: ServerFactory) -> Server:
+    return make_server(CHUTE_CHUNK_SIZE=str(CHUNK))
+
+
+def csv_file(tmp_path: Path, rows: int, seed: int = 0) -> tuple[Path, bytes]:
+    data = csv_bytes(rows, seed)
+    path = tmp_path / f"upload-{seed}.csv"
+    path.write_bytes(data)
+    return path, data
+
+
+def only_job(user: Client, timeout: float = 30) -> int:
+    """The id of the user's one job, once the command has made it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = user.http.get("/api/job").json()["items"]
+        if items:
+            assert len(items) == 1, items
+            return int(items[0]["id"])
+        time.sleep(0.05)
+    raise AssertionError("no job was created")
+
+
+def wait_for_chunks(user: Client, job_id: int, count: int, timeout: float = 60) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = held_chunks(user, job_id)
+        if len(held) >= count:
+            return held
+        time.sleep(0.05)
+    raise AssertionError(f"the server never held {count} chunks of job {job_id}")
+
+
+def test_upload_and_wait_prints_the_result(slow_server: Server, tmp_path: Path) -> None:
+    user = slow_server.client()
+    path, data = csv_file(tmp_path, 20_000)
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    result = run_chute(env, "upload", str(path), "--new", "sales", "--parallel", "3", "--wait")
+    assert result.returncode == 0, result.stderr
+    digest = hashlib.sha256(data).hexdigest()
+    # The result as a table: the input's SHA-256 is in it, whether the job's result
+    # holds it at the top (`size`, `sha256`) or under `input` (the profile).
+    assert digest in result.stdout
+    assert "succeeded" in result.stdout
+    total = len(split(data, CHUNK))
+    assert f"sent {total} of {total} chunks" in result.stderr
+    job_id = only_job(user)
+    assert stored_sha256(slow_server, user, job_id) == digest
+    assert user.job(job_id)["name"] == "sales"
+
+    # The same command again finds the job and sends nothing.
+    again = run_chute(env, "upload", str(path), "--parallel", "3")
+    assert again.returncode == 0, again.stderr
+    assert f"Job {job_id}" in again.stderr and "already uploaded" in again.stderr
+    assert chunk_posts(slow_server.log(), job_id) == total
+
+    listed = run_chute(env, "jobs")
+    assert listed.returncode == 0, listed.stderr
+    assert "sales" in listed.stdout and "succeeded" in listed.stdout
+    shown = run_chute(env, "status", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    assert digest in shown.stdout
+
+
+def test_killed_upload_resumes_with_only_the_missing_chunks(
+    slow_server: Server, tmp_path: Path
+) -> None:
+    user = slow_server.client()
+    path, data = csv_file(tmp_path, 40_000, seed=1)
+    total = len(split(data, CHUNK))
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    # A bandwidth limit keeps the first run slow enough to be killed in the middle.
+    command = ["upload", str(path), "--new", "killed", "--parallel", "2", "--limit-rate", "256K"]
+    first = subprocess.Popen(
+        chute_command(*command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        job_id = only_job(user)
+        wait_for_chunks(user, job_id, 4)
+    finally:
+        first.kill()
+        first.wait()
+    time.sleep(0.5)  # a chunk cut off by the kill is dropped by the server, not recorded
+    held = held_chunks(user, job_id)
+    assert 4 <= len(held) < total
+    log_before = len(slow_server.log())
+
+    second = run_chute(env, *command[:-2])  # the same command, at full speed
+    assert second.returncode == 0, second.stderr
+    assert f"Job {job_id}" in second.stderr and "found from an earlier run" in second.stderr
+    assert f"{len(held)} were already on the server" in second.stderr
+    # The server saw one chunk request per missing chunk, and none for those it held.
+    assert chunk_posts(slow_server.log()[log_before:], job_id) == total - len(held)
+    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
+    assert len(user.http.get("/api/job").json()["items"]) == 1
+
+
+def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) -> None:
+    user = slow_server.client()
+    path, data = csv_file(tmp_path, 40_000, seed=2)
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    upload = subprocess.Popen(
+        chute_command("upload", str(path), "--parallel", "2", "--limit-rate", "512K"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = only_job(user)
+        wait_for_chunks(user, job_id, 3)
+        slow_server.stop(kill=True)  # a crash, with chunks in flight
+        time.sleep(1)
+        slow_server.start(same_port=True)
+        _, stderr = upload.communicate(timeout=120)
+    finally:
+        upload.kill()
+    assert upload.returncode == 0, stderr
+    assert "retried" in stderr
+    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_refused_upload_shows_the_detail_and_fails(slow_server: Server, tmp_path: Path) -> None:
+    user = slow_server.client()
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"\x00\xff" * 100_000)
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    result = run_chute(env, "upload", str(path))
+    assert result.returncode == 1
+    assert "does not look like a CSV file" in result.stderr
+    assert "HTTP 422" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Refused once, never sent again.
+    job_id = only_job(user)
+    assert chunk_posts(slow_server.log(), job_id, None) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["upload", "{missing}"], 2, "no such file"),
+        (["upload", "{dir}"], 2, "not a regular file"),
+        (["upload", "{file}", "--chunk-size", "lots"], 2, "is not a size"),
+        (["upload", "{file}", "--chunk-size", "0"], 2, "less than one byte"),
+        (["upload", "{file}", "--chunk-size", "1G"], 1, "over the server's limit"),
+        (["upload", "{file}", "--parallel", "0"], 2, "not a number from 1 to 32"),
+        (["upload", "{file}", "--job", "987654"], 1, "Job not found."),
+        (["upload", "{file}", "--job", "x"], 2, "not a job id"),
+        (["status", "987654"], 1, "Job not found."),
+    ],
+)
+def test_bad_input_gets_a_clear_error(
+    server: Server, tmp_path: Path, args: list[str], code: int, words: str
+) -> None:
+    path, _ = csv_file(tmp_path, 100)
+    places = {"missing": str(tmp_path / "nope.csv"), "dir": str(tmp_path), "file": str(path)}
+    env = user_env(server, tmp_path / "home", token_of(server.client()))
+    result = run_chute(env, *(arg.format(**places) for arg in args))
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_login_stores_a_private_token_and_the_environment_wins(
+    server: Server, tmp_path: Path
+) -> None:
+    name = server.add_user(password="login-pw")
+    env = user_env(server, tmp_path / "home")
+    not_yet = run_chute(env, "jobs")
+    assert not_yet.returncode == 1 and "not signed in" in not_yet.stderr
+
+    login = run_chute(env, "login", "--user", name, stdin="login-pw\n")
+    assert login.returncode == 0, login.stderr
+    stored = tmp_path / "home" / ".config" / "chute" / "credentials.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert "login-pw" not in stored.read_text()
+    assert run_chute(env, "jobs").returncode == 0
+
+    # CHUTE_TOKEN overrides the stored token.
+    bad = run_chute({**env, "CHUTE_TOKEN": "not-a-token"}, "jobs")
+    assert bad.returncode == 1 and "Not signed in." in bad.stderr
+    # The last login's server is the default once CHUTE_SERVER is gone.
+    without = {k: v for k, v in env.items() if k != "CHUTE_SERVER"}
+    assert run_chute(without, "jobs").returncode == 0
+
+    wrong = run_chute(env, "login", "--user", name, stdin="nope\n")
+    assert wrong.returncode == 1 and "Wrong user name or password." in wrong.stderr
+
+
+def test_a_changed_file_gets_a_new_job(server: Server, tmp_path: Path) -> None:
+    user = server.client()
+    path, _ = csv_file(tmp_path, 500, seed=3)
+    env = user_env(server, tmp_path / "home", token_of(user))
+    assert run_chute(env, "upload", str(path)).returncode == 0
+    path.write_bytes(csv_bytes(600, seed=4))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = run_chute(env, "upload", str(path))
+    assert second.returncode == 0, second.stderr
+    assert "new" in second.stderr
+    assert len(user.http.get("/api/job").json()["items"]) == 2
