@@ -221,7 +221,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
             speed = render.size_text(summary.bytes_per_second)
             err.print(
                 f"Job {job.id}: sent {summary.sent_chunks} of {summary.total_chunks} chunks "
-                f"({render.size_text(summary.sent_bytes)}) in {summary.seconds:.1f} s, "
+                f"({render.size_text(summary.sent_bytes)}) in {summary.seconds:.2f} s, "
                 f"{speed}/s; {summary.held_chunks} were already on the server"
                 + (f"; {summary.retries} retried" if summary.retries else "")
                 + "."

@@ -1,0 +1,236 @@
+"""How close `chute upload` comes to what the server can take, and the client's memory.
+
+On one `chute serve` (by default `--workers 2`, the server benchmark's 3-in-flight
+scenario), each round sends the same file twice:
+
+1. with `rawhttp.py`, the server benchmark's client: sendfile, SHA-256s computed
+   beforehand and not timed. This is "what the server takes".
+2. with `chute upload FILE --parallel N`, a real process, as a user runs it. Its
+   own figure covers hashing every chunk, the status call and every chunk's
+   answer (the summary line it prints); the command's wall time, start-up and job
+   creation included, is shown too.
+
+Then `chute upload` runs again with the largest chunks the server takes and more of
+them in flight, to show that its peak RSS does not follow the chunk size, the
+number in flight or the file size. Peak RSS is the process's ru_maxrss (wait4).
+
+    .venv/bin/python bench/client_bench.py [--size-mib 1024] [--repeat 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from rawhttp import call, send_file
+from servers import Server, free_port, running
+from upload_bench import hash_source, warm, write_csv
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+PYTHON = sys.executable
+MiB = 1024 * 1024
+MB = 1_000_000
+USER, PASSWORD = "bench", "bench-password"
+GOAL_SHARE = 0.90
+GOAL_RSS = 100 * MB
+SUMMARY = re.compile(r"sent (\d+) of (\d+) chunks \(.*?\) in ([\d.]+) s")
+
+
+@dataclass
+class ClientRun:
+    label: str
+    chunk_size: int
+    parallel: int
+    file_size: int
+    upload_seconds: float  # the command's own figure: first hash to last answer
+    wall_seconds: float  # the whole command, Python start-up included
+    peak_rss: int  # bytes
+    cpu_seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.file_size / self.upload_seconds / MB
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
+    env.update(extra, PYTHONUNBUFFERED="1")
+    return env
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _sign_in(port: int) -> str:
+    form = urllib.parse.urlencode({"username": USER, "password": PASSWORD}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = call(port, "POST", "/api/auth/token", headers, form)
+    assert answer.status == 200, answer.body
+    return str(answer.json()["access_token"])
+
+
+def _new_job(port: int, token: str) -> int:
+    headers = {**_auth(token), "Content-Type": "application/json"}
+    answer = call(port, "POST", "/api/job", headers, json.dumps({"name": "bench"}).encode())
+    assert answer.status == 201, answer.body
+    return int(answer.json()["id"])
+
+
+def _delete_all(port: int, token: str) -> None:
+    """Every job goes, with its file: gigabytes of old uploads in the page cache slow
+    later writes on this machine (bench/README.md)."""
+    jobs = call(port, "GET", "/api/job?limit=200", _auth(token)).json()["items"]
+    for job in jobs:
+        deadline = time.monotonic() + 120
+        # A job that runs holds its file; wait until it has ended.
+        while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = call(port, "GET", f"/api/job/{job['id']}", _auth(token)).json()
+        call(port, "DELETE", f"/api/job/{job['id']}", _auth(token))
+
+
+def run_client(
+    label: str, port: int, token: str, home: Path, path: Path, chunk_size: int, parallel: int
+) -> ClientRun:
+    env = _env({"HOME": str(home), "CHUTE_SERVER": f"http://127.0.0.1:{port}"})
+    env["CHUTE_TOKEN"] = token
+    argv = [PYTHON, "-m", "chute", "upload", str(path), "--new", "bench"]
+    argv += ["--chunk-size", str(chunk_size), "--parallel", str(parallel)]
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.stdout is not None and process.stderr is not None
+    stderr = process.stderr.read().decode(errors="replace")
+    process.stdout.close()
+    process.stderr.close()
+    found = SUMMARY.search(stderr)
+    if process.returncode != 0 or found is None:
+        raise RuntimeError(f"chute upload failed ({process.returncode}):\n{stderr}")
+    sent, total, seconds = int(found[1]), int(found[2]), float(found[3])
+    if sent != total:
+        raise RuntimeError(f"chute upload sent {sent} of {total} chunks:\n{stderr}")
+    return ClientRun(
+        label,
+        chunk_size,
+        parallel,
+        path.stat().st_size,
+        seconds,
+        wall,
+        usage.ru_maxrss * 1024,  # KiB on Linux
+        usage.ru_utime + usage.ru_stime,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1024)")
+    parser.add_argument("--chunk-mib", type=int, default=100, help="chunk size (default 100)")
+    parser.add_argument("--parallel", type=int, default=3, help="chunks in flight (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="API processes (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--tmp-dir", type=Path, default=BENCH_DIR / "results" / "tmp")
+    args = parser.parse_args()
+    size, chunk = args.size_mib * MiB, args.chunk_mib * MiB
+
+    args.tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="client-bench-", dir=args.tmp_dir))
+    try:
+        csv = work / "bench.csv"
+        write_csv(csv, size)
+        source = hash_source(csv, size, chunk)
+        port = free_port()
+        env = _env(
+            {
+                "CHUTE_DATA_DIR": str(work / "data"),
+                "CHUTE_PORT": str(port),
+                "CHUTE_MIN_FREE_BYTES": "0",
+                "CHUTE_CHUNK_SIZE": str(chunk),
+            }
+        )
+        added = subprocess.run(
+            [PYTHON, "-m", "chute", "user", "add", USER],
+            input=f"{PASSWORD}\n".encode(),
+            env=env,
+            capture_output=True,
+        )
+        assert added.returncode == 0, added.stderr
+        argv = [PYTHON, "-m", "chute", "serve", "--workers", str(args.workers)]
+        server = Server(argv, env, port, args.workers, work / "server.log")
+        raw: list[float] = []
+        runs: list[ClientRun] = []
+        with running(server, PROJECT_DIR):
+            token = _sign_in(port)
+            for round_ in range(args.repeat):
+                print(f"[client-bench] round {round_ + 1} of {args.repeat}", file=sys.stderr)
+                os.sync()
+                warm(source)
+                job = _new_job(port, token)
+                sent = send_file(port, f"/api/job/{job}/upload-data", token, source, args.parallel)
+                raw.append(sent.bytes_per_second / MB)
+                _delete_all(port, token)
+                os.sync()
+                warm(source)
+                runs.append(run_client("speed", port, token, work, csv, chunk, args.parallel))
+                _delete_all(port, token)
+            # Memory: the largest chunks the server takes, many in flight.
+            big = 256 * MiB
+            for parallel in (args.parallel, 8):
+                os.sync()
+                runs.append(run_client("memory", port, token, work, csv, big, parallel))
+                _delete_all(port, token)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    speed = [r for r in runs if r.label == "speed"]
+    raw_mb = statistics.median(raw)
+    client_mb = statistics.median(r.mb_per_s for r in speed)
+    wall_mb = statistics.median(size / r.wall_seconds / MB for r in speed)
+    share = client_mb / raw_mb
+    peak = max(r.peak_rss for r in runs)
+    print(
+        f"\n{size // MiB} MiB file in {args.chunk_mib} MiB chunks, {args.parallel} in flight, "
+        f"chute serve --workers {args.workers}, medians of {args.repeat}; MB = 10^6 bytes"
+    )
+    print(f"  server benchmark client (rawhttp, sendfile): {raw_mb:7.1f} MB/s  {_runs(raw)}")
+    print(
+        f"  chute upload, its own figure:                {client_mb:7.1f} MB/s  "
+        f"{_runs([r.mb_per_s for r in speed])}  = {share:.0%} (goal >= {GOAL_SHARE:.0%}) "
+        f"{'PASS' if share >= GOAL_SHARE else 'FAIL'}"
+    )
+    print(f"  chute upload, whole command (start-up incl.): {wall_mb:6.1f} MB/s")
+    cpu = statistics.median(r.cpu_seconds for r in speed) / (size / 2**30)
+    print(f"  chute upload CPU: {cpu:.2f} s per GiB")
+    print("  chute upload peak RSS:")
+    for r in runs:
+        print(
+            f"    {r.chunk_size // MiB:4d} MiB chunks, {r.parallel} in flight: "
+            f"{r.peak_rss / MB:6.1f} MB  ({r.mb_per_s:.0f} MB/s)"
+        )
+    print(
+        f"  highest: {peak / MB:.1f} MB (goal < {GOAL_RSS / MB:.0f} MB) "
+        f"{'PASS' if peak < GOAL_RSS else 'FAIL'}"
+    )
+    sys.exit(0 if share >= GOAL_SHARE and peak < GOAL_RSS else 1)
+
+
+def _runs(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in values) + ")"
+
+
+if __name__ == "__main__":
+    main()
