@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -124,6 +125,35 @@ def test_killed_upload_resumes_with_only_the_missing_chunks(
     assert chunk_posts(slow_server.log()[log_before:], job_id) == total - len(held)
     assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
     assert len(user.http.get("/api/job").json()["items"]) == 1
+
+
+def test_ctrl_c_stops_the_upload_and_the_same_command_resumes(
+    slow_server: Server, tmp_path: Path
+) -> None:
+    user = slow_server.client()
+    path, data = csv_file(tmp_path, 40_000, seed=5)
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    command = ["upload", str(path), "--parallel", "3", "--limit-rate", "256K"]
+    first = subprocess.Popen(
+        chute_command(*command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        job_id = only_job(user)
+        wait_for_chunks(user, job_id, 3)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 130, stderr
+    assert f"Run the same command again to send the rest of job {job_id}" in stderr
+    assert "Traceback" not in stderr
+    held = held_chunks(user, job_id)
+    assert len(held) < len(split(data, CHUNK))
+
+    second = run_chute(env, *command)
+    assert second.returncode == 0, second.stderr
+    assert f"{len(held)} were already on the server" in second.stderr
+    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
 
 
 def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) -> None:

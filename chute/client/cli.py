@@ -109,6 +109,9 @@ def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except ChuteClientError as exc:
         print(f"chute: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("chute: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # --- login ------------------------------------------------------------------------------
