@@ -20,7 +20,7 @@ from chute.client.errors import ApiError, ChuteClientError, detail_of
 from chute.client.models import Job, ServerConfig, UploadStatus
 from chute.client.progress import ProgressCallback
 from chute.client.retry import RetryPolicy, retry_after, retryable_status
-from chute.client.upload import Uploader, UploadSummary
+from chute.client.upload import UploadSummary, upload_file
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 # A chunk's answer comes after the server's fdatasync and commit: allow for a slow disk.
@@ -214,7 +214,7 @@ class Client:
         Defaults come from the server's `/api/config`. A chunk size the server already
         fixed for this upload wins over `chunk_size`. See `chute.client.upload`.
         """
-        uploader = Uploader(
+        return upload_file(
             self,
             job_id,
             Path(path),
@@ -223,7 +223,6 @@ class Client:
             on_progress=on_progress,
             limit_rate=limit_rate,
         )
-        return uploader.run()
 
     def submit(
         self,

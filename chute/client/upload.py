@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from chute.client.errors import ApiError, ChuteClientError, UploadError, detail_of
-from chute.client.models import ServerConfig, UploadStatus
+from chute.client.models import HeldChunk, ServerConfig, UploadStatus
 from chute.client.multipart import ChunkForm
 from chute.client.progress import ProgressCallback, Tracker
 from chute.client.retry import retry_after, retryable_status
@@ -110,114 +110,137 @@ def choose_chunk_size(
     return size
 
 
-class Uploader:
-    """One run of sending a file. Build one per `Client.upload` call."""
+@dataclass(frozen=True)
+class Plan:
+    """The file cut into chunks, and what the server held of them when the run began."""
+
+    path: Path
+    file_size: int
+    chunk_size: int
+    pieces: tuple[Piece, ...]
+    held: dict[int, HeldChunk]
+
+    @property
+    def total_chunks(self) -> int:
+        return len(self.pieces)
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise UploadError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise UploadError(f"cannot read {path}: {exc.strerror}") from None
+    if not path.is_file():
+        raise UploadError(f"not a regular file: {path}")
+    return stat
+
+
+def _check_against(status: UploadStatus, pieces: tuple[Piece, ...], size: int) -> None:
+    """A job whose upload was begun with another file is refused before any byte."""
+    other = (
+        f"job {status.job_id} holds the start of another upload "
+        f"({status.total_chunks} chunks of {status.chunk_size} bytes"
+    )
+    if status.total_chunks is not None and status.total_chunks != len(pieces):
+        raise UploadError(f"{other}); this file makes {len(pieces)} chunks")
+    if status.file_size is not None and status.file_size != size:
+        raise UploadError(f"{other}, {status.file_size} bytes); this file has {size} bytes")
+    for index, held in status.chunks.items():
+        if index >= len(pieces) or held.size != pieces[index].size:
+            raise UploadError(f"{other}): chunk {index} differs in size")
+
+
+def upload_file(
+    client: Client,
+    job_id: int,
+    path: Path,
+    *,
+    chunk_size: int | None = None,
+    parallel: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    limit_rate: int | None = None,
+) -> UploadSummary:
+    """Send what the server lacks of `path` to job `job_id`; see the module docstring."""
+    started = time.monotonic()
+    before = _stat(path)
+    if before.st_size == 0:
+        raise UploadError(f"{path} is empty; there is nothing to upload")
+    status = client.upload_status(job_id)
+    config = client.config()
+    size = before.st_size
+    chosen = choose_chunk_size(chunk_size, status, config, size)
+    pieces = tuple(plan(size, chosen))
+    _check_against(status, pieces, size)
+    file_plan = Plan(path, size, chosen, pieces, status.chunks)
+    tracker = Tracker(job_id, size, len(pieces), on_progress)
+    for index in status.chunks:
+        tracker.held(pieces[index].size)
+    if status.state == "complete":
+        # The server holds every chunk and has started the job. Their sizes were
+        # checked above; hashing the whole file again would only delay the answer.
+        return _summary(job_id, file_plan, [], 0, started)
+    tracker.start()
+    sender = Sender(
+        client, job_id, file_plan, tracker, Throttle(limit_rate) if limit_rate else None
+    )
+    sender.run(max(1, min(parallel or config.parallel_chunks, len(pieces))))
+    after = _stat(path)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise UploadError(f"{path} changed while it was being sent; send it again")
+    if not sender.completed and client.upload_status(job_id).state != "complete":
+        raise UploadError(f"job {job_id}: the server does not hold the whole file")
+    return _summary(job_id, file_plan, sender.sent, sender.retries, started)
+
+
+def _summary(
+    job_id: int, file_plan: Plan, sent: list[Piece], retries: int, started: float
+) -> UploadSummary:
+    return UploadSummary(
+        job_id=job_id,
+        file_size=file_plan.file_size,
+        chunk_size=file_plan.chunk_size,
+        total_chunks=file_plan.total_chunks,
+        held_chunks=len(file_plan.held),
+        sent_chunks=len(sent),
+        sent_bytes=sum(piece.size for piece in sent),
+        retries=retries,
+        seconds=time.monotonic() - started,
+    )
+
+
+class Sender:
+    """The threads of one run: each takes the next chunk, hashes it, compares or sends it."""
 
     def __init__(
         self,
         client: Client,
         job_id: int,
-        path: Path,
-        *,
-        chunk_size: int | None,
-        parallel: int | None,
-        on_progress: ProgressCallback | None,
-        limit_rate: int | None,
+        file_plan: Plan,
+        tracker: Tracker,
+        throttle: Throttle | None,
     ) -> None:
         self.client = client
         self.job_id = job_id
-        self.path = path
-        self.requested_chunk_size = chunk_size
-        self.requested_parallel = parallel
-        self.on_progress = on_progress
-        self.throttle = Throttle(limit_rate) if limit_rate else None
+        self.plan = file_plan
+        self.tracker = tracker
+        self.throttle = throttle
         self.stop = threading.Event()
         # Set once the server holds chunk 0; other chunks wait for it.
         self.first_taken = threading.Event()
+        if 0 in file_plan.held:
+            self.first_taken.set()
+        self.completed = False  # a chunk got the completing answer
+        self.sent: list[Piece] = []
+        self.retries = 0
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
-        self._retries = 0
-        self._sent: list[Piece] = []
-        self._completed = False
 
-    def run(self) -> UploadSummary:
-        started = time.monotonic()
-        before = self._stat()
-        if before.st_size == 0:
-            raise UploadError(f"{self.path} is empty; there is nothing to upload")
-        status = self.client.upload_status(self.job_id)
-        config = self.client.config()
-        size = before.st_size
-        chunk_size = choose_chunk_size(self.requested_chunk_size, status, config, size)
-        pieces = plan(size, chunk_size)
-        self._check_against(status, pieces, size)
-        self.chunk_size = chunk_size
-        self.total_chunks = len(pieces)
-        self.status = status
-        self.file_size = size
-        tracker = Tracker(self.job_id, size, len(pieces), self.on_progress)
-        for index in status.chunks:
-            tracker.held(pieces[index].size)
-        if status.state == "complete":
-            # The server holds every chunk and has started the job. Their sizes were
-            # checked above; hashing the whole file again would only delay the answer.
-            return self._summary(pieces, started)
-        tracker.start()
-        self.tracker = tracker
-        if 0 in status.chunks:
-            self.first_taken.set()
-        parallel = max(1, min(self.requested_parallel or config.parallel_chunks, len(pieces)))
-        self._send_all(pieces, parallel)
-        after = self._stat()
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise UploadError(f"{self.path} changed while it was being sent; send it again")
-        if not self._completed and self.client.upload_status(self.job_id).state != "complete":
-            raise UploadError(f"job {self.job_id}: the server does not hold the whole file")
-        return self._summary(pieces, started)
-
-    def _stat(self) -> os.stat_result:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            raise UploadError(f"no such file: {self.path}") from None
-        except OSError as exc:
-            raise UploadError(f"cannot read {self.path}: {exc.strerror}") from None
-        if not self.path.is_file():
-            raise UploadError(f"not a regular file: {self.path}")
-        return stat
-
-    def _check_against(self, status: UploadStatus, pieces: list[Piece], size: int) -> None:
-        """A job whose upload was begun with another file is refused before any byte."""
-        other = (
-            f"job {self.job_id} holds the start of another upload "
-            f"({status.total_chunks} chunks of {status.chunk_size} bytes"
-        )
-        if status.total_chunks is not None and status.total_chunks != len(pieces):
-            raise UploadError(f"{other}); this file makes {len(pieces)} chunks")
-        if status.file_size is not None and status.file_size != size:
-            raise UploadError(f"{other}, {status.file_size} bytes); this file has {size} bytes")
-        for index, held in status.chunks.items():
-            if index >= len(pieces) or held.size != pieces[index].size:
-                raise UploadError(f"{other}): chunk {index} differs in size")
-
-    def _summary(self, pieces: list[Piece], started: float) -> UploadSummary:
-        return UploadSummary(
-            job_id=self.job_id,
-            file_size=self.file_size,
-            chunk_size=self.chunk_size,
-            total_chunks=len(pieces),
-            held_chunks=len(self.status.chunks),
-            sent_chunks=len(self._sent),
-            sent_bytes=sum(piece.size for piece in self._sent),
-            retries=self._retries,
-            seconds=time.monotonic() - started,
-        )
-
-    # --- the sender threads ---------------------------------------------------------
-
-    def _send_all(self, pieces: list[Piece], parallel: int) -> None:
-        todo = deque(pieces)  # index order: chunk 0 is taken first
-        fd = os.open(self.path, os.O_RDONLY)
+    def run(self, parallel: int) -> None:
+        """Send with `parallel` threads; raise the first error any of them met."""
+        todo = deque(self.plan.pieces)  # index order: chunk 0 is taken first
+        fd = os.open(self.plan.path, os.O_RDONLY)
         try:
             threads = [
                 threading.Thread(target=self._sender, args=(fd, todo), daemon=True)
@@ -240,6 +263,8 @@ class Uploader:
         if self._errors:
             raise self._errors[0]
 
+    # --- the sender threads ---------------------------------------------------------
+
     def _sender(self, fd: int, todo: deque[Piece]) -> None:
         try:
             while not self.stop.is_set():
@@ -248,7 +273,7 @@ class Uploader:
                 except IndexError:
                     return
                 sha256 = self._hash(fd, piece)
-                held = self.status.chunks.get(piece.index)
+                held = self.plan.held.get(piece.index)
                 if held is not None:
                     if held.sha256 != sha256:
                         raise UploadError(
@@ -262,7 +287,7 @@ class Uploader:
                             raise Aborted
                 self._send(fd, piece, sha256)
                 with self._lock:
-                    self._sent.append(piece)
+                    self.sent.append(piece)
         except Aborted:
             pass
         except BaseException as exc:
@@ -278,7 +303,7 @@ class Uploader:
                 raise Aborted
             block = os.pread(fd, min(block_size, end - offset), offset)
             if not block:
-                raise UploadError(f"{self.path} became shorter while it was being sent")
+                raise UploadError(f"{self.plan.path} became shorter while it was being sent")
             offset += len(block)
             yield block
 
@@ -314,25 +339,25 @@ class Uploader:
                     f"{self.client.retry.attempts} tries: {failure}"
                 )
             with self._lock:
-                self._retries += 1
+                self.retries += 1
             if not self.client.retry.pause(wait, self.stop):
                 raise Aborted
 
     def _confirmed(self, answer: dict[str, Any]) -> None:
         if answer.get("message") == COMPLETING_MESSAGE:
-            self._completed = True
+            self.completed = True
         self.first_taken.set()
         self.tracker.confirmed()
 
     def _post(self, fd: int, piece: Piece, sha256: str, streamed: list[int]) -> httpx.Response:
         fields = {
             "chunk_index": str(piece.index),
-            "total_chunks": str(self.total_chunks),
-            "chunk_size": str(self.chunk_size),
-            "file_size": str(self.file_size),
+            "total_chunks": str(self.plan.total_chunks),
+            "chunk_size": str(self.plan.chunk_size),
+            "file_size": str(self.plan.file_size),
             "chunk_sha256": sha256,
         }
-        form = ChunkForm(fields, self.path.name, piece.size)
+        form = ChunkForm(fields, self.plan.path.name, piece.size)
 
         def body() -> Iterator[bytes]:
             yield form.head
