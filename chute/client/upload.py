@@ -11,9 +11,13 @@ Resuming: the server lists the chunks it holds, with their sizes and SHA-256s. E
 held chunk of the file is hashed and compared; a match is skipped, a mismatch stops
 the upload (the job holds another file). Every other chunk is sent.
 
+Threads: one hashes the chunks in index order, ahead of the senders, so that a
+sender that finishes a chunk finds the next one hashed; `parallel` senders each
+take the next hashed chunk and stream it on a connection of their own.
+
 Chunk 0 goes alone: the server checks the CSV on it, so a wrong file is refused
-after one chunk, not after one per thread. The other threads hash their chunks
-meanwhile and start sending once the server took chunk 0.
+after one chunk, not after one per sender. The other senders start once the
+server took chunk 0 (for a 100-chunk file that costs well under 1 %).
 
 Retries: a chunk that fails on the network, or gets 5xx, 429 or 507, is sent again
 after a backoff with jitter (`retry.py`); it is idempotent on the server. Any other
@@ -24,9 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,15 +242,18 @@ class Sender:
         self._errors: list[BaseException] = []
 
     def run(self, parallel: int) -> None:
-        """Send with `parallel` threads; raise the first error any of them met."""
-        todo = deque(self.plan.pieces)  # index order: chunk 0 is taken first
+        """Send with `parallel` threads; raise the first error any thread met."""
+        # At most `parallel` hashed chunks wait for a sender: enough that a sender
+        # never waits for a hash, and few enough that they are still in the page cache.
+        ready: queue.Queue[tuple[Piece, str] | None] = queue.Queue(maxsize=parallel)
         fd = os.open(self.plan.path, os.O_RDONLY)
         try:
-            threads = [
-                threading.Thread(target=self._sender, args=(fd, todo), daemon=True)
-                for _ in range(parallel)
+            threads = [threading.Thread(target=self._hasher, args=(fd, ready, parallel))]
+            threads += [
+                threading.Thread(target=self._sender, args=(fd, ready)) for _ in range(parallel)
             ]
             for thread in threads:
+                thread.daemon = True
                 thread.start()
             try:
                 for thread in threads:
@@ -263,37 +270,65 @@ class Sender:
         if self._errors:
             raise self._errors[0]
 
-    # --- the sender threads ---------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+        self.stop.set()
 
-    def _sender(self, fd: int, todo: deque[Piece]) -> None:
+    def _hasher(self, fd: int, ready: queue.Queue[tuple[Piece, str] | None], senders: int) -> None:
+        """Hash every chunk in index order: compare those the server holds, queue the rest."""
         try:
-            while not self.stop.is_set():
-                try:
-                    piece = todo.popleft()
-                except IndexError:
-                    return
+            for piece in self.plan.pieces:
                 sha256 = self._hash(fd, piece)
                 held = self.plan.held.get(piece.index)
-                if held is not None:
-                    if held.sha256 != sha256:
-                        raise UploadError(
-                            f"job {self.job_id} holds other bytes for chunk {piece.index}: "
-                            "it was begun with another file"
-                        )
+                if held is None:
+                    self._put(ready, (piece, sha256))
+                elif held.sha256 != sha256:
+                    raise UploadError(
+                        f"job {self.job_id} holds other bytes for chunk {piece.index}: "
+                        "it was begun with another file"
+                    )
+            for _ in range(senders):
+                self._put(ready, None)
+        except Aborted:
+            pass
+        except BaseException as exc:
+            self._failed(exc)
+
+    def _put(
+        self, ready: queue.Queue[tuple[Piece, str] | None], item: tuple[Piece, str] | None
+    ) -> None:
+        while True:
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self.stop.is_set():
+                    raise Aborted from None
+
+    def _sender(self, fd: int, ready: queue.Queue[tuple[Piece, str] | None]) -> None:
+        try:
+            while True:
+                try:
+                    item = ready.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():
+                        return
                     continue
+                if item is None or self.stop.is_set():
+                    return
+                piece, sha256 = item
                 if piece.index != 0:
                     while not self.first_taken.wait(0.1):
                         if self.stop.is_set():
-                            raise Aborted
+                            return
                 self._send(fd, piece, sha256)
                 with self._lock:
                     self.sent.append(piece)
         except Aborted:
             pass
         except BaseException as exc:
-            with self._lock:
-                self._errors.append(exc)
-            self.stop.set()
+            self._failed(exc)
 
     def _read(self, fd: int, piece: Piece) -> Iterator[bytes]:
         block_size = self.throttle.block_size if self.throttle else BLOCK
