@@ -11,7 +11,7 @@ import pytest
 
 from chute.client import ApiError, ChuteClientError, Client, Progress, RetryPolicy, UploadError
 from tests.client_support import KiB, chunk_posts, held_chunks, stored_sha256, token_of
-from tests.conftest import Server, free_port
+from tests.conftest import Server, ServerFactory, free_port
 from tests.factories import csv_bytes, split
 
 CHUNK = 64 * KiB
@@ -179,3 +179,32 @@ def test_an_unreachable_server_is_retried_then_reported() -> None:
     chute = Client(f"http://127.0.0.1:{free_port()}", "t", retry=RetryPolicy(3, 0.01, 0.02))
     with chute, pytest.raises(ChuteClientError, match="cannot reach"):
         chute.jobs()
+
+
+def test_429_answers_are_retried_until_every_chunk_is_in(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # One upload request at a time per user: with 3 in flight, the server answers 429.
+    server = make_server(CHUTE_CHUNK_SIZE=str(CHUNK), CHUTE_MAX_UPLOADS_PER_USER="1")
+    path, data = write_csv(tmp_path, 40_000, seed=5)
+    user = server.client()
+    policy = RetryPolicy(attempts=50, base=0.01, cap=0.05)
+    with Client(server.url, token_of(user), retry=policy) as chute:
+        job = chute.create_job("busy")
+        summary = chute.upload(job.id, path, parallel=3)
+    assert summary.sent_chunks == summary.total_chunks
+    assert summary.retries == chunk_posts(server.log(), job.id, 429) > 0
+    assert stored_sha256(server, user, job.id) == hashlib.sha256(data).hexdigest()
+
+
+def test_507_answers_are_retried_then_reported(make_server: ServerFactory, tmp_path: Path) -> None:
+    # The server keeps more free disk than any machine has: every chunk gets 507.
+    server = make_server(CHUTE_CHUNK_SIZE=str(CHUNK), CHUTE_MIN_FREE_BYTES=str(2**60))
+    path, _ = write_csv(tmp_path, 1_000, seed=6)
+    user = server.client()
+    with Client(server.url, token_of(user), retry=RetryPolicy(3, 0.01, 0.02)) as chute:
+        job = chute.create_job("full")
+        with pytest.raises(ChuteClientError, match="after 3 tries") as caught:
+            chute.upload(job.id, path)
+    assert "storage is full" in str(caught.value)
+    assert chunk_posts(server.log(), job.id, 507) == 3
