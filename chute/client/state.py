@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,18 @@ class Credentials:
         return server if isinstance(server, str) else None
 
 
+# How long a file's job is remembered: far past the server's default upload expiry
+# (1 day), so a re-run finds a finished job and does not send the file again.
+KEEP = timedelta(days=30)
+
+
+def _age(at: str, now: datetime) -> timedelta:
+    try:
+        return now - datetime.fromisoformat(at)
+    except ValueError:
+        return KEEP * 2
+
+
 class UploadRecords:
     """Which job a file (server, absolute path, size, mtime) is being sent to."""
 
@@ -119,8 +131,14 @@ class UploadRecords:
 
     def remember(self, server: str, path: Path, job_id: int) -> None:
         key = self.key(server, path)
+        now = datetime.now(UTC)
         with self.file.update() as data:
-            data[key] = {"job_id": job_id, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            # Entries older than any upload's expiry only grow the file: drop them.
+            for old, entry in list(data.items()):
+                at = entry.get("at") if isinstance(entry, dict) else None
+                if not isinstance(at, str) or _age(at, now) > KEEP:
+                    del data[old]
+            data[key] = {"job_id": job_id, "at": now.isoformat(timespec="seconds")}
 
     def forget(self, server: str, path: Path) -> None:
         key = self.key(server, path)
