@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -112,13 +113,23 @@ class Server:
         answer = http.post("/api/auth/token", data={"username": name, "password": password})
         assert answer.status_code == 200, answer.text
         http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-        return Client(http, name)
+        return Client(http, name, self.data_dir)
 
 
 @dataclass
 class Client:
     http: httpx.Client
     username: str
+    data_dir: Path
+
+    def stored(self, job_id: int) -> tuple[int, str]:
+        """Size and SHA-256 of a job's assembled input file, read from the server's disk."""
+        path = self.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                digest.update(block)
+        return path.stat().st_size, digest.hexdigest()
 
     def new_job(self, name: str = "test job", **body: Any) -> int:
         answer = self.http.post("/api/job", json={"name": name, **body})
