@@ -86,7 +86,6 @@ def profile(
         _transcode(input, encoding, source, progress)
     parquet = outputs / "data.parquet"
     options = _read_options(p, _NATIVE.get(encoding, "utf-8"))
-    progress(0.5)
     with _connect(scratch, settings) as con:
         sniffed = _sniff(con, source, options, p)
         progress(_SNIFFED)
@@ -128,7 +127,7 @@ def _transcode(source: Path, encoding: str, target: Path, progress: Progress) ->
         while block := src.read(8 * 1024 * 1024):
             dst.write(decoder.decode(block).encode("utf-8"))
             done += len(block)
-            progress(_SNIFFED * done / total)
+            progress(_SNIFFED * 0.9 * done / total)
         dst.write(decoder.decode(b"", final=True).encode("utf-8"))
 
 
@@ -229,7 +228,7 @@ def _copy(
     cancelled = threading.Event()
 
     def watch() -> None:
-        while not stop.wait(0.25):
+        while True:
             done = con.query_progress()
             try:
                 if done >= 0:
@@ -239,6 +238,8 @@ def _copy(
             except JobCancelled:
                 cancelled.set()
                 con.interrupt()
+                return
+            if stop.wait(0.25):
                 return
 
     watcher = threading.Thread(target=watch, name="chute-profile-progress", daemon=True)
