@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import chunk_fields
+from tests.factories import chunk_fields, split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,6 +152,13 @@ class Client:
             data=chunk_fields(index, total, data if checksum else None, **extra),
             files={"file": (filename, data, "text/csv")},
         )
+
+    def upload(self, job_id: int, data: bytes, chunk_size: int = 64 * 1024) -> None:
+        """Send `data` in order, chunk by chunk; every chunk must be taken."""
+        chunks = split(data, chunk_size)
+        for index, chunk in enumerate(chunks):
+            answer = self.send_chunk(job_id, index, len(chunks), chunk)
+            assert answer.status_code == 200, answer.text
 
     def job(self, job_id: int) -> dict[str, Any]:
         answer = self.http.get(f"/api/job/{job_id}")

@@ -85,8 +85,8 @@ def _lost_running(rt: Runtime, now: datetime) -> list[int]:
                 values: dict[str, Any] = {
                     "status": JobStatus.FAILED,
                     "finished_at": now,
-                    "error": f"The job's worker stopped before it finished, {attempts} times; "
-                    "it is not tried again.",
+                    "error": "The job's worker stopped before it finished "
+                    f"(tried {attempts} of {limit} times); it is not tried again.",
                 }
             else:
                 values = {"status": JobStatus.QUEUED, "queued_at": now, "progress": None}
