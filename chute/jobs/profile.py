@@ -124,7 +124,8 @@ profile.params_model = ProfileParams  # type: ignore[attr-defined]
 
 def _python_name(encoding: str) -> str:
     name = codecs.lookup(encoding).name
-    return {"iso8859-1": "latin-1", "utf-16-le": "utf-16", "utf-16-be": "utf-16"}.get(name, name)
+    # utf-16 is native only with its BOM (what "utf-16" means); -le and -be are transcoded.
+    return {"iso8859-1": "latin-1"}.get(name, name)
 
 
 def _head_encoding(path: Path) -> str:

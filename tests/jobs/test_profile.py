@@ -227,3 +227,10 @@ def same(got: Any, want: Any) -> bool:
     if isinstance(got, str) and got.endswith("…"):
         return text.startswith(got[:-1])
     return bool(got == text)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_wide_encodings_are_read(tmp_path: Path, encoding: str) -> None:
+    text = "name,city\nJosé,Zürich\n"
+    result = run(tmp_path, text.encode(encoding), encoding=encoding)
+    assert result["preview"]["rows"] == [["José", "Zürich"]]
