@@ -69,20 +69,30 @@ def wait_for_chunks(user: Client, job_id: int, count: int, timeout: float = 60) 
     raise AssertionError(f"the server never held {count} chunks of job {job_id}")
 
 
-def test_upload_and_wait_prints_the_result(slow_server: Server, tmp_path: Path) -> None:
+def test_upload_and_wait_prints_the_profile(slow_server: Server, tmp_path: Path) -> None:
     user = slow_server.client()
-    path, data = csv_file(tmp_path, 20_000)
+    data = csv_bytes(20_000) + b"1,2,3,4\n"  # one row too many fields: a rejected row
+    path = tmp_path / "sales.csv"
+    path.write_bytes(data)
     env = user_env(slow_server, tmp_path / "home", token_of(user))
     result = run_chute(env, "upload", str(path), "--new", "sales", "--parallel", "3", "--wait")
     assert result.returncode == 0, result.stderr
-    digest = hashlib.sha256(data).hexdigest()
-    # The result as a table: the input's SHA-256 is in it, whether the job's result
-    # holds it at the top (`size`, `sha256`) or under `input` (the profile).
-    assert digest in result.stdout
-    assert "succeeded" in result.stdout
     total = len(split(data, CHUNK))
     assert f"sent {total} of {total} chunks" in result.stderr
+    assert "succeeded" in result.stderr
+    rows = [
+        [cell for cell in line.split() if cell not in "│┃"] for line in result.stdout.splitlines()
+    ]
+    # The profile's summary, its columns, its first rows and its rejected row.
+    assert ["rows", "20000"] in rows
+    assert ["rejected", "rows", "1"] in rows
+    assert next(row[:3] for row in rows if row[:1] == ["amount"]) == ["amount", "DOUBLE", "0"]
+    assert ["1", "name-0-1", "7.01"] in rows
+    assert any(
+        row[:1] == ["20002"] and "expected 3 fields, found 4" in " ".join(row) for row in rows
+    )
     job_id = only_job(user)
+    digest = hashlib.sha256(data).hexdigest()
     assert stored_sha256(slow_server, user, job_id) == digest
     assert user.job(job_id)["name"] == "sales"
 
@@ -97,7 +107,7 @@ def test_upload_and_wait_prints_the_result(slow_server: Server, tmp_path: Path) 
     assert "sales" in listed.stdout and "succeeded" in listed.stdout
     shown = run_chute(env, "status", str(job_id))
     assert shown.returncode == 0, shown.stderr
-    assert digest in shown.stdout
+    assert "first rows" in shown.stdout and "name-0-1" in shown.stdout
 
 
 def test_killed_upload_resumes_with_only_the_missing_chunks(

@@ -8,14 +8,16 @@ jobs. Any other error answer raises `ApiError` with the server's `detail`.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from chute.client import sse
 from chute.client.errors import ApiError, ChuteClientError, detail_of
 from chute.client.models import Job, ServerConfig, UploadStatus
 from chute.client.progress import ProgressCallback
@@ -24,6 +26,8 @@ from chute.client.upload import UploadSummary, upload_file
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 # A chunk's answer comes after the server's fdatasync and commit: allow for a slow disk.
+# Before opening a job's event stream again after it was cut off.
+RECONNECT_SECONDS = 0.5
 TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=300.0)
 
 
@@ -177,25 +181,59 @@ class Client:
         partial.replace(path)
         return path
 
+    def events(self, job_id: int) -> Iterator[Job]:
+        """The job at once and at every change, until it ends (the server's event stream)."""
+        for job in self._stream(job_id):
+            if job is not None:
+                yield job
+
+    def _stream(self, job_id: int) -> Iterator[Job | None]:
+        """Like `events`, with a None at each keep-alive (every 15 s or so)."""
+        headers = {"Accept": "text/event-stream"}
+        with self.http.stream("GET", f"/api/job/{job_id}/events", headers=headers) as response:
+            if not response.is_success:
+                response.read()
+                raise ApiError(response.status_code, detail_of(response))
+            for name, data in sse.events(response.iter_lines()):
+                if name == "job":
+                    yield Job.of(json.loads(data))
+                elif name == "gone":
+                    raise ApiError(404, str(json.loads(data).get("detail", "Job not found.")))
+                else:
+                    yield None
+
     def wait(
         self,
         job_id: int,
         *,
         timeout: float | None = None,
-        interval: float = 0.5,
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll the job until its status is final; `on_update` sees every answer."""
+        """Follow the job until its status is final; `on_update` sees every change.
+
+        It reads the server's event stream. A stream cut off (a proxy, a restart) is
+        opened again after one `job` call, which rides out the server's absence with
+        the usual retries.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            try:
+                for job in self._stream(job_id):
+                    if job is not None:
+                        if on_update is not None:
+                            on_update(job)
+                        if job.done:
+                            return job
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ChuteClientError(f"job {job_id} has not ended after {timeout} s")
+            except httpx.TransportError:
+                pass
             job = self.job(job_id)
-            if on_update is not None:
-                on_update(job)
             if job.done:
+                if on_update is not None:
+                    on_update(job)
                 return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise ChuteClientError(f"job {job_id} is still {job.status} after {timeout} s")
-            time.sleep(interval)
+            time.sleep(RECONNECT_SECONDS)
 
     # --- uploads ----------------------------------------------------------------------
 

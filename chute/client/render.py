@@ -93,7 +93,8 @@ def result_view(result: dict[str, Any]) -> RenderableType:
         summary.append(("rows", result["rows"]))
     dialect = result.get("dialect")
     if isinstance(dialect, dict):
-        summary.append(("dialect", ", ".join(f"{k} {v!r}" for k, v in dialect.items())))
+        known = {k: v for k, v in dialect.items() if v is not None}
+        summary.append(("dialect", ", ".join(f"{k} {v!r}" for k, v in known.items())))
     source = result.get("input")
     if isinstance(source, dict):
         if "size" in source:
@@ -132,8 +133,8 @@ def result_view(result: dict[str, Any]) -> RenderableType:
         parts.append(table)
 
     if isinstance(rejects, dict) and rejects.get("rows"):
-        table = Table("line", "reason", title="rejected rows")
+        table = Table("line", "reason", "text", title="rejected rows")
         for row in rejects["rows"][:REJECT_ROWS]:
-            table.add_row(_cell(row.get("line")), _cell(row.get("reason")))
+            table.add_row(*(_cell(row.get(key)) for key in ("line", "reason", "text")))
         parts.append(table)
     return Group(*parts)

@@ -60,7 +60,8 @@ def test_upload_in_parallel_stores_the_same_file(small_chunks: Server, tmp_path:
     assert done.status == "succeeded"
     digest = hashlib.sha256(data).hexdigest()
     assert stored_sha256(small_chunks, user, job.id) == digest
-    assert digest in str(done.result)
+    assert done.result is not None
+    assert (done.result["rows"], done.result["input"]["size"]) == (40_000, len(data))
     assert seen[-1].done_bytes == len(data)
     assert seen[-1].chunks_done == summary.total_chunks
     assert chunk_posts(small_chunks.log(), job.id) == summary.total_chunks
@@ -208,3 +209,44 @@ def test_507_answers_are_retried_then_reported(make_server: ServerFactory, tmp_p
             chute.upload(job.id, path)
     assert "storage is full" in str(caught.value)
     assert chunk_posts(server.log(), job.id, 507) == 3
+
+
+def test_result_parquet_and_events_of_a_profiled_file(small_chunks: Server, tmp_path: Path) -> None:
+    path, _ = write_csv(tmp_path, 3_000, seed=7)
+    updates: list[str] = []
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("profiled")
+        with pytest.raises(ApiError) as early:
+            chute.result(job.id)
+        chute.upload(job.id, path)
+        done = chute.wait(job.id, timeout=60, on_update=lambda j: updates.append(j.status))
+        result = chute.result(job.id)
+        parquet = chute.download_parquet(job.id, tmp_path / "out.parquet")
+        replay = list(chute.events(job.id))  # an ended job: its final state, then the end
+    assert early.value.status == 409
+    assert done.status == updates[-1] == "succeeded"
+    assert result == done.result
+    assert result["rows"] == 3_000
+    assert [c["name"] for c in result["columns"]] == ["id", "name", "amount"]
+    assert parquet.read_bytes()[:4] == b"PAR1"
+    assert parquet.stat().st_size == result["parquet"]["size"]
+    assert not (tmp_path / "out.parquet.part").exists()
+    assert [job.status for job in replay] == ["succeeded"]
+
+
+def test_waiting_for_a_job_deleted_meanwhile_ends_with_404(small_chunks: Server) -> None:
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("deleted")
+        first = next(chute.events(job.id))
+        assert first.status == "awaiting_upload"
+        chute.delete(job.id)
+        with pytest.raises(ApiError) as caught:
+            chute.wait(job.id, timeout=30)
+    assert caught.value.status == 404
+
+
+def test_waiting_has_a_deadline(small_chunks: Server) -> None:
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("never uploaded")
+        with pytest.raises(ChuteClientError, match="has not ended after 1 s"):
+            chute.wait(job.id, timeout=1)
