@@ -194,6 +194,7 @@ def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) 
         upload.kill()
     assert upload.returncode == 0, stderr
     assert "retried" in stderr
+    assert "trying again in" in stderr
     assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
 
 

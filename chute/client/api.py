@@ -47,10 +47,14 @@ class Client:
         token: str | None = None,
         *,
         retry: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`on_retry`, when given, hears of every failed try that will be tried again, in
+        plain words; it may be called from the upload's sender threads."""
         self.server = server.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(
             base_url=self.server,
@@ -114,7 +118,13 @@ class Client:
                     wait = max(wait, retry_after(response) or 0.0)
             if wait is None:
                 raise _gave_up(self.server, failure)
+            self.retrying(f"{method} {path}", failure, wait)
             time.sleep(wait)
+
+    def retrying(self, what: str, failure: Exception, wait: float) -> None:
+        if self.on_retry is not None:
+            reason = str(failure) or type(failure).__name__
+            self.on_retry(f"{what}: {reason}; trying again in {wait:.1f} s")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()

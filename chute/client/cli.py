@@ -85,14 +85,21 @@ def _server(args: argparse.Namespace) -> str:
     return str(server).rstrip("/")
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _client(args: argparse.Namespace, err: Console | None = None) -> Client:
+    """A client for the command's server and token; retries are told on `err`, the
+    console that also draws the progress bar, so the two do not garble each other."""
+    err = err or _console(stderr=True)
+
+    def say_retry(message: str) -> None:
+        err.print(message, style="yellow", markup=False, highlight=False)
+
     server = _server(args)
     token = os.environ.get("CHUTE_TOKEN") or Credentials().token(server)
     if not token:
         raise ChuteClientError(
             f"not signed in to {server}: run `chute login --server {server}` or set CHUTE_TOKEN"
         )
-    return Client(server, token)
+    return Client(server, token, on_retry=say_retry)
 
 
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -201,7 +208,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if not os.access(path, os.R_OK):
         raise UsageError(f"cannot read {args.file}: permission denied")
     out, err = _console(), _console(stderr=True)
-    with _client(args) as client:
+    with _client(args, err) as client:
         job, how = _job_for_file(client, args, path.resolve())
         if job.status in ACCEPTING_STATUSES:
             err.print(f"Job {job.id} ({job.name}), {how}: sending {path.name}")

@@ -375,6 +375,7 @@ class Sender:
                 )
             with self._lock:
                 self.retries += 1
+            self.client.retrying(f"chunk {piece.index}", failure, wait)
             if not self.client.retry.pause(wait, self.stop):
                 raise Aborted
 
