@@ -177,7 +177,7 @@ def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) 
     path, data = csv_file(tmp_path, 40_000, seed=2)
     env = user_env(slow_server, tmp_path / "home", token_of(user))
     upload = subprocess.Popen(
-        chute_command("upload", str(path), "--parallel", "2", "--limit-rate", "512K"),
+        chute_command("upload", str(path), "--parallel", "2", "--limit-rate", "256K"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -46,7 +46,8 @@ class UsageError(Exception):
 
 
 def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr)
+    # No markup: job names, file names and server details are printed as they are.
+    console = Console(stderr=stderr, markup=False)
     if not console.is_terminal:
         # Piped or captured: wide enough that a SHA-256 or a table is not folded.
         console.width = 200
@@ -245,21 +246,23 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def _wait(client: Client, job_id: int, out: Console, err: Console) -> int:
+    """Follow the job: a line per status, a spinner with its progress on a terminal,
+    then its result."""
     seen: list[str] = []
+    with err.status(f"job {job_id}: waiting") as spinner:
 
-    def show(job: Job) -> None:
-        state = job.status
-        if job.progress is not None and not job.done:
-            state += f" {job.progress:.0f} %"
-        if not seen or seen[-1] != state:
-            seen.append(state)
-            err.print(f"job {job.id}: {state}")
+        def show(job: Job) -> None:
+            if not seen or seen[-1] != job.status:
+                seen.append(job.status)
+                err.print(f"job {job.id}: {job.status}")
+            percent = f" {job.progress:.0f} %" if job.progress is not None else ""
+            spinner.update(f"job {job.id}: {job.status}{percent}")
 
-    try:
-        job = client.wait(job_id, on_update=show)
-    except KeyboardInterrupt:
-        err.print(f"Stopped waiting; the job goes on. `chute status {job_id}` shows it.")
-        return EXIT_INTERRUPTED
+        try:
+            job = client.wait(job_id, on_update=show)
+        except KeyboardInterrupt:
+            err.print(f"Stopped waiting; the job goes on. `chute status {job_id}` shows it.")
+            return EXIT_INTERRUPTED
     out.print(render.job_view(job))
     return 0 if job.status == "succeeded" else EXIT_FAILED
 
