@@ -39,15 +39,14 @@ from rawhttp import Source, call, send_file
 from servers import Server, free_port, running
 from upload_bench import (
     MB,
-    PASSWORD,
     PROJECT_DIR,
     PYTHON,
-    USER,
     BenchError,
     GiB,
     MiB,
     _create_job,
     _sign_in,
+    chute_env,
     hash_source,
     machine,
     warm,
@@ -178,22 +177,7 @@ def measure(work: Path, size: int, repeat: int) -> Results:
     results = Results(size=source.size)
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
-    env.update(
-        CHUTE_DATA_DIR=str(work / "data"),
-        CHUTE_PORT=str(port),
-        CHUTE_MIN_FREE_BYTES="0",
-        PYTHONUNBUFFERED="1",
-    )
-    added = subprocess.run(
-        [PYTHON, "-m", "chute", "user", "add", USER],
-        input=f"{PASSWORD}\n".encode(),
-        env=env,
-        cwd=PROJECT_DIR,
-        capture_output=True,
-    )
-    if added.returncode != 0:
-        raise BenchError(f"chute user add failed: {added.stderr.decode(errors='replace')}")
+    env = chute_env(work / "data", port)
     server = Server([PYTHON, "-m", "chute", "serve"], env, port, 1, work / "server.log")
     with running(server, PROJECT_DIR):
         token = _sign_in(port)

@@ -254,18 +254,12 @@ class Bench:
             runs.append((speed, self.meter.stop()))
         return runs
 
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        # Inherited CHUTE_* settings are dropped: the benchmark measures the embedded default.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
-        env.update(extra, PYTHONUNBUFFERED="1")
-        return env
-
     def ceiling(self, scenario: Scenario) -> Scenario:
         port = free_port()
         directory = Path(tempfile.mkdtemp(prefix="ceiling-", dir=self.work))
         argv = [PYTHON, str(BENCH_DIR / "null_app.py"), "--port", str(port)]
         argv += ["--workers", str(scenario.processes)]
-        server = Server(argv, self._env({}), port, scenario.processes, directory / "server.log")
+        server = Server(argv, bench_env({}), port, scenario.processes, directory / "server.log")
         source = self.sources[scenario.file_size, scenario.chunk_size]
         os.sync()
         try:
@@ -287,23 +281,7 @@ class Bench:
     def chute(self, scenario: Scenario) -> Scenario:
         port = free_port()
         directory = Path(tempfile.mkdtemp(prefix="chute-", dir=self.work))
-        env = self._env(
-            {
-                "CHUTE_DATA_DIR": str(directory / "data"),
-                "CHUTE_PORT": str(port),
-                "CHUTE_MIN_FREE_BYTES": "0",
-                "CHUTE_CHUNK_SIZE": str(scenario.chunk_size),
-            }
-        )
-        added = subprocess.run(
-            [PYTHON, "-m", "chute", "user", "add", USER],
-            input=f"{PASSWORD}\n".encode(),
-            env=env,
-            cwd=PROJECT_DIR,
-            capture_output=True,
-        )
-        if added.returncode != 0:
-            raise BenchError(f"chute user add failed:\n{added.stderr.decode(errors='replace')}")
+        env = chute_env(directory / "data", port, CHUTE_CHUNK_SIZE=str(scenario.chunk_size))
         # No job worker: this measures the upload; bench/job_bench.py measures the job.
         argv = [PYTHON, "-m", "chute", "serve", "--no-worker"]
         if scenario.processes > 1:
@@ -336,6 +314,35 @@ class Bench:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return scenario
+
+
+def bench_env(extra: dict[str, str]) -> dict[str, str]:
+    # Inherited CHUTE_* settings are dropped: the benchmarks measure the embedded default.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
+    env.update(extra, PYTHONUNBUFFERED="1")
+    return env
+
+
+def chute_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a `chute serve` on `data_dir`, whose database has the bench user."""
+    env = bench_env(
+        {
+            "CHUTE_DATA_DIR": str(data_dir),
+            "CHUTE_PORT": str(port),
+            "CHUTE_MIN_FREE_BYTES": "0",
+            **settings,
+        }
+    )
+    added = subprocess.run(
+        [PYTHON, "-m", "chute", "user", "add", USER],
+        input=f"{PASSWORD}\n".encode(),
+        env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+    )
+    if added.returncode != 0:
+        raise BenchError(f"chute user add failed:\n{added.stderr.decode(errors='replace')}")
+    return env
 
 
 def _sign_in(port: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.conftest import ROOT, Client, Server, ServerFactory
+from tests.conftest import ROOT, Client, Server, ServerFactory, serving
 from tests.factories import csv_bytes
 from tests.jobs.test_profile import FILLER, TRICKY
 
@@ -35,18 +35,8 @@ FAST = {
 @pytest.fixture(scope="module")
 def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server (API and embedded worker) with the example plugin installed."""
-    base = tmp_path_factory.mktemp("chute-plugins")
-    env = {
-        **os.environ,
-        "CHUTE_DATA_DIR": str(base / "data"),
-        "CHUTE_MIN_FREE_BYTES": "0",
-        **FAST,
-    }
-    server = Server(data_dir=base / "data", env=env)
-    server.start()
-    yield server
-    server.close_clients()
-    server.stop(kill=True)
+    with serving(tmp_path_factory.mktemp("chute-plugins"), **FAST) as server:
+        yield server
 
 
 def leftovers(server: Server, job_id: int) -> list[Path]:
