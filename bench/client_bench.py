@@ -10,9 +10,10 @@ scenario), each round sends the same file twice:
    answer (the summary line it prints); the command's wall time, start-up and job
    creation included, is shown too.
 
-Then `chute upload` runs again with the largest chunks the server takes and more of
-them in flight, to show that its peak RSS does not follow the chunk size, the
-number in flight or the file size. Peak RSS is the process's ru_maxrss (wait4).
+Then `chute upload` runs again with the largest chunks the server takes (256 MiB),
+3 and 8 in flight, and once more on a 4 GiB file (`--big-mib`), to show that its
+peak RSS follows neither the chunk size, nor the number in flight, nor the file
+size. Peak RSS is the process's ru_maxrss (wait4).
 
     .venv/bin/python bench/client_bench.py [--size-mib 1024] [--repeat 3] [--workers 2]
 """
@@ -20,7 +21,6 @@ number in flight or the file size. Peak RSS is the process's ru_maxrss (wait4).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -30,20 +30,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from rawhttp import call, send_file
 from servers import Server, free_port, running
-from upload_bench import hash_source, warm, write_csv
+from upload_bench import (
+    _create_job,
+    _delete_job,
+    _sign_in,
+    bench_env,
+    chute_env,
+    hash_source,
+    warm,
+    write_csv,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 PYTHON = sys.executable
 MiB = 1024 * 1024
 MB = 1_000_000
-USER, PASSWORD = "bench", "bench-password"
 GOAL_SHARE = 0.90
 GOAL_RSS = 100 * MB
 SUMMARY = re.compile(r"sent (\d+) of (\d+) chunks \(.*?\) in ([\d.]+) s")
@@ -65,45 +72,20 @@ class ClientRun:
         return self.file_size / self.upload_seconds / MB
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUTE_")}
-    env.update(extra, PYTHONUNBUFFERED="1")
-    return env
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _sign_in(port: int) -> str:
-    form = urllib.parse.urlencode({"username": USER, "password": PASSWORD}).encode()
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    answer = call(port, "POST", "/api/auth/token", headers, form)
-    assert answer.status == 200, answer.body
-    return str(answer.json()["access_token"])
-
-
-def _new_job(port: int, token: str) -> int:
-    headers = {**_auth(token), "Content-Type": "application/json"}
-    answer = call(port, "POST", "/api/job", headers, json.dumps({"name": "bench"}).encode())
-    assert answer.status == 201, answer.body
-    return int(answer.json()["id"])
-
-
 def _delete_all(port: int, token: str) -> None:
     """Every job goes, with its file: gigabytes of old uploads in the page cache slow
     later writes on this machine (bench/README.md)."""
-    jobs = call(port, "GET", "/api/job?limit=200", _auth(token)).json()["items"]
-    for job in jobs:
-        answer = call(port, "DELETE", f"/api/job/{job['id']}", _auth(token))
-        assert answer.status == 204, answer.body
+    answer = call(port, "GET", "/api/job?limit=200", {"Authorization": f"Bearer {token}"})
+    for job in answer.json()["items"]:
+        _delete_job(port, token, int(job["id"]))
 
 
 def run_client(
     label: str, port: int, token: str, home: Path, path: Path, chunk_size: int, parallel: int
 ) -> ClientRun:
-    env = _env({"HOME": str(home), "CHUTE_SERVER": f"http://127.0.0.1:{port}"})
-    env["CHUTE_TOKEN"] = token
+    env = bench_env(
+        {"HOME": str(home), "CHUTE_SERVER": f"http://127.0.0.1:{port}", "CHUTE_TOKEN": token}
+    )
     argv = [PYTHON, "-m", "chute", "upload", str(path), "--new", "bench"]
     argv += ["--chunk-size", str(chunk_size), "--parallel", str(parallel)]
     started = time.perf_counter()
@@ -140,6 +122,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=3, help="chunks in flight (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="API processes (default 2)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--big-mib", type=int, default=4096, help="file size of the last memory run (0: none)"
+    )
     parser.add_argument("--tmp-dir", type=Path, default=BENCH_DIR / "results" / "tmp")
     args = parser.parse_args()
     size, chunk = args.size_mib * MiB, args.chunk_mib * MiB
@@ -151,21 +136,7 @@ def main() -> None:
         write_csv(csv, size)
         source = hash_source(csv, size, chunk)
         port = free_port()
-        env = _env(
-            {
-                "CHUTE_DATA_DIR": str(work / "data"),
-                "CHUTE_PORT": str(port),
-                "CHUTE_MIN_FREE_BYTES": "0",
-                "CHUTE_CHUNK_SIZE": str(chunk),
-            }
-        )
-        added = subprocess.run(
-            [PYTHON, "-m", "chute", "user", "add", USER],
-            input=f"{PASSWORD}\n".encode(),
-            env=env,
-            capture_output=True,
-        )
-        assert added.returncode == 0, added.stderr
+        env = chute_env(work / "data", port, CHUTE_CHUNK_SIZE=str(chunk))
         # No job worker: profiling each gigabyte would compete for the cores with the
         # next upload. The jobs stay queued and are deleted.
         argv = [PYTHON, "-m", "chute", "serve", "--workers", str(args.workers), "--no-worker"]
@@ -179,7 +150,7 @@ def main() -> None:
                 print(f"[client-bench] round {round_ + 1} of {args.repeat}", file=sys.stderr)
                 os.sync()
                 warm(source)
-                job = _new_job(port, token)
+                job = _create_job(port, token)
                 before = resource.getrusage(resource.RUSAGE_SELF)
                 sent = send_file(port, f"/api/job/{job}/upload-data", token, source, args.parallel)
                 after = resource.getrusage(resource.RUSAGE_SELF)
@@ -195,6 +166,14 @@ def main() -> None:
             for parallel in (args.parallel, 8):
                 os.sync()
                 runs.append(run_client("memory", port, token, work, csv, big, parallel))
+                _delete_all(port, token)
+            if args.big_mib:
+                # A larger file: the client's memory must not follow the file size either.
+                csv.unlink()
+                csv = work / "big.csv"
+                write_csv(csv, args.big_mib * MiB)
+                os.sync()
+                runs.append(run_client("memory", port, token, work, csv, big, 8))
                 _delete_all(port, token)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -225,7 +204,8 @@ def main() -> None:
     print("  chute upload peak RSS:")
     for r in runs:
         print(
-            f"    {r.chunk_size // MiB:4d} MiB chunks, {r.parallel} in flight: "
+            f"    {r.file_size // MiB:5d} MiB file, {r.chunk_size // MiB:4d} MiB chunks, "
+            f"{r.parallel} in flight: "
             f"{r.peak_rss / MB:6.1f} MB  ({r.mb_per_s:.0f} MB/s)"
         )
     print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from chute.client import ApiError, ChuteClientError, Client, Progress, RetryPolicy, UploadError
 from tests.client_support import KiB, chunk_posts, held_chunks, stored_sha256, token_of
-from tests.conftest import Server, ServerFactory, free_port
+from tests.conftest import Server, ServerFactory, free_port, serving
 from tests.factories import csv_bytes, split
 
 CHUNK = 64 * KiB
@@ -20,19 +19,9 @@ CHUNK = 64 * KiB
 @pytest.fixture(scope="module")
 def small_chunks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module, telling clients to use 64 KiB chunks."""
-    base = tmp_path_factory.mktemp("client-api")
-    env = {
-        **os.environ,
-        "CHUTE_DATA_DIR": str(base / "data"),
-        "CHUTE_MIN_FREE_BYTES": "0",
-        "CHUTE_CHUNK_SIZE": str(CHUNK),
-        "CHUTE_MAX_CHUNK_BYTES": str(1024 * KiB),
-    }
-    server = Server(data_dir=base / "data", env=env)
-    server.start()
-    yield server
-    server.close_clients()
-    server.stop(kill=True)
+    settings = {"CHUTE_CHUNK_SIZE": str(CHUNK), "CHUTE_MAX_CHUNK_BYTES": str(1024 * KiB)}
+    with serving(tmp_path_factory.mktemp("client-api"), **settings) as server:
+        yield server
 
 
 def write_csv(tmp_path: Path, rows: int, seed: int = 0) -> tuple[Path, bytes]:
