@@ -1,11 +1,12 @@
 """Sending a file as a job's chunks: only those the server lacks, several at once.
 
 How a chunk is sent without ever being held in memory: its region of the file is
-read twice, in 1 MiB blocks. The first pass computes its SHA-256 (the server wants
-`chunk_sha256` in the form fields, which come before the bytes); the second streams
-the blocks into the request body, whose length is computed up front so it goes out
-with Content-Length. The second read nearly always comes from the page cache. So
-memory stays at a few blocks per chunk in flight, whatever the chunk or file size.
+read twice. The first pass (1 MiB at a time, into one reused buffer) computes its
+SHA-256: the server wants `chunk_sha256` in the form fields, which come before the
+bytes. The second streams 256 KiB blocks into the request body, whose length is
+computed up front so it goes out with Content-Length; it nearly always reads from
+the page cache. So memory stays at one block per chunk in flight, whatever the
+chunk or file size.
 
 Resuming: the server lists the chunks it holds, with their sizes and SHA-256s. Each
 held chunk of the file is hashed and compared; a match is skipped, a mismatch stops
