@@ -43,8 +43,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.port = free_port()
+    def start(self, same_port: bool = False) -> None:
+        """Start; `same_port`: where the last run listened, as a restarted service would."""
+        if not (same_port and self.port):
+            self.port = free_port()
         env = {**self.env, "CHUTE_PORT": str(self.port)}
         self.log_path = self.data_dir.parent / f"serve-{self.port}.log"
         with self.log_path.open("ab") as log:

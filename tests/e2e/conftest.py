@@ -1,0 +1,184 @@
+"""Browser fixtures: Debian's Chromium driven by Playwright, against a real `chute serve`.
+
+Playwright cannot download browsers here, so it launches /usr/bin/chromium (the Debian
+package; `.ci/run` installs it). Without it these tests fail: they are the only check
+of the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, CDPSession, Page, Playwright, sync_playwright
+
+from tests.conftest import Server, ServerFactory
+from tests.factories import csv_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+PASSWORD = "pw-for-tests"
+SMALL_CHUNK = 64 * 1024
+# Every test file is a few hundred KB in 64 KiB chunks: many chunks, little work.
+CSV_ROWS = 20_000
+WIDTH_360 = {"width": 360, "height": 800}
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def web(make_module_server: ServerFactory) -> Server:
+    """A server shared by a module's browser tests, with small chunks."""
+    return make_module_server(CHUTE_CHUNK_SIZE=str(SMALL_CHUNK))
+
+
+@pytest.fixture(scope="module")
+def make_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    servers: list[Server] = []
+
+    def make(*args: str, **settings: str) -> Server:
+        base = tmp_path_factory.mktemp("chute-web")
+        env = {
+            **os.environ,
+            "CHUTE_DATA_DIR": str(base / "data"),
+            "CHUTE_MIN_FREE_BYTES": "0",
+            **settings,
+        }
+        server = Server(data_dir=base / "data", env=env, args=list(args))
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(kill=True)
+
+
+@dataclass
+class Person:
+    """A user with a browser tab, and an API client signed in as the same user."""
+
+    name: str
+    page: Page
+    server: Server
+    api: httpx.Client
+
+    def sign_in(self) -> None:
+        self.page.goto(self.server.url)
+        self.page.get_by_label("User name").fill(self.name)
+        self.page.get_by_label("Password").fill(PASSWORD)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.get_by_role("heading", name="Jobs", exact=True).wait_for()
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        answer = self.api.get(f"/api/job/{job_id}")
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def jobs(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.api.get("/api/job").json()["items"]
+        return items
+
+    def held(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.api.get(f"/api/job/{job_id}/upload-data").json()
+        return result
+
+    def current_job_id(self) -> int:
+        match = re.search(r"#/job/(\d+)$", self.page.url)
+        assert match, self.page.url
+        return int(match.group(1))
+
+
+class People:
+    """Makes people: a user on `server`, a browser context of their own, signed in."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.clients: list[httpx.Client] = []
+        self.pages: list[tuple[Page, list[str]]] = []
+
+    def __call__(self, server: Server, *, viewport: dict[str, int] | None = None) -> Person:
+        name = server.add_user(None, PASSWORD)
+        context = self.browser.new_context(viewport=viewport or WIDTH_360)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        api = httpx.Client(base_url=server.url, timeout=60)
+        self.clients.append(api)
+        token = api.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        self.pages.append((page, errors))
+        page.set_default_timeout(30_000)
+        person = Person(name, page, server, api)
+        person.sign_in()
+        return person
+
+    def close(self) -> None:
+        for page, errors in self.pages:
+            page.context.close()
+            assert not errors, f"uncaught errors in the page: {errors}"
+        for client in self.clients:
+            client.close()
+
+
+@pytest.fixture
+def people(browser: Browser) -> Iterator[People]:
+    made = People(browser)
+    yield made
+    made.close()
+
+
+def throttle(page: Page, bytes_per_second: int) -> CDPSession:
+    """Slow the tab's uploads down, so a test can act while chunks are in flight."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": bytes_per_second,
+        },
+    )
+    return cdp
+
+
+def write_csv(tmp_path: Path, name: str = "sales.csv", rows: int = CSV_ROWS, seed: int = 0) -> Path:
+    path = tmp_path / name
+    path.write_bytes(csv_bytes(rows, seed))
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stored_input(server: Server, job_id: int) -> Path:
+    return server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
+
+
+def result_sha256(job: dict[str, Any]) -> str:
+    """The input's SHA-256 in a job's result: `input.sha256` for a profile, else `sha256`."""
+    result = job["result"]
+    value = result["input"]["sha256"] if "input" in result else result["sha256"]
+    return str(value)
