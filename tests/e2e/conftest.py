@@ -30,13 +30,15 @@ CSV_ROWS = 20_000
 WIDTH_360 = {"width": 360, "height": 800}
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: while Playwright's sync API is open, its event loop
+# counts as running in this thread, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium"
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
