@@ -71,6 +71,10 @@ function bytes(n) {
   return i === 0 ? `${n} bytes` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
 
+function when(iso) {
+  return new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+}
+
 function duration(seconds) {
   if (seconds == null || !Number.isFinite(seconds)) return "–";
   const s = Math.max(0, Math.round(seconds));
@@ -97,6 +101,8 @@ function statusText(status) {
 function cell(tag, text) {
   const el = document.createElement(tag);
   el.textContent = text;
+  // A hash or other long unbroken value may break anywhere; words keep whole.
+  if (/^\S{25,}$/.test(text)) el.className = "long";
   return el;
 }
 
@@ -215,7 +221,7 @@ async function loadJobs() {
     const upload = job.upload
       ? `${job.upload.chunks_received} of ${job.upload.total_chunks} chunks, ${bytes(job.upload.bytes_received)}`
       : "–";
-    row.append(name, status, cell("td", upload), cell("td", new Date(job.created_at).toLocaleString()));
+    row.append(name, status, cell("td", upload), cell("td", when(job.created_at)));
     body.append(row);
   }
   $("jobs-empty").hidden = page.total > 0;
@@ -362,7 +368,7 @@ function renderJob(job) {
       `The server holds ${held.chunks_received} of ${held.total_chunks} chunks of ${name} ` +
       `(${bytes(held.bytes_received)}${held.file_size ? ` of ${bytes(held.file_size)}` : ""}). ` +
       "Choose the same file to continue where it left off.";
-    if (held.expires_at) heldText += ` Unless continued, it is removed at ${new Date(held.expires_at).toLocaleString()}.`;
+    if (held.expires_at) heldText += ` Unless continued, it is removed at ${when(held.expires_at)}.`;
   }
   $("upload-held").textContent = heldText;
   if (job.status === "succeeded") renderResult(job);
@@ -495,7 +501,15 @@ function attachUploader(uploader) {
     progress,
     retrying: ({ detail: r }) =>
       say(`Connection trouble (${r.reason}). Trying again in ${duration(r.delay / 1000)} (attempt ${r.attempt}).`),
-    chunkdone: () => {},
+    chunkdone: async () => {
+      // The first chunk recorded moves the job to "uploading": show it now, not at the next poll.
+      if (!here() || $("job-status").dataset.status !== "awaiting_upload") return;
+      try {
+        renderJob(await api("GET", `/api/job/${jobId}`));
+      } catch {
+        // The status watch shows it soon enough.
+      }
+    },
     paused: () => say("Paused. Resume to go on; the server keeps what it has."),
     resumed: () => say(`Resuming ${uploader.file.name}…`),
     cancelled: () => {
