@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from chute.api import auth, config, jobs, uploads, web
+from chute.api import auth, config, events, jobs, results, uploads, web
 from chute.config import Settings
-from chute.errors import ChuteError
+from chute.errors import ChuteError, plain_words
 from chute.runtime import build_runtime
 from chute.upload.receive import UploadSlots
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
             runtime.close()
 
     app = FastAPI(title="Chute", lifespan=lifespan)
-    for module in (auth, jobs, uploads, config):
+    for module in (auth, jobs, uploads, results, events, config):
         app.include_router(module.router)
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
@@ -53,7 +53,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _plain_words(exc)}, status_code=422)
+        return JSONResponse({"detail": plain_words(exc.errors())}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -71,15 +71,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
         return JSONResponse({"detail": "Internal server error."}, status_code=500)
-
-
-def _plain_words(exc: RequestValidationError) -> str:
-    """FastAPI's list of errors as one sentence: `body.name: String should have ...`."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "The request is not valid."
 
 
 def app_from_env() -> FastAPI:

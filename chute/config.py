@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     # Seconds a request waits for another request still sending the same chunk.
     chunk_lock_timeout: float = Field(30.0, gt=0)
 
+    # Seconds between two heartbeats (and progress reports) of a running job.
+    heartbeat_interval: float = Field(1.0, gt=0)
+    # A running job whose last heartbeat is older than this many seconds lost its worker.
+    heartbeat_timeout: float = Field(30.0, gt=0)
+    # Times a job may be started before a lost worker makes it fail for good.
+    max_attempts: int = Field(3, ge=1)
+    # DuckDB's memory limit and threads per profile job (0 threads: one per core).
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = Field(0, ge=0)
+
     token_ttl: int = Field(24 * 3600, ge=60)
     session_ttl: int = Field(14 * 24 * 3600, ge=60)
 
@@ -57,6 +67,11 @@ class Settings(BaseSettings):
             raise ValueError("CHUTE_QUEUE_URL must start with sqlite:// or redis://")
         if self.storage_url and not self.storage_url.startswith("file://"):
             raise ValueError("CHUTE_STORAGE_URL must start with file://")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                "CHUTE_HEARTBEAT_TIMEOUT must exceed twice CHUTE_HEARTBEAT_INTERVAL, "
+                "or a slow heartbeat would hand a live job to a second worker"
+            )
         return self
 
     @property

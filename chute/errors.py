@@ -7,6 +7,7 @@ else becomes a 500 whose body carries no exception text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -17,6 +18,7 @@ class Problem(Enum):
     BAD_CREDENTIALS = (401, "Wrong user name or password.")
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
     JOB_NOT_FOUND = (404, "Job not found.")
+    OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     NOT_ACCEPTING_DATA = (409, "This job is not accepting data (status: {status}).")
     UPLOAD_COMPLETE = (409, "The upload is complete and can no longer be discarded.")
     UPLOAD_REPLACED = (409, "The upload was discarded while this chunk was being sent.")
@@ -28,6 +30,7 @@ class Problem(Enum):
     CHUNK_CONFLICT = (409, "Chunk {index} is already stored with different bytes.")
     CHUNK_BUSY = (409, "Chunk {index} is being sent by another request; try again shortly.")
     JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
+    NO_RESULT = (409, "The job has no result: it is {status}.")
     USER_EXISTS = (409, "A user with that name already exists.")
     CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")
     FILE_TOO_LARGE = (413, "The file is larger than the limit of {limit} bytes.")
@@ -67,3 +70,13 @@ class ChuteError(Exception):
 def invalid(what: str) -> ChuteError:
     """A 422 for a missing or malformed field, with `what` saying which and why."""
     return ChuteError(Problem.INVALID_FIELD, what=what)
+
+
+def plain_words(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> str:
+    """pydantic's list of errors as one sentence: `name: String should have ...`."""
+    parts = []
+    for error in errors:
+        path = [prefix] if prefix else []
+        path += [str(p) for p in error.get("loc", ()) if p != "body"]
+        parts.append(f"{'.'.join(path) or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "The request is not valid."

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chute.config import Settings
 from chute.db.session import make_engine, make_sessionmaker
+from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
 from chute.storage import Storage, make_storage
 
@@ -19,6 +20,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
+    # Job kinds by name, from the `chute.jobs` entry points.
+    kinds: dict[str, Kind]
     queue: JobQueue = field(init=False)
 
     def close(self) -> None:
@@ -35,6 +38,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         sessions=make_sessionmaker(engine),
         storage=make_storage(settings.resolved_storage_url),
+        kinds=load_kinds(),
     )
     runtime.queue = JobQueue(
         make_huey(settings.resolved_queue_url), lambda job_id: run_job(runtime, job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import chunk_fields
+from tests.factories import chunk_fields, split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,13 +115,23 @@ class Server:
         answer = http.post("/api/auth/token", data={"username": name, "password": password})
         assert answer.status_code == 200, answer.text
         http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-        return Client(http, name)
+        return Client(http, name, self.data_dir)
 
 
 @dataclass
 class Client:
     http: httpx.Client
     username: str
+    data_dir: Path
+
+    def stored(self, job_id: int) -> tuple[int, str]:
+        """Size and SHA-256 of a job's assembled input file, read from the server's disk."""
+        path = self.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                digest.update(block)
+        return path.stat().st_size, digest.hexdigest()
 
     def new_job(self, name: str = "test job", **body: Any) -> int:
         answer = self.http.post("/api/job", json={"name": name, **body})
@@ -143,6 +154,13 @@ class Client:
             data=chunk_fields(index, total, data if checksum else None, **extra),
             files={"file": (filename, data, "text/csv")},
         )
+
+    def upload(self, job_id: int, data: bytes, chunk_size: int = 64 * 1024) -> None:
+        """Send `data` in order, chunk by chunk; every chunk must be taken."""
+        chunks = split(data, chunk_size)
+        for index, chunk in enumerate(chunks):
+            answer = self.send_chunk(job_id, index, len(chunks), chunk)
+            assert answer.status_code == 200, answer.text
 
     def job(self, job_id: int) -> dict[str, Any]:
         answer = self.http.get(f"/api/job/{job_id}")

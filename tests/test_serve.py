@@ -38,7 +38,8 @@ def test_two_api_processes_listen_each_on_its_own_socket(make_server: ServerFact
     answers = [client.send_chunk(job_id, i, len(chunks), c) for i, c in enumerate(chunks)]
     assert [a.status_code for a in answers] == [200] * len(chunks)
     job = client.wait_for(job_id, "succeeded", "failed")
-    assert job["result"] == {"size": len(data), "sha256": sha256(data)}
+    assert job["status"] == "succeeded", job
+    assert client.stored(job_id) == (len(data), sha256(data))
 
 
 def test_one_api_process_by_default(make_server: ServerFactory) -> None:

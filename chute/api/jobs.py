@@ -15,8 +15,7 @@ router = APIRouter(prefix="/api/job", tags=["jobs"])
 def create_job(
     body: JobCreate, user: CurrentUser, session: SessionDep, rt: RuntimeDep
 ) -> JobPublic:
-    params = body.params.model_dump(exclude_defaults=True)
-    job = service.create_job(session, user.id, body.name, body.kind, params)
+    job = service.create_job(session, rt.kinds, user.id, body.name, body.kind, body.params)
     return JobPublic.of(job, None, rt.settings.upload_expiry)
 
 
@@ -45,6 +44,7 @@ def cancel_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeD
     job, discard = service.cancel_job(session, user.id, job_id)
     if discard is not None:
         rt.storage.abort(discard)
+    rt.storage.delete_prefix(service.job_prefix(job_id))
     return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
 
 
@@ -53,5 +53,5 @@ def delete_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeD
     storage_id = service.delete_job(session, user.id, job_id)
     if storage_id is not None:
         rt.storage.abort(storage_id)
-    rt.storage.delete(service.input_key(job_id))
+    rt.storage.delete_prefix(service.job_prefix(job_id))
     return Response(status_code=204)

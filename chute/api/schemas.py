@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-import codecs
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from chute.db.models import Job, JobStatus, Upload
 from chute.jobs.service import expires_at
 from chute.upload.service import started
-
-JOB_KINDS = ("profile",)
-
-
-class ProfileParams(BaseModel):
-    """Parameters of the `profile` kind; all optional."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    delimiter: str | None = Field(None, min_length=1, max_length=1)
-    header: bool = True
-    encoding: str | None = None
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                codecs.lookup(value)
-            except LookupError:
-                raise ValueError(f"unknown encoding {value!r}") from None
-        return value
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["profile"] = "profile"
-    params: ProfileParams = Field(default_factory=ProfileParams)
+    kind: str = Field("profile", min_length=1, max_length=100)
+    # Checked against the kind's own params model, if it has one (see chute.jobs.kinds).
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class UploadProgress(BaseModel):
@@ -64,6 +42,9 @@ class JobPublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    attempts: int
+    # Percent done while running (as the job's kind reports it); 100 once succeeded.
+    progress: float | None
     upload: UploadProgress | None
     result: dict[str, Any] | None
     error: str | None
@@ -92,6 +73,8 @@ class JobPublic(BaseModel):
             updated_at=job.updated_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            attempts=job.attempts,
+            progress=job.progress,
             upload=progress,
             result=job.result,
             error=job.error,

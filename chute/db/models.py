@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -113,9 +114,17 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
+    # The claim of the worker running the job: a fresh token per start, so a worker that
+    # lost the job (to the sweeper, a cancel or a delete) can change nothing of it.
+    claim: Mapped[str | None] = mapped_column(String(32))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Percent done of a running job, as its kind reports it.
+    progress: Mapped[float | None] = mapped_column(Float)
     # Storage key of the assembled input file, set when the upload completes.
     input_key: Mapped[str | None] = mapped_column(String(300))
     result: Mapped[dict[str, Any] | None]
+    # Files the job made, by name: {"data.parquet": {"key": ..., "size": ...}}.
+    outputs: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
 
 

@@ -10,11 +10,13 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from chute.db.models import ENDED, Job, JobStatus, Upload, utcnow
-from chute.errors import ChuteError, Problem
+from chute.errors import ChuteError, Problem, invalid, plain_words
+from chute.jobs.kinds import Kind
 
 # The largest id any supported database holds (a signed 64-bit integer).
 MAX_ID = 2**63 - 1
@@ -49,7 +51,19 @@ def transition(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def create_job(session: Session, user_id: int, name: str, kind: str, params: dict[str, Any]) -> Job:
+def create_job(
+    session: Session, kinds: dict[str, Kind], user_id: int, name: str, kind: str, params: Any
+) -> Job:
+    """A new job, waiting for its upload; its kind and params are checked first (422)."""
+    if kind not in kinds:
+        known = ", ".join(sorted(kinds)) or "none"
+        raise invalid(f"kind: unknown job kind {kind!r}; this server runs: {known}.")
+    if not isinstance(params, dict):
+        raise invalid("params: must be a JSON object.")
+    try:
+        params = kinds[kind].check_params(params)
+    except ValidationError as exc:
+        raise invalid(plain_words(exc.errors(), prefix="params")) from None
     job = Job(
         user_id=user_id, name=name, kind=kind, params=params, status=JobStatus.AWAITING_UPLOAD
     )
@@ -86,7 +100,17 @@ def cancel_job(session: Session, user_id: int, job_id: int) -> tuple[Job, str | 
     job = get_owned_job(session, user_id, job_id, lock=True)
     upload = session.get(Upload, job_id)
     live = set(JobStatus) - ENDED
-    if not transition(session, job_id, live, JobStatus.CANCELLED, finished_at=utcnow()):
+    # A running job's worker sees its claim gone at its next heartbeat, and stops.
+    ended = transition(
+        session,
+        job_id,
+        live,
+        JobStatus.CANCELLED,
+        finished_at=utcnow(),
+        claim=None,
+        heartbeat_at=None,
+    )
+    if not ended:
         raise ChuteError(Problem.JOB_NOT_CANCELLABLE, status=job.status.value)
     discard = None
     if upload is not None:
@@ -112,9 +136,32 @@ def delete_job(session: Session, user_id: int, job_id: int) -> str | None:
     return storage_id
 
 
+def result_of(session: Session, user_id: int, job_id: int) -> dict[str, Any]:
+    job = get_owned_job(session, user_id, job_id)
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        raise ChuteError(Problem.NO_RESULT, status=job.status.value)
+    return job.result
+
+
+def output_of(session: Session, user_id: int, job_id: int, name: str) -> tuple[str, int]:
+    """Storage key and size of a file a succeeded job made."""
+    job = get_owned_job(session, user_id, job_id)
+    if job.status != JobStatus.SUCCEEDED:
+        raise ChuteError(Problem.NO_RESULT, status=job.status.value)
+    output = (job.outputs or {}).get(name)
+    if output is None:
+        raise ChuteError(Problem.OUTPUT_NOT_FOUND, name=name)
+    return str(output["key"]), int(output["size"])
+
+
+def job_prefix(job_id: int) -> str:
+    """The storage folder of everything a job has: its assembled input and its outputs."""
+    return f"jobs/{job_id}/"
+
+
 def input_key(job_id: int) -> str:
     """Storage key of a job's assembled input file."""
-    return f"jobs/{job_id}/input.csv"
+    return f"{job_prefix(job_id)}input.csv"
 
 
 def expires_at(upload: Upload, expiry_seconds: int) -> datetime | None:

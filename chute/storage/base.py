@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 
@@ -69,8 +70,16 @@ class Storage(ABC):
         """Open a stored file for reading."""
 
     @abstractmethod
+    def put_file(self, key: str, source: Path) -> None:
+        """Store the local file `source` as `key`, durably; `source` may be moved away."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a stored file. Idempotent."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every stored file whose key starts with `prefix` (a folder: ends in /)."""
 
     def free_bytes(self) -> int | None:
         """Room left for new bytes, when the backend can tell."""
@@ -87,3 +96,12 @@ class PartLocking(Protocol):
 
     def lock_part(self, upload_id: str, index: int, timeout: float) -> AbstractContextManager[None]:
         """Hold the lock of one part; raise TimeoutError if not had within `timeout` s."""
+
+
+@runtime_checkable
+class LocalPaths(Protocol):
+    """Capability: stored files are local files that readers such as DuckDB can open by
+    path. Without it, a worker copies a file to its scratch space first."""
+
+    def path(self, key: str) -> Path:
+        """Where the stored file `key` is on this machine."""

@@ -24,7 +24,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from chute.storage.base import PartLocking, PartWriter, StagedPart, Storage, StorageFull
+from chute.storage.base import (
+    LocalPaths,
+    PartLocking,
+    PartWriter,
+    StagedPart,
+    Storage,
+    StorageFull,
+)
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -112,7 +119,7 @@ class _FileRangeWriter:
             self._fd = -1
 
 
-class LocalStorage(Storage, PartLocking):
+class LocalStorage(Storage, PartLocking, LocalPaths):
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -196,8 +203,32 @@ class LocalStorage(Storage, PartLocking):
         """Where a stored file is on disk (for readers that want a path, like DuckDB)."""
         return self._object(key)
 
+    def put_file(self, key: str, source: Path) -> None:
+        final = self._object(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _map_no_space():
+            with source.open("rb+") as f:
+                os.fdatasync(f.fileno())
+            try:
+                os.replace(source, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # Another file system: copy beside the target, then rename into place.
+                tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+                shutil.copyfile(source, tmp)
+                with tmp.open("rb+") as f:
+                    os.fdatasync(f.fileno())
+                os.replace(tmp, final)
+            _fsync_dir(final.parent)
+
     def delete(self, key: str) -> None:
         self._object(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix.endswith("/") or not prefix.strip("/"):
+            raise ValueError("a prefix names a folder below the root and ends with /")
+        shutil.rmtree(self._object(prefix.rstrip("/")), ignore_errors=True)
 
     def free_bytes(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)

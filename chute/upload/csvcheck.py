@@ -30,6 +30,27 @@ _BOMS = [
 _CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r", "\f", "\v"}
 
 
+def bom_encoding(head: bytes) -> str | None:
+    """The encoding a byte order mark at the start of `head` names, if there is one."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def sniff_encoding(head: bytes, whole_file: bool) -> str:
+    """The encoding of a file that starts with `head`: its BOM's, else UTF-8 when the head
+    decodes as UTF-8, else Latin-1 (any byte is a Latin-1 character)."""
+    named = bom_encoding(head)
+    if named is not None:
+        return named
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, whole_file)
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
 def not_csv(why: str) -> ChuteError:
     return ChuteError(Problem.NOT_CSV, why=why)
 
@@ -65,10 +86,7 @@ class CsvStartCheck:
             if head.startswith(magic):
                 raise not_csv(why)
         if self.encoding is None:
-            for bom, name in _BOMS:
-                if head.startswith(bom):
-                    self.encoding = name
-                    break
+            self.encoding = bom_encoding(head)
         # UTF-16 and UTF-32 text is full of NUL bytes.
         self._nul_ok = self.encoding is not None and self.encoding.replace("-", "").lower()[:5] in (
             "utf16",

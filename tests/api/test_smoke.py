@@ -12,4 +12,5 @@ def test_upload_in_order_assembles_the_file_and_runs_the_job(client: Client) -> 
     assert {a.json()["message"] for a in answers[:-1]} == {"Data chunk uploaded successfully"}
     job = client.wait_for(job_id, "succeeded", "failed")
     assert job["status"] == "succeeded"
-    assert job["result"] == {"size": len(data), "sha256": sha256(data)}
+    assert client.stored(job_id) == (len(data), sha256(data))
+    assert job["result"]["rows"] == 50_000

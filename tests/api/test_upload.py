@@ -133,7 +133,8 @@ def upload_all(client: Client, job_id: int, chunks: Sequence[bytes]) -> list[htt
 def assert_succeeded_with(client: Client, job_id: int, data: bytes) -> dict[str, Any]:
     job = client.wait_for(job_id, "succeeded", "failed")
     assert job["status"] == "succeeded", job
-    assert job["result"] == {"size": len(data), "sha256": sha256(data)}
+    assert client.stored(job_id) == (len(data), sha256(data))
+    assert job["result"]["input"] == {"size": len(data)}
     return job
 
 

@@ -671,7 +671,7 @@ def test_storage_full_is_507_and_the_chunk_can_be_sent_later(make_server: Server
         return httpx.Client(base_url=server.url, headers={"Authorization": token}, timeout=60)
 
     with restart(10**18) as http:
-        full = Client(http, client.username)
+        full = Client(http, client.username, client.data_dir)
         answer = full.send_chunk(job_id, 1, TOTAL, CHUNKS[1])
         detail = "The server's storage is full; the chunk was discarded, send it later."
         assert_error(answer, 507, detail)
@@ -680,7 +680,7 @@ def test_storage_full_is_507_and_the_chunk_can_be_sent_later(make_server: Server
         assert full.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
 
     with restart(0) as http:
-        roomy = Client(http, client.username)
+        roomy = Client(http, client.username, client.data_dir)
         answers = [roomy.send_chunk(job_id, i, TOTAL, c) for i, c in enumerate(CHUNKS)]
         assert [a.status_code for a in answers] == [200] * TOTAL
         assert answers[-1].json()["message"] == COMPLETE

@@ -206,7 +206,7 @@ def test_server_killed_mid_chunk_records_nothing(make_server: ServerFactory, pla
 
     server.start()
     with reconnect(server, client) as http:
-        again = Client(http, client.username)
+        again = Client(http, client.username, client.data_dir)
         expected = {0: sha256(chunks[0])} if placed else {}
         assert recorded(again, job_id) == expected
         assert again.job(job_id)["status"] in ("uploading", "awaiting_upload")
@@ -331,7 +331,7 @@ def test_unfinished_upload_expires_and_its_bytes_go(make_server: ServerFactory) 
     # Older than the abandoned upload, yet untouched: complete uploads never expire, and a
     # job with no upload has nothing to expire.
     assert client.job(finished)["status"] == "succeeded"
-    assert client.job(finished)["result"]["sha256"] == sha256(data)
+    assert client.stored(finished) == (len(data), sha256(data))
     assert client.job(waiting)["status"] == "awaiting_upload"
 
 
@@ -446,7 +446,7 @@ def test_large_chunk_streams_without_buffering(make_server: ServerFactory, tmp_p
     # The fields came first: the bytes went straight to their place, never to a spool file.
     assert spooled == set()
     job = client.wait_for(job_id, "succeeded", "failed", timeout=120)
-    assert job["result"] == {"size": size, "sha256": digest}
+    assert job["status"] == "succeeded", job
     stored = server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
     assert file_sha256(stored) == digest
 

@@ -1,0 +1,332 @@
+"""The job engine through a real server and real workers: results, events, plugins,
+cancel and delete, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from tests.conftest import ROOT, Client, Server, ServerFactory
+from tests.factories import csv_bytes
+from tests.jobs.test_profile import FILLER, TRICKY
+
+PLUGINS = str(ROOT / "tests" / "plugins")
+# Quick heartbeats and sweeps, so a lost worker is noticed within a few seconds.
+FAST = {
+    "PYTHONPATH": PLUGINS,
+    "CHUTE_HEARTBEAT_INTERVAL": "0.2",
+    "CHUTE_HEARTBEAT_TIMEOUT": "2",
+    "CHUTE_SWEEP_INTERVAL": "0.3",
+}
+
+
+@pytest.fixture(scope="module")
+def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server (API and embedded worker) with the example plugin installed."""
+    base = tmp_path_factory.mktemp("chute-plugins")
+    env = {
+        **os.environ,
+        "CHUTE_DATA_DIR": str(base / "data"),
+        "CHUTE_MIN_FREE_BYTES": "0",
+        **FAST,
+    }
+    server = Server(data_dir=base / "data", env=env)
+    server.start()
+    yield server
+    server.close_clients()
+    server.stop(kill=True)
+
+
+def leftovers(server: Server, job_id: int) -> list[Path]:
+    """Files a job still has on the server: its stored files, upload parts, scratch."""
+    files = server.data_dir / "files"
+    places = [files / "objects" / "jobs" / str(job_id), files / "uploads"]
+    places += [server.data_dir / "scratch"]
+    return sorted(p for place in places if place.exists() for p in place.rglob("*"))
+
+
+def wait_until(what: str, check: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def start_worker(server: Server) -> subprocess.Popen[bytes]:
+    assert server.log_path is not None
+    with server.log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chute", "worker"],
+            env=server.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+# --- the profile job, end to end -----------------------------------------------------------
+
+
+def test_profile_job_result_and_parquet_download(
+    server: Server, client: Client, tmp_path: Path
+) -> None:
+    job_id = client.new_job()
+    client.upload(job_id, TRICKY, chunk_size=128 * 1024)
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == 100
+    result = job["result"]
+    assert result["rows"] == 6 + FILLER
+    assert result["rejects"]["count"] == 3
+    assert [r["line"] for r in result["rejects"]["rows"]] == [7, 9, 11 + FILLER]
+    assert client.http.get(f"/api/job/{job_id}/result").json() == result
+
+    answer = client.http.get(f"/api/job/{job_id}/result/data.parquet")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/vnd.apache.parquet"
+    assert f"job-{job_id}-data.parquet" in answer.headers["content-disposition"]
+    assert len(answer.content) == result["parquet"]["size"]
+    downloaded = tmp_path / "data.parquet"
+    downloaded.write_bytes(answer.content)
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT count(*), min(id) FROM read_parquet(?)", [str(downloaded)])
+        assert rows.fetchone() == (6 + FILLER, 1)
+
+    other = server.client()
+    for path in ("result", "result/data.parquet", "events"):
+        answer = other.http.get(f"/api/job/{job_id}/{path}")
+        assert (answer.status_code, answer.json()) == (404, {"detail": "Job not found."})
+
+
+def test_no_result_before_success_and_no_such_file(client: Client) -> None:
+    waiting = client.new_job()
+    for path in ("result", "result/data.parquet"):
+        answer = client.http.get(f"/api/job/{waiting}/{path}")
+        assert answer.status_code == 409
+        assert answer.json() == {"detail": "The job has no result: it is awaiting_upload."}
+    done = client.new_job()
+    client.upload(done, csv_bytes(100))
+    client.wait_for(done, "succeeded")
+    answer = client.http.get(f"/api/job/{done}/result/nothing.txt")
+    assert answer.status_code == 404
+    assert answer.json() == {"detail": "The job has no result file named 'nothing.txt'."}
+
+
+def test_a_file_without_its_header_fails_in_plain_words(client: Client) -> None:
+    job_id = client.new_job()
+    client.upload(job_id, b"".join(b"%d,%d,%d\n" % (i, i * 2, i * 3) for i in range(1000)))
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+    assert job["status"] == "failed"
+    assert job["error"].startswith("The file has no header row")
+    assert '{"header": false}' in job["error"]
+    assert "Traceback" not in job["error"] and "/" not in job["error"].replace("/api", "")
+    assert job["result"] is None
+
+
+def test_kind_and_params_are_checked_when_the_job_is_created(client: Client) -> None:
+    cases = [
+        ({"kind": "nope"}, "kind: unknown job kind 'nope'; this server runs: profile."),
+        ({"params": {"delimiter": ";;"}}, "params.delimiter: String should have at most 1"),
+        ({"params": {"colour": "red"}}, "params.colour: Extra inputs are not permitted"),
+        ({"params": {"encoding": "klingon"}}, "params.encoding: Value error, unknown encoding"),
+        ({"params": [1, 2]}, "params: Input should be a valid dictionary"),
+        ({"kind": ""}, "kind: String should have at least 1 character"),
+    ]
+    before = client.http.get("/api/job").json()["total"]
+    for body, words in cases:
+        answer = client.http.post("/api/job", json={"name": "bad", **body})
+        assert answer.status_code == 422, body
+        assert answer.json()["detail"].startswith(words), answer.json()
+    assert client.http.get("/api/job").json()["total"] == before
+
+
+# --- plugins and events --------------------------------------------------------------------
+
+
+def test_plugin_kind_runs_and_events_follow_the_job(plugin_server: Server) -> None:
+    client = plugin_server.client()
+    data = csv_bytes(5000)
+    job_id = client.new_job(kind="example", params={"seconds": 1.5})
+    events: list[tuple[str, dict[str, Any]]] = []
+    with client.http.stream("GET", f"/api/job/{job_id}/events") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        name = ""
+        uploaded = False
+        for line in lines:
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+                if not uploaded:
+                    client.upload(job_id, data)
+                    uploaded = True
+    # The stream ended by itself, after the final status.
+    assert {name for name, _ in events} == {"job"}
+    statuses = [job["status"] for _, job in events]
+    assert statuses[0] == "awaiting_upload"
+    assert statuses[-1] == "succeeded"
+    assert "running" in statuses
+    assert statuses.index("running") < statuses.index("succeeded")
+    progress = [job["progress"] for _, job in events if job["status"] == "running"]
+    assert progress == sorted(progress) and len(set(progress)) > 1, progress
+    final = events[-1][1]
+    assert final["result"] == {"lines": data.count(b"\n")}
+    assert final["kind"] == "example"
+
+
+def test_events_end_with_gone_when_the_job_is_deleted(plugin_server: Server) -> None:
+    client = plugin_server.client()
+    job_id = client.new_job()
+    seen = []
+    with client.http.stream("GET", f"/api/job/{job_id}/events") as stream:
+        for line in stream.iter_lines():
+            seen.append(line)
+            if line.startswith("data: ") and len(seen) < 6:
+                assert client.http.delete(f"/api/job/{job_id}").status_code == 204
+    said = [line for line in seen if line]
+    assert said[-2:] == ["event: gone", 'data: {"detail": "Job not found."}']
+
+
+# --- cancel and delete ----------------------------------------------------------------------
+
+
+def running_job(client: Client, tmp_path: Path, seconds: float = 60) -> tuple[int, Path]:
+    journal = tmp_path / "journal"
+    job_id = client.new_job(kind="example", params={"seconds": seconds, "journal": str(journal)})
+    client.upload(job_id, csv_bytes(2000))
+    wait_until("the job to run", lambda: (client.job(job_id)["progress"] or 0) > 0)
+    return job_id, journal
+
+
+def test_cancel_stops_a_running_job_and_leaves_no_files(
+    plugin_server: Server, tmp_path: Path
+) -> None:
+    client = plugin_server.client()
+    job_id, journal = running_job(client, tmp_path)
+    answer = client.http.post(f"/api/job/{job_id}/cancel")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "cancelled"
+    # The worker's run stops at its next heartbeat and cleans up after itself.
+    wait_until("no files left", lambda: leftovers(plugin_server, job_id) == [], timeout=10)
+    assert journal.read_text().split()[0] == "start"
+    time.sleep(1)
+    assert "end" not in journal.read_text(), "the run went on after its cancel"
+    job = client.job(job_id)
+    assert (job["status"], job["result"]) == ("cancelled", None)
+    # The worker is free again: a new job runs.
+    after = client.new_job(kind="example")
+    client.upload(after, csv_bytes(10))
+    assert client.wait_for(after, "succeeded", "failed")["status"] == "succeeded"
+
+
+def test_delete_stops_a_running_job_and_removes_its_files(
+    plugin_server: Server, tmp_path: Path
+) -> None:
+    client = plugin_server.client()
+    job_id, journal = running_job(client, tmp_path)
+    assert client.http.delete(f"/api/job/{job_id}").status_code == 204
+    assert client.http.get(f"/api/job/{job_id}").status_code == 404
+    wait_until("no files left", lambda: leftovers(plugin_server, job_id) == [], timeout=10)
+    time.sleep(1)
+    assert "end" not in journal.read_text()
+
+
+def test_cancel_and_delete_of_finished_jobs_leave_no_files(client: Client, server: Server) -> None:
+    cancelled = client.new_job()
+    client.upload(cancelled, csv_bytes(5000), chunk_size=32 * 1024)
+    client.wait_for(cancelled, "succeeded")
+    assert client.http.post(f"/api/job/{cancelled}/cancel").status_code == 409
+    assert leftovers(server, cancelled) != []  # a succeeded job keeps its files
+    assert client.http.delete(f"/api/job/{cancelled}").status_code == 204
+    assert leftovers(server, cancelled) == []
+
+
+def test_cancel_of_a_queued_job_removes_its_upload(make_server: ServerFactory) -> None:
+    server = make_server("--no-worker")
+    client = server.client()
+    job_id = client.new_job()
+    client.upload(job_id, csv_bytes(3000), chunk_size=16 * 1024)
+    assert client.job(job_id)["status"] == "queued"
+    assert leftovers(server, job_id) != []
+    assert client.http.post(f"/api/job/{job_id}/cancel").json()["status"] == "cancelled"
+    assert leftovers(server, job_id) == []
+    worker = start_worker(server)  # finds the job's task, and nothing to do
+    try:
+        time.sleep(2)
+        assert client.job(job_id)["status"] == "cancelled"
+        assert leftovers(server, job_id) == []
+    finally:
+        stop(worker)
+
+
+# --- a worker killed mid-job ---------------------------------------------------------------
+
+
+def test_killed_worker_job_finishes_once_on_a_second_worker(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = make_server("--no-worker", **FAST)
+    client = server.client()
+    first = start_worker(server)
+    second = None
+    try:
+        job_id, journal = running_job(client, tmp_path, seconds=4)
+        stop(first)
+        killed = journal.read_text().split()
+        assert killed == ["start", str(first.pid)]
+        second = start_worker(server)
+        job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2
+        assert job["result"] == {"lines": 2001}
+        # Started twice, finished once, by the second worker.
+        runs = journal.read_text().split("\n")
+        assert runs == [f"start {first.pid}", f"start {second.pid}", f"end {second.pid}", ""]
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = make_server("--no-worker", CHUTE_MAX_ATTEMPTS="1", **FAST)
+    client = server.client()
+    first = start_worker(server)
+    second = None
+    try:
+        job_id, journal = running_job(client, tmp_path)
+        stop(first)
+        second = start_worker(server)  # its sweeper finds the silent job
+        job = client.wait_for(job_id, "failed", "succeeded", timeout=30)
+        assert job["status"] == "failed"
+        assert job["error"] == (
+            "The job's worker stopped before it finished (tried 1 of 1 times); "
+            "it is not tried again."
+        )
+        assert journal.read_text().split() == ["start", str(first.pid)]
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)

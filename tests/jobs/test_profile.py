@@ -1,0 +1,188 @@
+"""The `profile` kind on real files with real DuckDB, called as a worker calls it."""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from chute.config import Settings
+from chute.jobs.kinds import JobCancelled, JobFailed
+from chute.jobs.profile import PREVIEW_ROWS, REJECT_ROWS, _line_numbers, profile
+
+# Quoted fields with commas, quotes and a newline inside, a BOM, a column of mixed
+# types (amount), an empty value, and three malformed rows: lines 7 and 9 in the head,
+# and a date that is no date after more rows than DuckDB's type sniffer samples.
+HEAD = (
+    "\ufeffid,name,amount,joined,score\n"  # line 1
+    '1,"Smith, John",3.5,2024-01-02,10\n'  # 2
+    '2,"two\nlines",4,2024-01-03,20\n'  # 3-4
+    '3,"say ""hi""",abc,2024-01-04,30\n'  # 5
+    "4,plain,7.25,,40\n"  # 6
+    "5,too,many,fields,here,now\n"  # 7: six fields
+    "6,ok,8,2024-02-01,60\n"  # 8
+    "7,short\n"  # 9: two fields
+    "8,last,9,2024-03-01,80\n"  # 10
+)
+FILLER = 30_000
+TRICKY = (
+    HEAD
+    + "".join(f"{100 + i},filler,1,2024-01-01,0\n" for i in range(FILLER))
+    + "99,bad date,1,2024-13-45,90\n"  # line 11 + FILLER
+).encode()
+
+
+def run(tmp_path: Path, data: bytes, progress: Any = None, **params: Any) -> dict[str, Any]:
+    source = tmp_path / "input.csv"
+    source.write_bytes(data)
+    for name in ("scratch", "outputs"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    reported: list[float] = []
+    result = profile(
+        source,
+        params,
+        progress or reported.append,
+        scratch=tmp_path / "scratch",
+        outputs=tmp_path / "outputs",
+        settings=Settings(data_dir=tmp_path / "data", duckdb_memory_limit="256MB"),
+    )
+    if progress is None:
+        assert reported == sorted(reported), "progress only goes forward"
+        assert all(0 <= p <= 100 for p in reported)
+    return result
+
+
+def parquet_rows(tmp_path: Path) -> list[tuple[Any, ...]]:
+    with duckdb.connect() as con:
+        path = str(tmp_path / "outputs" / "data.parquet")
+        return con.execute("SELECT * FROM read_parquet(?)", [path]).fetchall()
+
+
+def test_tricky_csv_gives_rows_types_and_rejected_lines(tmp_path: Path) -> None:
+    result = run(tmp_path, TRICKY)
+    assert result["rows"] == 6 + FILLER
+    columns = {c["name"]: c for c in result["columns"]}
+    assert list(columns) == ["id", "name", "amount", "joined", "score"]
+    assert {name: c["type"] for name, c in columns.items()} == {
+        "id": "BIGINT",
+        "name": "VARCHAR",
+        "amount": "VARCHAR",  # 3.5, 4 and abc: text
+        "joined": "DATE",
+        "score": "BIGINT",
+    }
+    assert columns["joined"]["nulls"] == 1
+    assert (columns["joined"]["min"], columns["joined"]["max"]) == ("2024-01-01", "2024-03-01")
+    assert (columns["score"]["min"], columns["score"]["max"]) == (0, 80)
+    assert columns["score"]["mean"] == pytest.approx((10 + 20 + 30 + 40 + 60 + 80) / (6 + FILLER))
+    assert columns["name"]["mean"] is None
+    assert columns["id"]["distinct"] == pytest.approx(6 + FILLER, rel=0.05)
+
+    rejects = result["rejects"]
+    assert rejects["count"] == 3
+    assert [r["line"] for r in rejects["rows"]] == [7, 9, 11 + FILLER]
+    reasons = [r["reason"] for r in rejects["rows"]]
+    assert reasons[0] == "expected 5 fields, found 6"
+    assert reasons[1] == "expected 5 fields, found 2"
+    assert "joined" in reasons[2] and "2024-13-45" in reasons[2] and "DATE" in reasons[2]
+    assert rejects["rows"][1]["text"] == "7,short"
+
+    assert result["preview"]["columns"] == ["id", "name", "amount", "joined", "score"]
+    first = result["preview"]["rows"][:3]
+    assert first[0] == [1, "Smith, John", "3.5", "2024-01-02", 10]
+    assert first[1][1] == "two\nlines"
+    assert first[2][1] == 'say "hi"'
+    assert result["dialect"] == {
+        "delimiter": ",",
+        "quote": '"',
+        "escape": '"',
+        "header": True,
+        "encoding": "utf-8-sig",
+    }
+    assert result["input"] == {"size": len(TRICKY)}
+    # The Parquet file holds the good rows, in the file's order.
+    rows = parquet_rows(tmp_path)
+    assert [r[0] for r in rows[:7]] == [1, 2, 3, 4, 6, 8, 100]
+    assert len(rows) == result["rows"]
+    assert result["parquet"]["size"] == (tmp_path / "outputs" / "data.parquet").stat().st_size
+
+
+def test_params_set_delimiter_and_no_header(tmp_path: Path) -> None:
+    data = b"1;alpha;2.5\n2;beta;3.5\n3;gamma;4.5\n"
+    result = run(tmp_path, data, delimiter=";", header=False)
+    assert result["rows"] == 3
+    assert [c["name"] for c in result["columns"]] == ["column0", "column1", "column2"]
+    assert result["columns"][2]["type"] == "DOUBLE"
+    assert result["dialect"]["delimiter"] == ";"
+
+
+def test_latin1_and_windows_1252_text_is_read(tmp_path: Path) -> None:
+    text = "name,city\nJosé,Zürich\nAnaïs,Besançon\n"
+    (tmp_path / "a").mkdir()
+    latin = run(tmp_path / "a", text.encode("latin-1"))
+    assert latin["preview"]["rows"] == [["José", "Zürich"], ["Anaïs", "Besançon"]]
+    assert latin["dialect"]["encoding"] == "latin-1"
+    # cp1252 is not one DuckDB reads: the file is turned into UTF-8 first.
+    euro = "item,price\nbook,12 €\n"
+    (tmp_path / "b").mkdir()
+    result = run(tmp_path / "b", euro.encode("cp1252"), encoding="cp1252")
+    assert result["preview"]["rows"] == [["book", "12 €"]]
+    assert result["dialect"]["encoding"] == codecs.lookup("cp1252").name
+
+
+def test_preview_and_reject_list_are_capped(tmp_path: Path) -> None:
+    lines = ["a,b"] + [f"{i},{i}" if i % 2 else f"{i}" for i in range(400)]
+    result = run(tmp_path, ("\n".join(lines) + "\n").encode())
+    assert result["rows"] == 200
+    assert len(result["preview"]["rows"]) == PREVIEW_ROWS
+    assert result["rejects"]["count"] == 200
+    assert len(result["rejects"]["rows"]) == REJECT_ROWS
+    assert result["rejects"]["rows"][0]["line"] == 2  # row 0 has one field
+    assert result["rejects"]["rows"][-1]["line"] == 2 + 2 * (REJECT_ROWS - 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"", "empty"),
+        (b"1,2,3\n4,5,6\n7,8,9\n", "no header"),
+        (bytes(range(1, 256)) * 300, "could not be read as"),
+    ],
+    ids=["empty", "no-header", "binary"],
+)
+def test_not_csv_fails_with_plain_words(tmp_path: Path, data: bytes, words: str) -> None:
+    with pytest.raises(JobFailed) as failed:
+        run(tmp_path, data)
+    message = str(failed.value)
+    assert words in message
+    assert str(tmp_path) not in message  # no server paths
+    assert "Traceback" not in message
+
+
+def test_header_true_takes_the_first_line_whatever_it_looks_like(tmp_path: Path) -> None:
+    result = run(tmp_path, b"1,2\n3,4\n", header=True)
+    assert [c["name"] for c in result["columns"]] == ["1", "2"]
+    assert result["rows"] == 1
+
+
+def test_a_cancel_stops_the_pass(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},name {i},{i * 0.5}" for i in range(300_000))
+
+    def cancelled(percent: float) -> None:
+        # Reports during the long pass come from DuckDB's progress watcher.
+        if threading.current_thread() is not threading.main_thread():
+            raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        run(tmp_path, f"id,name,value\n{rows}\n".encode(), progress=cancelled)
+
+
+def test_line_numbers_count_newlines_before_each_position(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a\nbb\n\nccc\n")
+    # 1-based byte positions of "a", "bb", the empty line and "ccc"
+    assert _line_numbers(path, [1, 3, 6, 7]) == [1, 2, 3, 4]
+    assert _line_numbers(path, []) == []
