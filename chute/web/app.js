@@ -546,16 +546,23 @@ function table(caption, headers, rows) {
   wrap.setAttribute("aria-label", caption);
   const t = document.createElement("table");
   t.append(cell("caption", caption));
-  const head = t.createTHead().insertRow();
-  for (const h of headers) {
-    const th = cell("th", h);
-    th.scope = "col";
-    head.append(th);
+  if (headers) {
+    const head = t.createTHead().insertRow();
+    for (const h of headers) {
+      const th = cell("th", h);
+      th.scope = "col";
+      head.append(th);
+    }
   }
   const body = t.createTBody();
   for (const row of rows) {
     const tr = body.insertRow();
-    for (const value of row) tr.append(cell("td", show(value)));
+    row.forEach((value, i) => {
+      // Without column headers, the first cell of a row names it.
+      const td = cell(!headers && i === 0 ? "th" : "td", show(value));
+      if (!headers && i === 0) td.scope = "row";
+      tr.append(td);
+    });
   }
   wrap.append(t);
   return wrap;
@@ -568,17 +575,20 @@ function renderResult(job) {
   const isProfile = Array.isArray(result.columns) && typeof result.rows === "number";
   if (isProfile) {
     const facts = [["Rows", result.rows.toLocaleString()]];
-    if (result.input) facts.push(["Input", `${bytes(result.input.size)}, SHA-256 ${result.input.sha256}`]);
+    if (result.input) {
+      const sha = result.input.sha256 ? `, SHA-256 ${result.input.sha256}` : "";
+      facts.push(["Input", `${bytes(result.input.size)}${sha}`]);
+    }
     if (result.dialect) {
       const d = result.dialect;
       facts.push([
         "Dialect",
-        `delimiter ${JSON.stringify(d.delimiter)}, quote ${JSON.stringify(d.quote)}, ` +
+        `delimiter ${JSON.stringify(d.delimiter)}, quote ${d.quote ? JSON.stringify(d.quote) : "none"}, ` +
           `${d.header ? "with" : "no"} header, ${d.encoding}`,
       ]);
     }
     if (result.rejects) facts.push(["Rejected rows", String(result.rejects.count)]);
-    out.append(table("Summary", ["", ""], facts));
+    out.append(table("Summary", null, facts));
     out.append(
       table(
         "Columns",

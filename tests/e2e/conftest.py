@@ -179,8 +179,8 @@ def stored_input(server: Server, job_id: int) -> Path:
     return server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
 
 
-def result_sha256(job: dict[str, Any]) -> str:
-    """The input's SHA-256 in a job's result: `input.sha256` for a profile, else `sha256`."""
-    result = job["result"]
-    value = result["input"]["sha256"] if "input" in result else result["sha256"]
-    return str(value)
+def result_input(job: dict[str, Any]) -> dict[str, Any]:
+    """What a job's result says of its input: `input` for a profile, else the result itself."""
+    result: dict[str, Any] = job["result"]
+    found: dict[str, Any] = result.get("input", result)
+    return found

@@ -19,7 +19,7 @@ from tests.e2e.conftest import (
     SMALL_CHUNK,
     People,
     Person,
-    result_sha256,
+    result_input,
     sha256_of,
     stored_input,
     throttle,
@@ -63,8 +63,12 @@ def start_upload(person: Person, path: Path) -> int:
 def expect_succeeded(person: Person, job_id: int, path: Path, server: Server) -> None:
     expect(person.page.locator("#job-status")).to_have_text("succeeded", timeout=90_000)
     job = person.job(job_id)
-    assert result_sha256(job) == sha256_of(path)
+    # Nothing lost or mixed: the file the job read is byte for byte the one picked.
     assert sha256_of(stored_input(server, job_id)) == sha256_of(path)
+    described = result_input(job)
+    assert described["size"] == path.stat().st_size
+    if "sha256" in described:
+        assert described["sha256"] == sha256_of(path)
 
 
 def test_sign_in_upload_and_see_the_result(web: Server, people: People, tmp_path: Path) -> None:
@@ -95,7 +99,17 @@ def test_sign_in_upload_and_see_the_result(web: Server, people: People, tmp_path
 
     job_id = alice.current_job_id()
     expect_succeeded(alice, job_id, csv, web)
-    expect(page.locator("#result")).to_contain_text(sha256_of(csv))
+    result = page.locator("#result")
+    expect(result.get_by_role("table", name="Summary")).to_contain_text(re.compile(r"20,?000"))
+    columns = result.get_by_role("table", name="Columns")
+    for name in ("id", "name", "amount"):
+        expect(columns.get_by_role("cell", name=name, exact=True)).to_be_visible()
+    preview = result.get_by_role("table", name="First 20 rows")
+    expect(preview).to_contain_text("name-0-0")
+    expect(preview.locator("tbody tr")).to_have_count(20)
+    download = result.get_by_role("link", name=re.compile("Download the data as Parquet"))
+    parquet = page.request.get(f"{web.url}{download.get_attribute('href')}")
+    assert parquet.ok and parquet.body()[:4] == b"PAR1"
     page.screenshot(path=tmp_path / "result.png", full_page=True)
     # The page forgot the file once the upload was complete.
     assert page.evaluate("Object.keys(localStorage)") == []

@@ -1,6 +1,7 @@
 // A real `chute serve` for the uploader's tests: its own data dir, port and users.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -113,6 +114,12 @@ export class ChuteServer {
     const { status, body } = await this.api(user, "POST", "/api/job", { name, kind: "profile" });
     if (status !== 201) throw new Error(`new job: ${status}`);
     return body.id;
+  }
+
+  /** SHA-256 of the file a job read: its assembled input in the local store. */
+  storedSha256(jobId) {
+    const file = path.join(this.dir, "data", "files", "objects", "jobs", String(jobId), "input.csv");
+    return createHash("sha256").update(readFileSync(file)).digest("hex");
   }
 
   async waitFor(user, jobId, statuses, timeoutMs = 30_000) {

@@ -74,6 +74,16 @@ after(async () => {
   await server?.close();
 });
 
+/** The job ran on exactly the bytes of `file`: nothing lost, nothing mixed. */
+async function assertJobGot(user, job, file) {
+  const done = await server.waitFor(user, job, ["succeeded", "failed"]);
+  assert.equal(done.status, "succeeded", done.error);
+  assert.equal(server.storedSha256(job), await sha256(file));
+  const input = done.result.input || done.result;
+  assert.equal(input.size, file.size);
+  if (input.sha256 !== undefined) assert.equal(input.sha256, await sha256(file));
+}
+
 function uploader(user, file, jobId, options = {}) {
   return new Uploader(file, jobId, {
     baseUrl: server.url,
@@ -115,10 +125,7 @@ describe("a whole upload", () => {
     assert.deepEqual(percents, [...percents].sort((a, b) => a - b), "progress never goes back");
     assert.equal(up.state, "complete");
 
-    const done = await server.waitFor(user, job, ["succeeded", "failed"]);
-    assert.equal(done.status, "succeeded", done.error);
-    const result = done.result.input || done.result;
-    assert.equal(result.sha256, await sha256(file));
+    await assertJobGot(user, job, file);
   });
 
   test("a one-chunk file", async () => {
@@ -127,8 +134,7 @@ describe("a whole upload", () => {
     const file = csvFile(3);
     const outcome = await uploader(user, file, job).start();
     assert.equal(outcome.outcome, "complete");
-    const done = await server.waitFor(user, job, ["succeeded", "failed"]);
-    assert.equal((done.result.input || done.result).sha256, await sha256(file));
+    await assertJobGot(user, job, file);
   });
 
   test("parallel chunks follow the option", async () => {
@@ -179,8 +185,7 @@ describe("resuming", () => {
     const missing = [...Array(total).keys()].filter((i) => !heldIndices.includes(i));
     assert.deepEqual([...transport.sent].sort((a, b) => a - b), missing);
     assert.equal(seen.progress[0].bytesSent, held.bytes_received, "starts from what is held");
-    const done = await server.waitFor(user, job, ["succeeded", "failed"]);
-    assert.equal((done.result.input || done.result).sha256, await sha256(file));
+    await assertJobGot(user, job, file);
   });
 
   test("a different file of the same size is refused, nothing sent", async () => {
@@ -224,8 +229,7 @@ describe("resuming", () => {
     assert.equal(seen.paused.length, 1);
     assert.equal(seen.resumed.length, 1);
     assert.equal(seen.complete.length, 1);
-    const done = await server.waitFor(user, job, ["succeeded", "failed"]);
-    assert.equal((done.result.input || done.result).sha256, await sha256(file));
+    await assertJobGot(user, job, file);
   });
 });
 
@@ -254,8 +258,7 @@ describe("failures", () => {
       assert.match(seen.retrying[0].reason, /proxy answered 503/);
       for (const r of seen.retrying) assert.ok(r.delay >= 0 && r.delay <= FAST_RETRY.maxDelay);
       assert.deepEqual(seen.error, []);
-      const done = await server.waitFor(user, job, ["succeeded", "failed"]);
-      assert.equal((done.result.input || done.result).sha256, await sha256(file));
+      await assertJobGot(user, job, file);
     } finally {
       await proxy.close();
     }
