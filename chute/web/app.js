@@ -401,6 +401,12 @@ function watchJob(jobId, onJob) {
         // A malformed event: the next one, or the poll below, brings the status.
       }
     });
+    source.addEventListener("gone", () => {
+      // Deleted (from another tab, say): nothing more will come.
+      source.close();
+      stopped = true;
+      if (state.jobId === jobId) $("job-error").textContent = "This job has been deleted.";
+    });
     source.onerror = () => {
       // The route may be missing (older server), the stream may have ended after a
       // final status, or the connection dropped: either way polling takes over.
@@ -676,7 +682,11 @@ async function main() {
   window.addEventListener("hashchange", route);
   window.addEventListener("beforeunload", (event) => {
     const busy = [...state.uploads.values()].some((u) => u.state === "running");
-    if (busy) event.preventDefault(); // the upload can be continued later, but ask first
+    if (busy) {
+      // The upload can be continued later, but ask first.
+      event.preventDefault();
+      event.returnValue = "";
+    }
   });
   try {
     state.config = await api("GET", "/api/config");

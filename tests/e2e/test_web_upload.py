@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from playwright.sync_api import CDPSession, Page, expect
+from playwright.sync_api import CDPSession, Page, Route, expect
 
 from tests.conftest import Server, ServerFactory
 from tests.e2e.conftest import (
@@ -346,3 +346,21 @@ def test_tab_memory_stays_flat_during_a_long_upload(
     held = heap[8]["backing_store"] - heap[2]["backing_store"]
     assert held < margin, f"ArrayBuffers grew {held:.0f} B over 6 chunks"
     expect_succeeded(alice, job_id, csv, server)
+
+
+def test_status_falls_back_to_polling_without_events(
+    web: Server, people: People, tmp_path: Path
+) -> None:
+    alice = people(web)
+    page = alice.page
+    refused: list[str] = []
+
+    def no_events(route: Route) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=404, json={"detail": "Not Found"})
+
+    page.route("**/api/job/*/events", no_events)
+    csv = write_csv(tmp_path, rows=2_000, seed=7)
+    job_id = start_upload(alice, csv)
+    expect_succeeded(alice, job_id, csv, web)
+    assert refused, "the page tried Server-Sent Events first"
