@@ -157,6 +157,28 @@ describe("a whole upload", () => {
     assert.equal(outcome.outcome, "complete");
     assert.equal(most, 3);
   });
+
+  test("progress keeps coming while a chunk is slow to send", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const base = fetchTransport();
+    let quiet = null; // [from, to]: the request is under way and reports nothing
+    // One slow request with no progress events of its own (as fetch gives none).
+    const transport = {
+      async send(request) {
+        const from = Date.now();
+        await new Promise((r) => setTimeout(r, 2600));
+        quiet = [from, Date.now()];
+        return base.send(request);
+      },
+    };
+    const up = uploader(user, csvFile(3), job, { transport });
+    const times = [];
+    up.addEventListener("progress", () => times.push(Date.now()));
+    await up.start();
+    const during = times.filter((t) => t > quiet[0] && t < quiet[1]);
+    assert.ok(during.length >= 2, `${during.length} progress events in 2.6 s of sending`);
+  });
 });
 
 describe("resuming", () => {
