@@ -338,6 +338,16 @@ def test_tab_memory_stays_flat_during_a_long_upload(
     for done in (2, 8):
         wait_chunks_done(page, done)
         heap[done] = _heap(cdp)
+        if done == 2:
+            # Byte-level progress: the bar moves between chunk boundaries, not only at them.
+            size = csv.stat().st_size
+            boundaries = [100 * min(size, k * chunk) / size for k in range(total + 1)]
+            readings = []
+            for _ in range(20):
+                readings.append(float(page.locator("#upload-bar").get_attribute("value") or 0))
+                page.wait_for_timeout(50)
+            inside = [r for r in readings if min(abs(r - b) for b in boundaries) > 0.5]
+            assert inside, f"the bar only moved chunk by chunk: {readings}"
     (tmp_path / "heap.json").write_text(json.dumps({"chunk_size": chunk, "heap": heap}))
     print(f"\nheap after chunk 2 and 8 of {total} ({chunk} B each): {heap}")
     margin = chunk / 4
