@@ -477,6 +477,7 @@ function attachUploader(uploader) {
   $("upload-panel").hidden = false;
   $("upload-held").textContent = "";
   let announced = -1;
+  let troubled = false; // a retry message is showing: the next chunk done replaces it
   const buttons = () => {
     const s = uploader.state;
     els.pause.hidden = s !== "running";
@@ -505,9 +506,15 @@ function attachUploader(uploader) {
   };
   const handlers = {
     progress,
-    retrying: ({ detail: r }) =>
-      say(`Connection trouble (${r.reason}). Trying again in ${duration(r.delay / 1000)} (attempt ${r.attempt}).`),
+    retrying: ({ detail: r }) => {
+      troubled = true;
+      say(`Connection trouble (${r.reason}). Trying again in ${duration(r.delay / 1000)} (attempt ${r.attempt}).`);
+    },
     chunkdone: async () => {
+      if (troubled) {
+        troubled = false;
+        announced = -1; // the next progress says how far the upload is again
+      }
       // The first chunk recorded moves the job to "uploading": show it now, not at the next poll.
       if (!here() || $("job-status").dataset.status !== "awaiting_upload") return;
       try {
