@@ -334,6 +334,7 @@ async function openJob(jobId) {
   try {
     job = await api("GET", `/api/job/${jobId}`);
   } catch (error) {
+    if (error.status === 404) state.memory.forget(jobId); // deleted: nothing to continue
     $("job-error").textContent =
       error.status === 404 ? "This job does not exist, or it is not yours." : error.message;
     $("job-status").textContent = "–";
@@ -358,6 +359,8 @@ function renderJob(job) {
   $("job-error").textContent = job.error ? `The job failed: ${job.error}` : "";
   const uploader = state.uploads.get(job.id);
   const uploading = uploader && ["running", "paused"].includes(uploader.state);
+  // Complete (perhaps from another tab or computer), cancelled or expired: no upload to continue.
+  if (!TAKES_DATA.has(job.status) && !uploading) state.memory.forget(job.id);
   $("upload-panel").hidden = !TAKES_DATA.has(job.status) && !uploading;
   const held = job.upload;
   const remembered = state.memory.forJob(job.id);

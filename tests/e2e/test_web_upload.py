@@ -272,6 +272,19 @@ def test_a_non_csv_file_is_refused_before_sending(
     assert sent == []
     assert alice.job(job_id)["status"] == "awaiting_upload"
 
+    # A CSV dropped there is taken.
+    csv = write_csv(tmp_path, rows=2_000, seed=8)
+    zone.evaluate(
+        """(zone, text) => {
+            const data = new DataTransfer();
+            data.items.add(new File([text], "dropped.csv", {type: "text/csv"}));
+            const drop = {dataTransfer: data, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent("drop", drop));
+        }""",
+        csv.read_text(),
+    )
+    expect_succeeded(alice, job_id, csv, web)
+
 
 def test_a_user_cannot_see_another_users_job(web: Server, people: People, tmp_path: Path) -> None:
     alice = people(web)
