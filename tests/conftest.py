@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -208,16 +209,24 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFact
         server.stop(kill=True)
 
 
+@contextlib.contextmanager
+def serving(base: Path, **settings: str) -> Iterator[Server]:
+    """A server on its own data dir under `base`, with extra CHUTE_* (or other) settings."""
+    env = {**os.environ, "CHUTE_DATA_DIR": str(base / "data"), "CHUTE_MIN_FREE_BYTES": "0"}
+    server = Server(data_dir=base / "data", env={**env, **settings})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close_clients()
+        server.stop(kill=True)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server shared by a module's tests; each test makes its own users and jobs."""
-    base = tmp_path_factory.mktemp("chute-shared")
-    env = {**os.environ, "CHUTE_DATA_DIR": str(base / "data"), "CHUTE_MIN_FREE_BYTES": "0"}
-    srv = Server(data_dir=base / "data", env=env)
-    srv.start()
-    yield srv
-    srv.close_clients()
-    srv.stop(kill=True)
+    with serving(tmp_path_factory.mktemp("chute-shared")) as srv:
+        yield srv
 
 
 @pytest.fixture

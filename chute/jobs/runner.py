@@ -12,7 +12,8 @@ import logging
 import secrets
 import shutil
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class Claim:
     size: int
     chunk_size: int
     staged: list[StagedPart]
+    t0: float = field(default_factory=time.monotonic)
 
 
 def run_job(rt: Runtime, job_id: int) -> None:
@@ -195,7 +197,7 @@ def _finish(rt: Runtime, claim: Claim, to: JobStatus, **values: Any) -> bool:
         session.commit()
     done = bool(result.rowcount)  # type: ignore[attr-defined]
     if done:
-        log.info("job %s: %s", claim.job_id, to.value)
+        log.info("job %s: %s after %.2f s", claim.job_id, to.value, time.monotonic() - claim.t0)
     return done
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from tests.api.test_upload import (
     upload_dirs,
     upload_status,
 )
-from tests.conftest import Client, Server, ServerFactory
+from tests.conftest import Client, Server, ServerFactory, serving
 from tests.factories import chunk_fields, csv_bytes, sha256, split
 
 DATA = csv_bytes(6_000)
@@ -317,20 +316,13 @@ def test_same_index_with_other_bytes_is_409(client: Client) -> None:
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server whose chunks may have at most CHUNK bytes, and two of them per file."""
-    base = tmp_path_factory.mktemp("chute-small")
-    env = {
-        **os.environ,
-        "CHUTE_DATA_DIR": str(base / "data"),
-        "CHUTE_MIN_FREE_BYTES": "0",
-        "CHUTE_MAX_CHUNK_BYTES": str(CHUNK),
-        "CHUTE_CHUNK_SIZE": str(CHUNK),
-        "CHUTE_MAX_FILE_BYTES": str(2 * CHUNK),
-    }
-    srv = Server(data_dir=base / "data", env=env)
-    srv.start()
-    yield srv
-    srv.close_clients()
-    srv.stop(kill=True)
+    with serving(
+        tmp_path_factory.mktemp("chute-small"),
+        CHUTE_MAX_CHUNK_BYTES=str(CHUNK),
+        CHUTE_CHUNK_SIZE=str(CHUNK),
+        CHUTE_MAX_FILE_BYTES=str(2 * CHUNK),
+    ) as srv:
+        yield srv
 
 
 def test_chunk_over_the_limit_is_413(small_server: Server) -> None:

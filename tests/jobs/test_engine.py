@@ -3,9 +3,11 @@ cancel and delete, and a worker killed mid-job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.conftest import ROOT, Client, Server, ServerFactory
+from tests.conftest import ROOT, Client, Server, ServerFactory, serving
 from tests.factories import csv_bytes
 from tests.jobs.test_profile import FILLER, TRICKY
 
@@ -33,18 +35,8 @@ FAST = {
 @pytest.fixture(scope="module")
 def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server (API and embedded worker) with the example plugin installed."""
-    base = tmp_path_factory.mktemp("chute-plugins")
-    env = {
-        **os.environ,
-        "CHUTE_DATA_DIR": str(base / "data"),
-        "CHUTE_MIN_FREE_BYTES": "0",
-        **FAST,
-    }
-    server = Server(data_dir=base / "data", env=env)
-    server.start()
-    yield server
-    server.close_clients()
-    server.stop(kill=True)
+    with serving(tmp_path_factory.mktemp("chute-plugins"), **FAST) as server:
+        yield server
 
 
 def leftovers(server: Server, job_id: int) -> list[Path]:
@@ -330,3 +322,22 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(
         stop(first)
         if second is not None:
             stop(second)
+
+
+def test_a_lost_enqueue_is_found_by_the_sweeper(make_server: ServerFactory) -> None:
+    server = make_server("--no-worker", CHUTE_REQUEUE_AFTER="1", **FAST)
+    client = server.client()
+    job_id = client.new_job()
+    client.upload(job_id, csv_bytes(500))
+    assert client.job(job_id)["status"] == "queued"
+    # Lose the task: as if the queue had dropped it between the commit and the enqueue.
+    with contextlib.closing(sqlite3.connect(server.data_dir / "queue.db")) as queue:
+        assert queue.execute("DELETE FROM task").rowcount == 1
+        queue.commit()
+    worker = start_worker(server)
+    try:
+        job = client.wait_for(job_id, "succeeded", "failed", timeout=30)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1)
+        assert job["result"]["rows"] == 500
+    finally:
+        stop(worker)

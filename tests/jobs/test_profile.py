@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import datetime as dt
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,49 @@ def test_line_numbers_count_newlines_before_each_position(tmp_path: Path) -> Non
     # 1-based byte positions of "a", "bb", the empty line and "ccc"
     assert _line_numbers(path, [1, 3, 6, 7]) == [1, 2, 3, 4]
     assert _line_numbers(path, []) == []
+
+
+def test_profile_figures_agree_with_a_full_scan(tmp_path: Path) -> None:
+    # Several row groups; a DOUBLE column with NaN and infinity (whose row groups keep no
+    # min and max), an empty column, long text, timestamps.
+    lines = ["n,x,empty,text,at"]
+    for i in range(300_000):
+        x = "nan" if i == 5 else "inf" if i == 250_000 else f"{(i * 7919) % 1000 / 3:.3f}"
+        text = ("long " * 60 + str(i)) if i % 1000 == 0 else f"t{i % 5000}"
+        lines.append(f"{i},{x},,{text},2024-01-01 00:00:{i % 60:02d}")
+    result = run(tmp_path, ("\n".join(lines) + "\n").encode())
+    parquet = str(tmp_path / "outputs" / "data.parquet")
+    with duckdb.connect() as con:
+        for column in result["columns"]:
+            name = column["name"]
+            nulls, low, high = con.execute(
+                f'SELECT count(*) - count("{name}"), min("{name}"), max("{name}") '
+                "FROM read_parquet(?)",
+                [parquet],
+            ).fetchone() or (None, None, None)
+            assert column["nulls"] == nulls, name
+            assert same(column["min"], low), (name, column["min"], low)
+            assert same(column["max"], high), (name, column["max"], high)
+    columns = {c["name"]: c for c in result["columns"]}
+    assert columns["empty"]["nulls"] == 300_000
+    assert columns["x"]["max"] == "nan"  # DuckDB orders NaN above infinity
+    assert columns["n"]["distinct"] == pytest.approx(300_000, rel=0.05)
+
+
+def same(got: Any, want: Any) -> bool:
+    """A profile's JSON value against DuckDB's own."""
+    if want is None or isinstance(want, bool | int):
+        return bool(got == want)
+    if isinstance(want, float):
+        return got == str(want) if not math.isfinite(want) else got == pytest.approx(want)
+    text = want.isoformat() if isinstance(want, dt.date | dt.time) else str(want)
+    if isinstance(got, str) and got.endswith("…"):
+        return text.startswith(got[:-1])
+    return bool(got == text)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_wide_encodings_are_read(tmp_path: Path, encoding: str) -> None:
+    text = "name,city\nJosé,Zürich\n"
+    result = run(tmp_path, text.encode(encoding), encoding=encoding)
+    assert result["preview"]["rows"] == [["José", "Zürich"]]
