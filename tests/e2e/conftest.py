@@ -7,19 +7,16 @@ of the page.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, CDPSession, Page, Playwright, sync_playwright
 
-from tests.conftest import Server, ServerFactory
+from tests.conftest import Client, Server, serving
 from tests.factories import csv_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,41 +44,23 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def web(make_module_server: ServerFactory) -> Server:
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server shared by a module's browser tests, with small chunks."""
-    return make_module_server(CHUTE_CHUNK_SIZE=str(SMALL_CHUNK))
-
-
-@pytest.fixture(scope="module")
-def make_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
-    servers: list[Server] = []
-
-    def make(*args: str, **settings: str) -> Server:
-        base = tmp_path_factory.mktemp("chute-web")
-        env = {
-            **os.environ,
-            "CHUTE_DATA_DIR": str(base / "data"),
-            "CHUTE_MIN_FREE_BYTES": "0",
-            **settings,
-        }
-        server = Server(data_dir=base / "data", env=env, args=list(args))
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.stop(kill=True)
+    with serving(tmp_path_factory.mktemp("chute-web"), CHUTE_CHUNK_SIZE=str(SMALL_CHUNK)) as srv:
+        yield srv
 
 
 @dataclass
 class Person:
     """A user with a browser tab, and an API client signed in as the same user."""
 
-    name: str
     page: Page
     server: Server
-    api: httpx.Client
+    api: Client
+
+    @property
+    def name(self) -> str:
+        return self.api.username
 
     def sign_in(self) -> None:
         self.page.goto(self.server.url)
@@ -90,18 +69,12 @@ class Person:
         self.page.get_by_role("button", name="Sign in").click()
         self.page.get_by_role("heading", name="Jobs", exact=True).wait_for()
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        answer = self.api.get(f"/api/job/{job_id}")
-        assert answer.status_code == 200, answer.text
-        result: dict[str, Any] = answer.json()
-        return result
-
     def jobs(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.api.get("/api/job").json()["items"]
+        items: list[dict[str, Any]] = self.api.http.get("/api/job").json()["items"]
         return items
 
     def held(self, job_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.api.get(f"/api/job/{job_id}/upload-data").json()
+        result: dict[str, Any] = self.api.http.get(f"/api/job/{job_id}/upload-data").json()
         return result
 
     def current_job_id(self) -> int:
@@ -115,22 +88,16 @@ class People:
 
     def __init__(self, browser: Browser) -> None:
         self.browser = browser
-        self.clients: list[httpx.Client] = []
         self.pages: list[tuple[Page, list[str]]] = []
 
-    def __call__(self, server: Server, *, viewport: dict[str, int] | None = None) -> Person:
-        name = server.add_user(None, PASSWORD)
-        context = self.browser.new_context(viewport=viewport or WIDTH_360)
-        page = context.new_page()
+    def __call__(self, server: Server) -> Person:
+        api = server.client(None, PASSWORD)
+        page = self.browser.new_context(viewport=WIDTH_360).new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        api = httpx.Client(base_url=server.url, timeout=60)
-        self.clients.append(api)
-        token = api.post("/api/auth/token", data={"username": name, "password": PASSWORD})
-        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         self.pages.append((page, errors))
         page.set_default_timeout(30_000)
-        person = Person(name, page, server, api)
+        person = Person(page, server, api)
         person.sign_in()
         return person
 
@@ -138,8 +105,6 @@ class People:
         for page, errors in self.pages:
             page.context.close()
             assert not errors, f"uncaught errors in the page: {errors}"
-        for client in self.clients:
-            client.close()
 
 
 @pytest.fixture
@@ -169,14 +134,6 @@ def write_csv(tmp_path: Path, name: str = "sales.csv", rows: int = CSV_ROWS, see
     path = tmp_path / name
     path.write_bytes(csv_bytes(rows, seed))
     return path
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def stored_input(server: Server, job_id: int) -> Path:
-    return server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
 
 
 def result_input(job: dict[str, Any]) -> dict[str, Any]:

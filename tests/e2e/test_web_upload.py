@@ -20,11 +20,10 @@ from tests.e2e.conftest import (
     People,
     Person,
     result_input,
-    sha256_of,
-    stored_input,
     throttle,
     write_csv,
 )
+from tests.factories import sha256
 
 MiB = 1024 * 1024
 
@@ -62,13 +61,13 @@ def start_upload(person: Person, path: Path) -> int:
 
 def expect_succeeded(person: Person, job_id: int, path: Path, server: Server) -> None:
     expect(person.page.locator("#job-status")).to_have_text("succeeded", timeout=90_000)
-    job = person.job(job_id)
+    picked = path.read_bytes()
     # Nothing lost or mixed: the file the job read is byte for byte the one picked.
-    assert sha256_of(stored_input(server, job_id)) == sha256_of(path)
-    described = result_input(job)
-    assert described["size"] == path.stat().st_size
+    assert person.api.stored(job_id) == (len(picked), sha256(picked))
+    described = result_input(person.api.job(job_id))
+    assert described["size"] == len(picked)
     if "sha256" in described:
-        assert described["sha256"] == sha256_of(path)
+        assert described["sha256"] == sha256(picked)
 
 
 def test_sign_in_upload_and_see_the_result(web: Server, people: People, tmp_path: Path) -> None:
@@ -223,7 +222,7 @@ def test_cancel_discards_the_servers_upload(web: Server, people: People, tmp_pat
     expect(page.locator("#upload-state")).to_contain_text("Upload cancelled")
     held = alice.held(job_id)
     assert held["state"] == "empty" and held["chunks"] == []
-    assert alice.job(job_id)["status"] == "awaiting_upload"
+    assert alice.api.job(job_id)["status"] == "awaiting_upload"
     assert page.evaluate("Object.keys(localStorage)") == []
     # The picker is back, for this file or another.
     expect(page.locator("#view-job").get_by_label("CSV file")).to_be_visible()
@@ -254,7 +253,7 @@ def test_a_non_csv_file_is_refused_before_sending(
     assert alice.jobs() == []
 
     # Dropped on a job's upload panel: refused there too.
-    job_id = alice.api.post("/api/job", json={"name": "drop target"}).json()["id"]
+    job_id = alice.api.new_job("drop target")
     page.goto(f"{web.url}/#/job/{job_id}")
     zone = page.locator('.drop[data-drop="upload-file"]')
     zone.evaluate(
@@ -270,7 +269,7 @@ def test_a_non_csv_file_is_refused_before_sending(
     )
     page.wait_for_timeout(300)
     assert sent == []
-    assert alice.job(job_id)["status"] == "awaiting_upload"
+    assert alice.api.job(job_id)["status"] == "awaiting_upload"
 
     # A CSV dropped there is taken.
     csv = write_csv(tmp_path, rows=2_000, seed=8)
@@ -288,7 +287,7 @@ def test_a_non_csv_file_is_refused_before_sending(
 
 def test_a_user_cannot_see_another_users_job(web: Server, people: People, tmp_path: Path) -> None:
     alice = people(web)
-    job_id = alice.api.post("/api/job", json={"name": "alice's secret"}).json()["id"]
+    job_id = alice.api.new_job("alice's secret")
     bob = people(web)
     expect(bob.page.get_by_text("No jobs yet.")).to_be_visible()
     expect(bob.page.locator("body")).not_to_contain_text("alice's secret")
