@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	node --test tests/js/
 
 bench: $(STAMP)
 	$(BIN)/python bench/upload_bench.py

@@ -45,9 +45,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, same_port: bool = False) -> None:
-        """Start the server; `same_port` keeps the last port, as for a restart clients
-        should ride out."""
+    def start(self, same_port: bool = False) -> None:
+        """Start; `same_port`: where the last run listened, as a restarted service would."""
         if not (same_port and self.port):
             self.port = free_port()
         env = {**self.env, "CHUTE_PORT": str(self.port)}
