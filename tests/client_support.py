@@ -3,7 +3,6 @@ user would (its own home dir, a token, a server), and reading what the server sa
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -47,12 +46,11 @@ def chunk_posts(log: str, job_id: int, status: int | None = 200) -> int:
     return len(line.findall(log))
 
 
-def stored_sha256(server: Server, user: Client, job_id: int) -> str:
+def stored_sha256(user: Client, job_id: int) -> str:
     """The SHA-256 of the job's stored input, once the job has run (the upload's file
     moves into place as the job's input on completion)."""
     user.wait_for(job_id, "succeeded", "failed")
-    path = server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return user.stored(job_id)[1]
 
 
 def held_chunks(user: Client, job_id: int) -> set[int]:

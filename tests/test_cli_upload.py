@@ -93,7 +93,7 @@ def test_upload_and_wait_prints_the_profile(slow_server: Server, tmp_path: Path)
     )
     job_id = only_job(user)
     digest = hashlib.sha256(data).hexdigest()
-    assert stored_sha256(slow_server, user, job_id) == digest
+    assert stored_sha256(user, job_id) == digest
     assert user.job(job_id)["name"] == "sales"
 
     # The same command again finds the job and sends nothing.
@@ -139,7 +139,7 @@ def test_killed_upload_resumes_with_only_the_missing_chunks(
     assert f"{len(held)} were already on the server" in second.stderr
     # The server saw one chunk request per missing chunk, and none for those it held.
     assert chunk_posts(slow_server.log()[log_before:], job_id) == total - len(held)
-    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
+    assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
     assert len(user.http.get("/api/job").json()["items"]) == 1
 
 
@@ -169,7 +169,7 @@ def test_ctrl_c_stops_the_upload_and_the_same_command_resumes(
     second = run_chute(env, *command[:-2])  # the same command, at full speed
     assert second.returncode == 0, second.stderr
     assert f"{len(held)} were already on the server" in second.stderr
-    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
+    assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
 
 
 def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) 
     assert upload.returncode == 0, stderr
     assert "retried" in stderr
     assert "trying again in" in stderr
-    assert stored_sha256(slow_server, user, job_id) == hashlib.sha256(data).hexdigest()
+    assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
 
 
 def test_a_refused_upload_shows_the_detail_and_fails(slow_server: Server, tmp_path: Path) -> None:
