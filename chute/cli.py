@@ -8,14 +8,20 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from chute.config import Settings
+if TYPE_CHECKING:
+    from chute.config import Settings
 
 
 def _settings() -> Settings:
     """The settings from the environment, or an exit with plain words saying what is wrong."""
+    # Imported here: the user commands (upload, jobs, ...) need no server settings, and
+    # pydantic-settings is a tenth of a second of their start-up.
+    from pydantic import ValidationError
+
+    from chute.config import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
