@@ -229,6 +229,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
                     f"Interrupted. Run the same command again to send the rest of job {job.id}."
                 )
                 return EXIT_INTERRUPTED
+            if args.chunk_size and args.chunk_size != summary.chunk_size:
+                err.print(
+                    f"The upload's chunk size is {summary.chunk_size} bytes, fixed by the "
+                    "chunks the server already had; --chunk-size was not used."
+                )
             speed = render.size_text(summary.bytes_per_second)
             err.print(
                 f"Job {job.id}: sent {summary.sent_chunks} of {summary.total_chunks} chunks "
