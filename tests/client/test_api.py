@@ -67,7 +67,9 @@ def test_upload_sends_only_the_chunks_the_server_lacks(
         answer = user.send_chunk(job_id, index, len(chunks), chunks[index], chunk_size=CHUNK)
         assert answer.status_code == 200, answer.text
     with Client(small_chunks.url, token_of(user)) as chute:
-        summary = chute.upload(job_id, path, parallel=2)
+        # The chunk size the server fixed for this upload wins over the one asked for.
+        summary = chute.upload(job_id, path, parallel=2, chunk_size=2 * CHUNK)
+    assert summary.chunk_size == CHUNK
     assert summary.held_chunks == 3
     assert summary.sent_chunks == len(chunks) - 3
     # Each chunk reached the server once: the three sent before, the rest by the client.
