@@ -294,9 +294,14 @@ def _describe(con: duckdb.DuckDBPyConnection, parquet: Path) -> dict[str, Any]:
     for name, type_ in zip(names, types, strict=True):
         col = _identifier(name)
         numeric = type_.startswith(_NUMERIC + _UNSIGNED)
-        aggregates.append(f"approx_count_distinct({col})")
+        known = stats[name]
+        if type_ == "BOOLEAN" and known is not None:
+            # At most two values, and the statistics say which: no pass needed.
+            aggregates.append(str(len({v for v in known[:2] if v is not None})))
+        else:
+            aggregates.append(f"approx_count_distinct({col})")
         aggregates.append(f"avg({col})" if numeric else "NULL")
-        if stats[name] is None:  # no usable statistics: compute them
+        if known is None:  # no usable statistics: compute them
             aggregates += [f"count({col})", f"min({col})", f"max({col})"]
     values = iter(con.execute(f"SELECT {', '.join(aggregates)} FROM {table}").fetchone() or ())
     columns = []

@@ -193,11 +193,11 @@ def test_line_numbers_count_newlines_before_each_position(tmp_path: Path) -> Non
 def test_profile_figures_agree_with_a_full_scan(tmp_path: Path) -> None:
     # Several row groups; a DOUBLE column with NaN and infinity (whose row groups keep no
     # min and max), an empty column, long text, timestamps.
-    lines = ["n,x,empty,text,at"]
+    lines = ["n,x,empty,text,at,flag"]
     for i in range(300_000):
         x = "nan" if i == 5 else "inf" if i == 250_000 else f"{(i * 7919) % 1000 / 3:.3f}"
         text = ("long " * 60 + str(i)) if i % 1000 == 0 else f"t{i % 5000}"
-        lines.append(f"{i},{x},,{text},2024-01-01 00:00:{i % 60:02d}")
+        lines.append(f"{i},{x},,{text},2024-01-01 00:00:{i % 60:02d},{i % 3 == 0}")
     result = run(tmp_path, ("\n".join(lines) + "\n").encode())
     parquet = str(tmp_path / "outputs" / "data.parquet")
     with duckdb.connect() as con:
@@ -215,6 +215,9 @@ def test_profile_figures_agree_with_a_full_scan(tmp_path: Path) -> None:
     assert columns["empty"]["nulls"] == 300_000
     assert columns["x"]["max"] == "nan"  # DuckDB orders NaN above infinity
     assert columns["n"]["distinct"] == pytest.approx(300_000, rel=0.05)
+    assert (columns["flag"]["type"], columns["flag"]["distinct"]) == ("BOOLEAN", 2)
+    assert columns["empty"]["distinct"] == 0
+    assert columns["at"]["distinct"] == pytest.approx(60, abs=3)  # approximate
 
 
 def same(got: Any, want: Any) -> bool:
