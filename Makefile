@@ -15,7 +15,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/chute serve
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff format --check chute tests bench
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy
