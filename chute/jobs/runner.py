@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 
 from chute.db.models import Job, JobStatus, Upload, utcnow
+from chute.jobs.isolation import run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
 from chute.jobs.service import input_key, job_prefix, transition
 from chute.storage import LocalPaths, StagedPart
@@ -157,10 +158,7 @@ def _call(
         "settings": rt.settings,
     }
     kwargs = {name: value for name, value in extras.items() if name in kind.extras}
-    result = kind.run(input_path, claim.params, progress, **kwargs)
-    if not isinstance(result, dict):
-        raise TypeError(f"job kind {kind.name!r} returned {type(result).__name__}, not a dict")
-    return result
+    return run_isolated(kind.name, input_path, claim.params, kwargs, progress)
 
 
 def _store_outputs(rt: Runtime, claim: Claim, folder: Path) -> dict[str, Any]:

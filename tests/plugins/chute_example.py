@@ -1,7 +1,8 @@
 """An example job kind, installed for the tests as the plugin `chute-example`.
 
 It counts the lines of the uploaded file. For the tests of the job engine it can also
-take its time (`seconds`) and note each run's start and end in a journal file.
+take its time (`seconds`), note each run's start and end in a journal file, and
+crash its process (`crash`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ def count_lines(input: Path, params: dict[str, Any], progress: Any) -> dict[str,
     if journal:
         with open(journal, "a") as f:
             f.write(f"start {os.getpid()}\n")
+    if params.get("crash"):
+        os._exit(3)  # as a crash in native code would end the process
     seconds = float(params.get("seconds", 0))
     steps = max(1, int(seconds * 10))
     for step in range(steps):
