@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import multiprocessing
+import resource
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -65,7 +66,7 @@ def run_isolated(
                 cancel.set()
                 child.join(STOP_GRACE)
                 raise
-        outcome: tuple[str, Any] = ("died", None)
+        outcome: tuple[Any, ...] = ("died", None)
         if receive.poll(0):  # also true at end of file: a child that died sent nothing
             with contextlib.suppress(EOFError):
                 outcome = receive.recv()
@@ -74,7 +75,9 @@ def run_isolated(
             child.kill()
         child.join()
         receive.close()
-    status, value = outcome
+    status, value = outcome[0], outcome[1]
+    if len(outcome) > 2:
+        log.info("job process %s: peak RSS %.0f MB", child.pid, outcome[2] / 1e6)
     if status == "ok":
         result: dict[str, Any] = value
         return result
@@ -115,13 +118,18 @@ def _child(
         if not isinstance(result, dict):
             raise TypeError(f"job kind {kind_name!r} returned {type(result).__name__}, not a dict")
         json.dumps(result)  # it is stored as JSON: fail here, in plain sight, if it is not
-        send.send(("ok", result))
+        send.send(("ok", result, _peak_rss()))
     except JobCancelled:
-        send.send(("cancelled", None))
+        send.send(("cancelled", None, _peak_rss()))
     except JobFailed as exc:
-        send.send(("failed", str(exc)))
+        send.send(("failed", str(exc), _peak_rss()))
     except Exception:
         log.exception("job kind %r failed", kind_name)
-        send.send(("error", None))
+        send.send(("error", None, _peak_rss()))
     finally:
         send.close()
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
