@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 
 from chute.db.models import Job, JobStatus, Upload, utcnow
-from chute.jobs.isolation import run_isolated
+from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
 from chute.jobs.service import input_key, job_prefix, transition
 from chute.storage import LocalPaths, StagedPart
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED = "The job stopped on an unexpected error; the server's log has the details."
 UNREADABLE = "The job could not read its uploaded file."
 
 
