@@ -112,6 +112,31 @@ def test_tricky_csv_gives_rows_types_and_rejected_lines(tmp_path: Path) -> None:
     assert result["parquet"]["size"] == (tmp_path / "outputs" / "data.parquet").stat().st_size
 
 
+def test_parquet_opens_in_arrow_with_the_same_rows(tmp_path: Path) -> None:
+    # The file is written with the format's v2 encodings: a reader other than DuckDB's
+    # must open it and find the same values and types.
+    import pyarrow.parquet as pq
+
+    result = run(tmp_path, TRICKY)
+    path = tmp_path / "outputs" / "data.parquet"
+    encodings = {
+        e
+        for c in pq.ParquetFile(path).metadata.row_group(0).to_dict()["columns"]
+        for e in c["encodings"]
+    }
+    assert encodings & {"DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY"}, encodings
+    table = pq.read_table(path)
+    assert table.num_rows == result["rows"]
+    assert [str(t) for t in table.schema.types] == [
+        "int64",
+        "string",
+        "string",
+        "date32[day]",
+        "int64",
+    ]
+    assert [tuple(r.values()) for r in table.to_pylist()] == parquet_rows(tmp_path)
+
+
 def test_params_set_delimiter_and_no_header(tmp_path: Path) -> None:
     data = b"1;alpha;2.5\n2;beta;3.5\n3;gamma;4.5\n"
     result = run(tmp_path, data, delimiter=";", header=False)
