@@ -7,6 +7,7 @@ import logging
 from huey.consumer import Consumer
 
 from chute.config import Settings
+from chute.jobs.isolation import start_spare
 from chute.jobs.sweeper import Sweeper
 from chute.runtime import build_runtime
 
@@ -14,6 +15,7 @@ from chute.runtime import build_runtime
 def run_worker(settings: Settings, threads: int = 2) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rt = build_runtime(settings)
+    start_spare()  # the first job's process, started while the worker waits
     sweeper = Sweeper(rt)
     sweeper.start()
     consumer = Consumer(
