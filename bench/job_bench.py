@@ -98,13 +98,16 @@ def evict(path: Path) -> None:
 def duckdb_alone(csv: Path, work: Path) -> tuple[float, int]:
     """Seconds of DuckDB's own copy, and its process's peak RSS."""
     target = work / "baseline.parquet"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     done = subprocess.run(
         [PYTHON, "-c", BASELINE, str(csv), str(target)], capture_output=True, text=True
     )
     if done.returncode != 0:
         raise BenchError(f"DuckDB's copy failed: {done.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu
+    print(f"  DuckDB alone: {cpu:.1f} CPU s", flush=True)
     target.unlink()
     # ru_maxrss of children is the largest child so far: only a new maximum shows.
     return float(done.stdout.split()[-1]), max(peak, before) * 1024
@@ -214,7 +217,7 @@ def measure(work: Path, size: int, repeat: int) -> Results:
             results.small_to_running.append(run_job(server, port, token, small).to_running)
     # Where the big jobs' time went, as the worker logged it.
     for line in (work / "server.log").read_text(errors="replace").splitlines():
-        if f"profile of {source.size} bytes" in line:
+        if f"profile of {source.size} bytes" in line or "job process" in line:
             print("  worker:", line.split(" ", 3)[-1])
     return results
 

@@ -120,7 +120,13 @@ def run_isolated(
         start_spare()
     status, value = outcome[0], outcome[1]
     if len(outcome) > 2:
-        log.info("job process %s: peak RSS %.0f MB", child.process.pid, outcome[2] / 1e6)
+        peak, cpu = outcome[2]
+        log.info(
+            "job process %s: peak RSS %.0f MB, CPU %.2f s user %.2f s system",
+            child.process.pid,
+            peak / 1e6,
+            *cpu,
+        )
     if status == "ok":
         result: dict[str, Any] = value
         return result
@@ -189,18 +195,20 @@ def _child(percent: Any, cancel: Event, tasks: Connection, send: Connection) -> 
         if not isinstance(result, dict):
             raise TypeError(f"job kind {kind_name!r} returned {type(result).__name__}, not a dict")
         json.dumps(result)  # it is stored as JSON: fail here, in plain sight, if it is not
-        send.send(("ok", result, _peak_rss()))
+        send.send(("ok", result, _usage()))
     except JobCancelled:
-        send.send(("cancelled", None, _peak_rss()))
+        send.send(("cancelled", None, _usage()))
     except JobFailed as exc:
-        send.send(("failed", str(exc), _peak_rss()))
+        send.send(("failed", str(exc), _usage()))
     except Exception:
         log.exception("job kind %r failed", kind_name)
-        send.send(("error", None, _peak_rss()))
+        send.send(("error", None, _usage()))
     finally:
         send.close()
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _usage() -> tuple[int, tuple[float, float]]:
+    """This process's peak resident set in bytes (Linux reports KiB), and its CPU seconds
+    (user, system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_maxrss * 1024, (usage.ru_utime, usage.ru_stime)
