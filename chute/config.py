@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(1 * GiB, ge=0)
     # Seconds a request waits for another request still sending the same chunk.
     chunk_lock_timeout: float = Field(30.0, gt=0)
+    # On storage without part locks of its own (S3): seconds a request sending a chunk
+    # holds the chunk's lease in the database without renewing it (it renews it every
+    # third of that while it streams); a lease older than that was left by a dead process.
+    part_lease_seconds: float = Field(30.0, gt=0)
 
     # Seconds between two heartbeats (and progress reports) of a running job.
     heartbeat_interval: float = Field(1.0, gt=0)

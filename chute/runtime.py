@@ -12,6 +12,7 @@ from chute.db.session import make_engine, make_sessionmaker
 from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
 from chute.storage import Storage, make_storage
+from chute.upload.partlease import PartLeases
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Runtime:
     # Job kinds by name, from the `chute.jobs` entry points.
     kinds: dict[str, Kind]
     queue: JobQueue = field(init=False)
+    # One writer per part, for storage without part locks of its own.
+    part_leases: PartLeases = field(init=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -40,6 +43,7 @@ def build_runtime(settings: Settings) -> Runtime:
         storage=make_storage(settings.resolved_storage_url),
         kinds=load_kinds(),
     )
+    runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)
     runtime.queue = JobQueue(
         make_huey(settings.resolved_queue_url), lambda job_id: run_job(runtime, job_id)
     )

@@ -162,3 +162,19 @@ class Chunk(Base):
     # False while the chunk waits beside the data file for the upload's chunk size.
     placed: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PartLease(Base):
+    """A request writing one part of an upload, for storage without part locks of its own
+    (an object store reached by several API processes on several machines).
+
+    The row exists while the request streams the part; it renews `renewed_at` as it
+    goes, so a lease whose holder died can be taken over once it is old enough.
+    """
+
+    __tablename__ = "part_leases"
+
+    storage_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(32))
+    renewed_at: Mapped[datetime] = mapped_column(default=utcnow)

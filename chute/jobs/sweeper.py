@@ -30,6 +30,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
         rt.storage.abort(storage_id)
     if expired:
         log.info("removed %d expired uploads", len(expired))
+    # Leases are deleted by their holders; these were left by processes that died.
+    stale = rt.part_leases.remove_stale(4 * rt.settings.part_lease_seconds)
+    if stale:
+        log.info("removed %d part leases whose holders stopped", stale)
     for job_id in _stale_queued(rt, now):
         log.info("job %s was queued but not claimed; enqueueing it again", job_id)
         rt.queue.enqueue(job_id)
