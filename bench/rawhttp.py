@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -213,16 +214,20 @@ class UploadRun:
         return done[0]
 
 
-def send_file(port: int, target: str, token: str, source: Source, in_flight: int) -> UploadRun:
+def send_file(
+    port: int | Sequence[int], target: str, token: str, source: Source, in_flight: int
+) -> UploadRun:
     """Send every chunk of `source`, `in_flight` at a time, each thread on its own
-    keep-alive connection, chunks taken in index order (so chunk 0 goes first)."""
+    keep-alive connection, chunks taken in index order (so chunk 0 goes first). Given
+    several ports (API processes behind no balancer), connection i goes to port i mod n."""
+    ports = [port] if isinstance(port, int) else list(port)
     indexes: SimpleQueue[int] = SimpleQueue()
     for index in range(source.total_chunks):
         indexes.put(index)
     results: list[ChunkResult] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
-    connections = [Connection(port) for _ in range(in_flight)]
+    connections = [Connection(ports[i % len(ports)]) for i in range(in_flight)]
     files = [source.path.open("rb") for _ in range(in_flight)]
 
     def sender(conn: Connection, file: BinaryIO) -> None:
