@@ -68,7 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if prepared.returncode != 0:
         return prepared.returncode
     worker = None
-    if not args.no_worker:
+    if not settings.embedded_queue:
+        # Scale-out: API processes only; `chute worker` runs jobs, on any number of hosts.
+        print("chute: the queue is on Redis; run `chute worker` to run jobs", flush=True)
+    elif not args.no_worker:
         # The embedded deployment's worker: its own process, so jobs never slow the API.
         worker = subprocess.Popen(
             [sys.executable, "-m", "chute", "worker"],
@@ -127,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chute", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API (and the embedded worker)")
+    serve = commands.add_parser(
+        "serve", help="run the API (and, with the embedded queue, its worker)"
+    )
     serve.add_argument("--host", help="address to listen on (CHUTE_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (CHUTE_PORT)")
     serve.add_argument("--workers", type=int, default=1, help="API processes (default 1)")

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     storage_url: str = ""
     queue_url: str = ""
+    # The queue's name: Huey's key prefix on Redis, so several Chutes can share one Redis.
+    queue_name: str = Field("chute", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
     max_chunk_bytes: int = Field(256 * MiB, ge=1)
@@ -89,3 +91,8 @@ class Settings(BaseSettings):
     @property
     def resolved_queue_url(self) -> str:
         return self.queue_url or f"sqlite:///{self.data_dir.resolve() / 'queue.db'}"
+
+    @property
+    def embedded_queue(self) -> bool:
+        """The queue lives in the data dir (SQLite): `chute serve` runs its worker itself."""
+        return not self.resolved_queue_url.startswith("redis://")

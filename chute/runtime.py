@@ -45,6 +45,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)
     runtime.queue = JobQueue(
-        make_huey(settings.resolved_queue_url), lambda job_id: run_job(runtime, job_id)
+        make_huey(settings.resolved_queue_url, settings.queue_name),
+        lambda job_id: run_job(runtime, job_id),
     )
     return runtime

@@ -1,25 +1,145 @@
-"""Fixtures: a real `chute serve` on loopback, its own data dir per server, users per test."""
+"""Fixtures: a real `chute serve` on loopback, its own data dir per server, users per test.
+
+Contract test modules marked `pytestmark = pytest.mark.deployments` run over both
+deployments (DESIGN §1): `embedded` (SQLite and the SQLite queue, worker started by
+`serve`) and `scaleout` (PostgreSQL and Redis, a `chute worker` started beside `serve`).
+Each scale-out server gets a database of its own (`chute_t_<random>`, dropped after) and
+a queue name of its own on Redis (its keys flushed after). Storage is local disk in both.
+Without PostgreSQL or Redis the scale-out tests are skipped, unless `CI` is set: then
+they fail.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
+from huey.api import Huey
+from sqlalchemy import create_engine, text
 
 from tests.factories import chunk_fields, split
 
 ROOT = Path(__file__).resolve().parents[1]
+
+Deployment = Literal["embedded", "scaleout"]
+DEPLOYMENTS: tuple[Deployment, ...] = ("embedded", "scaleout")
+# The services the scale-out tests use; each test server makes its own database and queue.
+POSTGRES_URL = os.environ.get(
+    "CHUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("CHUTE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "deployments: run the module's servers over every deployment (DESIGN §1)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "deployment" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "deployments"
+    ):
+        metafunc.parametrize("deployment", DEPLOYMENTS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    """The deployment a module's servers run as: `embedded` unless the module is marked."""
+    return getattr(request, "param", "embedded")  # type: ignore[no-any-return,unused-ignore]
+
+
+@cache
+def postgres_down() -> str | None:
+    """Why the test PostgreSQL cannot be used, or None when it answers."""
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"PostgreSQL at {POSTGRES_URL} is not available ({type(exc).__name__})"
+    return None
+
+
+@cache
+def redis_down() -> str | None:
+    """Why the test Redis cannot be used, or None when it answers."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"Redis at {REDIS_URL} is not available ({type(exc).__name__})"
+    return None
+
+
+def require_services(*, postgres: bool = True, redis: bool = True) -> None:
+    """Skip the calling test without PostgreSQL or Redis; in CI, fail it instead."""
+    reason = (postgres and postgres_down()) or (redis and redis_down()) or None
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}, and CI is set: the scale-out tests must run", pytrace=False)
+    pytest.skip(f"scale-out deployment: {reason}")
+
+
+def admin_engine() -> Any:
+    """An engine on the test server's `test` database that runs CREATE/DROP DATABASE."""
+    return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server; its URL. Dropped after."""
+    name = f"chute_t_{secrets.token_hex(6)}"
+    engine = admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        try:
+            yield engine.url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as conn:
+                # FORCE: a killed server's connections may not be closed yet.
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
+    """The CHUTE_* settings of a server of this deployment; its database and queue are
+    removed after."""
+    if deployment == "embedded":
+        yield {}
+        return
+    require_services()
+    from chute.jobs.queue import make_huey
+
+    queue_name = f"chute_t_{secrets.token_hex(6)}"
+    with postgres_database() as database_url:
+        try:
+            yield {
+                "CHUTE_DATABASE_URL": database_url,
+                "CHUTE_QUEUE_URL": REDIS_URL,
+                "CHUTE_QUEUE_NAME": queue_name,
+            }
+        finally:
+            make_huey(REDIS_URL, queue_name).storage.flush_all()
 
 
 def free_port() -> int:
@@ -30,13 +150,16 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A running `chute serve` (API and embedded worker) with its own data dir."""
+    """A running `chute serve` with its own data dir, and its job worker: the embedded one
+    `serve` starts, or with the queue on Redis a `chute worker` started beside it (none
+    with `--no-worker`, as with the embedded queue)."""
 
     data_dir: Path
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _users: int = 0
     _clients: list[httpx.Client] = field(default_factory=list)
@@ -44,6 +167,48 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def scale_out(self) -> bool:
+        return self.env.get("CHUTE_QUEUE_URL", "").startswith("redis://")
+
+    @property
+    def wants_worker(self) -> bool:
+        """With the queue on Redis `serve` starts no worker: the fixture starts one."""
+        return self.scale_out and "--no-worker" not in self.args
+
+    @property
+    def database_url(self) -> str:
+        return self.env.get("CHUTE_DATABASE_URL") or f"sqlite:///{self.data_dir / 'chute.db'}"
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        """Rows of a query on the server's database, for what the API does not show."""
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(query), params).all())
+        finally:
+            engine.dispose()
+
+    def queue(self) -> Huey:
+        """The server's task queue, to look into (or lose tasks from) in tests."""
+        from chute.jobs.queue import make_huey
+
+        url = self.env.get("CHUTE_QUEUE_URL") or f"sqlite:///{self.data_dir / 'queue.db'}"
+        return make_huey(url, self.env.get("CHUTE_QUEUE_NAME", "chute"))
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """A `chute worker` process of this server, in a process group of its own."""
+        assert self.log_path is not None
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "chute", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir.parent,
+                start_new_session=True,
+            )
 
     def start(self, same_port: bool = False) -> None:
         """Start; `same_port`: where the last run listened, as a restarted service would."""
@@ -66,6 +231,10 @@ class Server:
                 raise RuntimeError(f"chute serve exited:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/api/config", timeout=1).status_code == 200:
+                    if self.wants_worker and (
+                        self.worker is None or self.worker.poll() is not None
+                    ):
+                        self.worker = self.start_worker()
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -77,15 +246,17 @@ class Server:
         self._clients.clear()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # The whole process group: uvicorn, its worker processes and the job worker.
-        os.killpg(self.process.pid, 9 if kill else 15)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
-            self.process.wait()
+        # Each whole process group: uvicorn, its worker processes and the job worker.
+        for process in (self.process, self.worker):
+            if process is None or process.poll() is not None:
+                continue
+            os.killpg(process.pid, 9 if kill else 15)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+        self.worker = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -184,48 +355,60 @@ ServerFactory = Callable[..., Server]
 
 
 @pytest.fixture
-def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+def make_server(
+    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment
+) -> Iterator[ServerFactory]:
     """Start servers with extra CHUTE_* settings: `make_server(CHUTE_UPLOAD_EXPIRY="2")`."""
-    servers: list[Server] = []
+    with contextlib.ExitStack() as stack:
+        servers: list[Server] = []
 
-    def make(*args: str, start: bool = True, **settings: str) -> Server:
-        base = tmp_path_factory.mktemp("chute")
-        env = {
-            **os.environ,
-            "CHUTE_DATA_DIR": str(base / "data"),
-            # Test machines may have little free disk; the reserve is tested on its own.
-            "CHUTE_MIN_FREE_BYTES": "0",
-            **settings,
-        }
-        server = Server(data_dir=base / "data", env=env, args=list(args))
-        servers.append(server)
-        if start:
-            server.start()
-        return server
+        def make(*args: str, start: bool = True, **settings: str) -> Server:
+            base = tmp_path_factory.mktemp("chute")
+            env = {
+                **os.environ,
+                "CHUTE_DATA_DIR": str(base / "data"),
+                # Test machines may have little free disk; the reserve is tested on its own.
+                "CHUTE_MIN_FREE_BYTES": "0",
+                **stack.enter_context(deployment_env(deployment)),
+                **settings,
+            }
+            server = Server(data_dir=base / "data", env=env, args=list(args))
+            servers.append(server)
+            if start:
+                server.start()
+            return server
 
-    yield make
-    for server in servers:
-        server.close_clients()
-        server.stop(kill=True)
+        try:
+            yield make
+        finally:
+            for server in servers:
+                server.close_clients()
+                server.stop(kill=True)
 
 
 @contextlib.contextmanager
-def serving(base: Path, **settings: str) -> Iterator[Server]:
+def serving(base: Path, deployment: Deployment = "embedded", **settings: str) -> Iterator[Server]:
     """A server on its own data dir under `base`, with extra CHUTE_* (or other) settings."""
-    env = {**os.environ, "CHUTE_DATA_DIR": str(base / "data"), "CHUTE_MIN_FREE_BYTES": "0"}
-    server = Server(data_dir=base / "data", env={**env, **settings})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close_clients()
-        server.stop(kill=True)
+    with deployment_env(deployment) as extra:
+        env = {
+            **os.environ,
+            "CHUTE_DATA_DIR": str(base / "data"),
+            "CHUTE_MIN_FREE_BYTES": "0",
+            **extra,
+        }
+        server = Server(data_dir=base / "data", env={**env, **settings})
+        try:
+            server.start()
+            yield server
+        finally:
+            server.close_clients()
+            server.stop(kill=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> Iterator[Server]:
     """One server shared by a module's tests; each test makes its own users and jobs."""
-    with serving(tmp_path_factory.mktemp("chute-shared")) as srv:
+    with serving(tmp_path_factory.mktemp("chute-shared"), deployment) as srv:
         yield srv
 
 

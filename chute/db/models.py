@@ -21,6 +21,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Job ids are 64-bit on every database, as `chute.jobs.service.MAX_ID` says. SQLite's
+# INTEGER already is, and only an INTEGER primary key numbers its rows by itself.
+JobId = BigInteger().with_variant(Integer(), "sqlite")
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -97,7 +101,7 @@ class AuthToken(Base):
 class Job(Base):
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(JobId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(100))
@@ -133,7 +137,9 @@ class Upload(Base):
 
     __tablename__ = "uploads"
 
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        JobId, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
     # The storage backend's id of this upload; a discarded and restarted upload gets a new one.
     storage_id: Mapped[str] = mapped_column(String(200), unique=True)
     file_name: Mapped[str | None] = mapped_column(String(500))
@@ -154,7 +160,7 @@ class Chunk(Base):
     __tablename__ = "chunks"
 
     job_id: Mapped[int] = mapped_column(
-        ForeignKey("uploads.job_id", ondelete="CASCADE"), primary_key=True
+        JobId, ForeignKey("uploads.job_id", ondelete="CASCADE"), primary_key=True
     )
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     size: Mapped[int] = mapped_column(BigInteger)

@@ -13,14 +13,15 @@ from huey.api import Huey
 RUN_JOB = "chute.run_job"
 
 
-def make_huey(url: str) -> Huey:
+def make_huey(url: str, name: str = "chute") -> Huey:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = Path(parsed.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteHuey(name="chute", filename=str(path))
+        return SqliteHuey(name=name, filename=str(path))
     if parsed.scheme == "redis":
-        return RedisHuey(name="chute", url=url)
+        # Every API process and worker on every host shares the queue under `name`.
+        return RedisHuey(name=name, url=url)
     raise ValueError(f"unsupported queue URL scheme: {parsed.scheme!r}")
 
 

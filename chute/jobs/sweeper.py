@@ -1,7 +1,13 @@
 """Periodic repairs: expire abandoned uploads, re-enqueue jobs whose enqueue was lost,
 and take back running jobs whose worker stopped heartbeating.
 
-Every change is a conditional update, so any number of sweepers may run at once.
+Any number of sweepers may run at once (one per `chute worker`, on any host). A sweep
+first lists candidates without locking anything, then changes each in a transaction of
+its own with a conditional UPDATE that re-checks why it was picked (still queued and
+not re-queued since; still the same silent run). Of two sweepers that picked the same
+job, the database lets exactly one update match; the other sees rowcount 0 and leaves
+the job alone, so no transition or re-enqueue is ever doubled. One row per transaction
+also means two sweepers never hold locks on several rows, which could deadlock.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from chute.db.models import Job, JobStatus, utcnow
-from chute.upload.service import expire_uploads
+from chute.db.session import in_transaction
+from chute.upload.service import expire_upload, stale_uploads
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
@@ -24,12 +32,9 @@ log = logging.getLogger(__name__)
 
 def sweep(rt: Runtime, now: datetime | None = None) -> None:
     now = now or utcnow()
-    with rt.sessions() as session:
-        expired = expire_uploads(session, now, rt.settings.upload_expiry)
-    for storage_id in expired:
-        rt.storage.abort(storage_id)
+    expired = _expire_uploads(rt, now)
     if expired:
-        log.info("removed %d expired uploads", len(expired))
+        log.info("removed %d expired uploads", expired)
     # Leases are deleted by their holders; these were left by processes that died.
     stale = rt.part_leases.remove_stale(4 * rt.settings.part_lease_seconds)
     if stale:
@@ -42,67 +47,98 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
         rt.queue.enqueue(job_id)
 
 
+def _expire_uploads(rt: Runtime, now: datetime) -> int:
+    max_age = rt.settings.upload_expiry
+    with rt.sessions() as session:
+        candidates = stale_uploads(session, now, max_age)
+    removed = 0
+    for job_id in candidates:
+        storage_id = in_transaction(rt.sessions, expire_upload, job_id, now, max_age)
+        if storage_id is not None:
+            rt.storage.abort(storage_id)
+            removed += 1
+    return removed
+
+
 def _stale_queued(rt: Runtime, now: datetime) -> list[int]:
     cutoff = now - timedelta(seconds=rt.settings.requeue_after)
     with rt.sessions() as session:
         ids = list(
             session.scalars(
-                select(Job.id).where(Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)
+                select(Job.id)
+                .where(Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)
+                .order_by(Job.id)
             )
         )
-        # Take each re-enqueue once, however many sweepers saw the job.
-        taken = []
-        for job_id in ids:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)
-                .values(queued_at=now)
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
-                taken.append(job_id)
-        session.commit()
-    return taken
+    # Take each re-enqueue once, however many sweepers saw the job.
+    return [
+        job_id for job_id in ids if in_transaction(rt.sessions, _take_requeue, job_id, cutoff, now)
+    ]
+
+
+def _take_requeue(session: Session, job_id: int, cutoff: datetime, now: datetime) -> bool:
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)
+        .values(queued_at=now)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _lost_running(rt: Runtime, now: datetime) -> list[int]:
     """Running jobs with no heartbeat for `heartbeat_timeout`: back to `queued`, or to
     `failed` once they have been started `max_attempts` times. Returns those re-queued."""
     cutoff = now - timedelta(seconds=rt.settings.heartbeat_timeout)
-    limit = rt.settings.max_attempts
     with rt.sessions() as session:
         stale = session.execute(
-            select(Job.id, Job.claim, Job.attempts).where(
+            select(Job.id, Job.claim, Job.attempts)
+            .where(
                 Job.status == JobStatus.RUNNING,
                 or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
             )
+            .order_by(Job.id)
         ).all()
-        requeued = []
-        for job_id, claim, attempts in stale:
-            # Only if it is still the same run, still silent: it may have beaten meanwhile.
-            same_run = [
-                Job.id == job_id,
-                Job.status == JobStatus.RUNNING,
-                Job.claim == claim if claim is not None else Job.claim.is_(None),
-                or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
-            ]
-            if attempts >= limit:
-                values: dict[str, Any] = {
-                    "status": JobStatus.FAILED,
-                    "finished_at": now,
-                    "error": "The job's worker stopped before it finished "
-                    f"(tried {attempts} of {limit} times); it is not tried again.",
-                }
-            else:
-                values = {"status": JobStatus.QUEUED, "queued_at": now, "progress": None}
-            result = session.execute(
-                update(Job)
-                .where(*same_run)
-                .values(claim=None, heartbeat_at=None, updated_at=now, **values)
-            )
-            if result.rowcount and attempts < limit:  # type: ignore[attr-defined]
-                requeued.append(job_id)
-        session.commit()
-    return requeued
+    limit = rt.settings.max_attempts
+    return [
+        job_id
+        for job_id, claim, attempts in stale
+        if in_transaction(rt.sessions, _take_back, job_id, claim, attempts, limit, cutoff, now)
+        and attempts < limit
+    ]
+
+
+def _take_back(
+    session: Session,
+    job_id: int,
+    claim: str | None,
+    attempts: int,
+    limit: int,
+    cutoff: datetime,
+    now: datetime,
+) -> bool:
+    """End the silent run `claim` of the job: re-queue or fail it. True if this call did."""
+    # Only if it is still the same run, still silent: it may have beaten meanwhile.
+    same_run = [
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.claim == claim if claim is not None else Job.claim.is_(None),
+        or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
+    ]
+    if attempts >= limit:
+        values: dict[str, Any] = {
+            "status": JobStatus.FAILED,
+            "finished_at": now,
+            "error": "The job's worker stopped before it finished "
+            f"(tried {attempts} of {limit} times); it is not tried again.",
+        }
+    else:
+        values = {"status": JobStatus.QUEUED, "queued_at": now, "progress": None}
+    result = session.execute(
+        update(Job).where(*same_run).values(claim=None, heartbeat_at=None, updated_at=now, **values)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 class Sweeper(threading.Thread):

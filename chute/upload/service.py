@@ -351,23 +351,52 @@ def staged_parts(session: Session, job_id: int) -> list[StagedPart]:
     return [StagedPart(c.index, c.size) for c in rows]
 
 
-def expire_uploads(session: Session, now: datetime, max_age: int) -> list[str]:
-    """Mark jobs whose upload sat unfinished too long `upload_expired`; return storage ids.
+def stale_uploads(session: Session, now: datetime, max_age: int) -> list[int]:
+    """Ids of jobs whose upload sat unfinished longer than `max_age` seconds."""
+    cutoff = now - timedelta(seconds=max_age)
+    return list(
+        session.scalars(
+            select(Upload.job_id)
+            .where(Upload.completed_at.is_(None), Upload.touched_at < cutoff)
+            .order_by(Upload.job_id)
+        )
+    )
 
-    An upload with no chunk recorded is only removed: its job never left `awaiting_upload`.
+
+def expire_upload(session: Session, job_id: int, now: datetime, max_age: int) -> str | None:
+    """Mark the job `upload_expired` and forget its upload, if the upload is still unfinished
+    and stale; return its storage id for the caller to remove, or None if nothing changed.
+
+    One transaction per upload, locking the job then the upload as recording a chunk
+    does (the other order could deadlock with it). A job busy in another transaction is
+    skipped: it is being touched, and the next sweep sees it again. An upload with no
+    chunk recorded is only removed: its job never left `awaiting_upload`.
     """
-    stale = session.scalars(
-        select(Upload)
-        .where(Upload.completed_at.is_(None), Upload.touched_at < now - timedelta(seconds=max_age))
-        .with_for_update(skip_locked=True)
-    ).all()
-    removed = []
-    for upload in stale:
-        if not started(upload) or transition(
-            session, upload.job_id, [JobStatus.UPLOADING], JobStatus.UPLOAD_EXPIRED, finished_at=now
-        ):
-            removed.append(upload.storage_id)
-            session.execute(delete(Chunk).where(Chunk.job_id == upload.job_id))
-            session.delete(upload)
+    cutoff = now - timedelta(seconds=max_age)
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update(skip_locked=True))
+    upload = (
+        None
+        if job is None
+        else session.scalar(
+            select(Upload)
+            .where(
+                Upload.job_id == job_id,
+                Upload.completed_at.is_(None),
+                Upload.touched_at < cutoff,
+            )
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if upload is None or (
+        started(upload)
+        and not transition(
+            session, job_id, [JobStatus.UPLOADING], JobStatus.UPLOAD_EXPIRED, finished_at=now
+        )
+    ):
+        session.rollback()
+        return None
+    storage_id = upload.storage_id
+    session.execute(delete(Chunk).where(Chunk.job_id == job_id))
+    session.delete(upload)
     session.commit()
-    return removed
+    return storage_id

@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import Client, Server, ServerFactory
 from tests.factories import csv_bytes
 
+# Every test here runs over both deployments (tests/conftest.py).
+pytestmark = pytest.mark.deployments
+
 
 @pytest.fixture(scope="module")
 def alice(server: Server) -> Client:

@@ -7,13 +7,11 @@ The helpers at the top build request bodies by hand where httpx's encoder cannot
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import secrets
 import socket
-import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +28,8 @@ from tests.factories import csv_bytes, sha256, split
 STORED = "Data chunk uploaded successfully"
 COMPLETE = "Data uploaded successfully and job started"
 CHUNK = 64 * 1024
+# Every test here runs over both deployments (tests/conftest.py).
+pytestmark = pytest.mark.deployments
 
 # A form part: a field (str value) or the file part (bytes value, sent as data.csv).
 Part = tuple[str, str | bytes]
@@ -117,13 +117,10 @@ def upload_dirs(server: Server) -> set[Path]:
 
 
 def attempts(server: Server, job_id: int) -> int:
-    """How many times a worker claimed the job; the API does not show it, the database does."""
-    with contextlib.closing(
-        sqlite3.connect(f"file:{server.data_dir / 'chute.db'}?mode=ro", uri=True)
-    ) as db:
-        row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    assert row is not None
-    return int(row[0])
+    """How many times a worker claimed the job, read from the server's database."""
+    rows = server.sql("SELECT attempts FROM jobs WHERE id = :id", id=job_id)
+    assert len(rows) == 1
+    return int(rows[0][0])
 
 
 def upload_all(client: Client, job_id: int, chunks: Sequence[bytes]) -> list[httpx.Response]:

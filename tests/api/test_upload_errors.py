@@ -27,12 +27,16 @@ from tests.api.test_upload import (
     upload_dirs,
     upload_status,
 )
-from tests.conftest import Client, Server, ServerFactory, serving
+from tests.conftest import Client, Deployment, Server, ServerFactory, serving
 from tests.factories import chunk_fields, csv_bytes, sha256, split
 
 DATA = csv_bytes(6_000)
 CHUNKS = split(DATA, CHUNK)
 TOTAL = len(CHUNKS)
+
+
+# Every test here runs over both deployments (tests/conftest.py).
+pytestmark = pytest.mark.deployments
 
 
 @pytest.fixture(scope="module")
@@ -314,10 +318,13 @@ def test_same_index_with_other_bytes_is_409(client: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def small_server(
+    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment
+) -> Iterator[Server]:
     """A server whose chunks may have at most CHUNK bytes, and two of them per file."""
     with serving(
         tmp_path_factory.mktemp("chute-small"),
+        deployment,
         CHUTE_MAX_CHUNK_BYTES=str(CHUNK),
         CHUTE_CHUNK_SIZE=str(CHUNK),
         CHUTE_MAX_FILE_BYTES=str(2 * CHUNK),

@@ -35,6 +35,10 @@ MiB = 1024 * 1024
 SMALL = 64 * 1024
 
 
+# Every test here runs over both deployments (tests/conftest.py).
+pytestmark = pytest.mark.deployments
+
+
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
     """One user for the module's tests (each makes its own jobs): a user costs a process."""

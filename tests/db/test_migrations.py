@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +19,20 @@ import chute
 from chute.db.migrate import alembic_config, upgrade
 from chute.db.models import Base
 from chute.db.session import make_engine
+from tests.conftest import postgres_database, require_services
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    path = tmp_path / "chute.db"
-    path.touch()  # an empty SQLite file
-    return f"sqlite:///{path}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a database of its own on the test PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "chute.db"
+        path.touch()
+        yield f"sqlite:///{path}"
+        return
+    require_services(redis=False)
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -45,9 +54,23 @@ def stamped(engine: Engine) -> str | None:
 
 
 def schema(engine: Engine) -> list[tuple[str, str]]:
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT name, sql FROM sqlite_master ORDER BY name")).all()
-    return [(name, sql or "") for name, sql in rows]
+    """Every table with its columns, keys and indexes, as the database describes them."""
+    found = inspect(engine)
+    return [
+        (
+            table,
+            repr(
+                (
+                    [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(table)],
+                    found.get_pk_constraint(table),
+                    found.get_foreign_keys(table),
+                    found.get_indexes(table),
+                    found.get_unique_constraints(table),
+                )
+            ),
+        )
+        for table in sorted(found.get_table_names())
+    ]
 
 
 def test_upgrade_creates_every_table_and_stamps_head(url: str, engine: Engine) -> None:
@@ -102,6 +125,16 @@ def test_downgrade_to_base_and_up_again(url: str, engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     assert stamped(engine) is None
     upgrade(url)
+    assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_migrations_started_at_once_run_one_after_another(url: str, engine: Engine) -> None:
+    """Every `chute serve` and `chute worker` migrates at start, on many hosts at once."""
+    # Processes, as in production: Alembic's context is global to a process.
+    code = "import sys; from chute.db.migrate import upgrade; upgrade(sys.argv[1])"
+    runs = [subprocess.Popen([sys.executable, "-c", code, url]) for _ in range(4)]
+    assert [run.wait(timeout=60) for run in runs] == [0, 0, 0, 0]
+    assert stamped(engine) == head(url)
     assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
 
 

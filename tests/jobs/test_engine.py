@@ -3,13 +3,10 @@ cancel and delete, and a worker killed mid-job."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.conftest import ROOT, Client, Server, ServerFactory, serving
+from tests.conftest import ROOT, Client, Deployment, Server, ServerFactory, serving
 from tests.factories import csv_bytes
 from tests.jobs.test_profile import FILLER, TRICKY
 
@@ -32,10 +29,16 @@ FAST = {
 }
 
 
+# Every test here runs over both deployments (tests/conftest.py).
+pytestmark = pytest.mark.deployments
+
+
 @pytest.fixture(scope="module")
-def plugin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server (API and embedded worker) with the example plugin installed."""
-    with serving(tmp_path_factory.mktemp("chute-plugins"), **FAST) as server:
+def plugin_server(
+    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment
+) -> Iterator[Server]:
+    """A server (API and worker) with the example plugin installed."""
+    with serving(tmp_path_factory.mktemp("chute-plugins"), deployment, **FAST) as server:
         yield server
 
 
@@ -57,15 +60,7 @@ def wait_until(what: str, check: Any, timeout: float = 30) -> Any:
 
 
 def start_worker(server: Server) -> subprocess.Popen[bytes]:
-    assert server.log_path is not None
-    with server.log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "chute", "worker"],
-            env=server.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return server.start_worker()
 
 
 def alive(pid: int) -> bool:
@@ -358,9 +353,10 @@ def test_a_lost_enqueue_is_found_by_the_sweeper(make_server: ServerFactory) -> N
     client.upload(job_id, csv_bytes(500))
     assert client.job(job_id)["status"] == "queued"
     # Lose the task: as if the queue had dropped it between the commit and the enqueue.
-    with contextlib.closing(sqlite3.connect(server.data_dir / "queue.db")) as queue:
-        assert queue.execute("DELETE FROM task").rowcount == 1
-        queue.commit()
+    queue = server.queue()
+    assert queue.pending_count() == 1
+    queue.flush()
+    assert queue.pending_count() == 0
     worker = start_worker(server)
     try:
         job = client.wait_for(job_id, "succeeded", "failed", timeout=30)

@@ -3,6 +3,7 @@ when their holder stopped, deleted when released."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,15 +18,21 @@ from chute.db.migrate import upgrade
 from chute.db.models import PartLease, utcnow
 from chute.db.session import make_engine, make_sessionmaker
 from chute.upload.partlease import PartLeases
+from tests.conftest import postgres_database, require_services
 
 
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'chute.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'chute.db'}"
+        else:
+            require_services(redis=False)
+            url = stack.enter_context(postgres_database())
+        upgrade(url)
+        engine = make_engine(url)
+        yield make_sessionmaker(engine)
+        engine.dispose()
 
 
 def rows(sessions: sessionmaker[Session]) -> list[tuple[str, int, str]]:

@@ -1,9 +1,13 @@
 """Alembic environment: the same metadata and URL as the app (see chute.db.migrate)."""
 
 from alembic import context
+from sqlalchemy import text
 
 from chute.db.models import Base
 from chute.db.session import make_engine
+
+# An arbitrary constant naming Chute's migration lock among PostgreSQL's advisory locks.
+LOCK_KEY = 0x43687574_65000001
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
@@ -22,5 +26,10 @@ else:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Every `chute serve` and `chute worker` migrates at start, on any number of
+                # hosts at once: one at a time, each reading the version the last one left.
+                # (SQLite's BEGIN IMMEDIATE already runs them one at a time.)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             context.run_migrations()
     engine.dispose()

@@ -1,0 +1,143 @@
+"""Several sweepers at once (one per `chute worker`, on any host) never double a
+transition: each stale job is re-queued, failed or expired once, and enqueued once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from chute.config import Settings
+from chute.db.migrate import upgrade
+from chute.db.models import Chunk, Job, JobStatus, Upload, User, utcnow
+from chute.jobs.sweeper import sweep
+from chute.runtime import Runtime, build_runtime
+from tests.conftest import postgres_database, require_services
+
+SWEEPERS = 4
+
+
+class Recorder:
+    """Stands in for the queue and the storage: counts what the sweepers ask of them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.enqueued: Counter[int] = Counter()
+        self.aborted: Counter[str] = Counter()
+
+    def enqueue(self, job_id: int) -> None:
+        with self.lock:
+            self.enqueued[job_id] += 1
+
+    def abort(self, storage_id: str) -> None:
+        with self.lock:
+            self.aborted[storage_id] += 1
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'chute.db'}"
+        return
+    require_services(redis=False)
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def runtimes(database_url: str, tmp_path: Path) -> Iterator[list[Runtime]]:
+    """Runtimes as separate processes would have them: an engine each, one database."""
+    upgrade(database_url)
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, max_attempts=3)
+    built = [build_runtime(settings) for _ in range(SWEEPERS)]
+    yield built
+    for rt in built:
+        rt.close()
+
+
+def add_jobs(rt: Runtime) -> dict[str, list[int]]:
+    """Jobs each sweep must act on once, by what it must do with them."""
+    long_ago = utcnow() - timedelta(days=2)
+    ids: dict[str, list[int]] = {"lost": [], "worn_out": [], "queued": [], "stale_upload": []}
+    with rt.sessions() as session:
+        user = User(username="sweeper-test", password_hash="x")
+        session.add(user)
+        session.flush()
+
+        def job(status: JobStatus, **values: Any) -> Job:
+            made = Job(
+                user_id=user.id, name="j", kind="profile", params={}, status=status, **values
+            )
+            session.add(made)
+            session.flush()
+            return made
+
+        for n in range(10):
+            ids["lost"].append(
+                job(JobStatus.RUNNING, claim=f"c{n}", heartbeat_at=long_ago, attempts=1).id
+            )
+            ids["worn_out"].append(
+                job(JobStatus.RUNNING, claim=f"w{n}", heartbeat_at=long_ago, attempts=3).id
+            )
+            ids["queued"].append(job(JobStatus.QUEUED, queued_at=long_ago).id)
+            uploading = job(JobStatus.UPLOADING)
+            session.add(
+                Upload(
+                    job_id=uploading.id,
+                    storage_id=f"upload-{n}",
+                    total_chunks=2,
+                    chunks_received=1,
+                    bytes_received=10,
+                    touched_at=long_ago,
+                )
+            )
+            session.flush()
+            session.add(Chunk(job_id=uploading.id, index=0, size=10, sha256="0" * 64))
+            ids["stale_upload"].append(uploading.id)
+        session.commit()
+    return ids
+
+
+def test_sweepers_at_once_act_on_each_job_once(runtimes: list[Runtime]) -> None:
+    ids = add_jobs(runtimes[0])
+    recorder = Recorder()
+    for rt in runtimes:
+        rt.queue = recorder  # type: ignore[assignment]
+        rt.storage = recorder  # type: ignore[assignment]
+    start = threading.Barrier(len(runtimes))
+    errors: list[BaseException] = []
+
+    def run(rt: Runtime) -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                sweep(rt)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(rt,)) for rt in runtimes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+
+    # Each lost run and each unclaimed queued job enqueued exactly once; worn-out runs never.
+    assert recorder.enqueued == Counter(ids["lost"] + ids["queued"])
+    assert recorder.aborted == Counter(f"upload-{n}" for n in range(10))
+    with runtimes[0].sessions() as session:
+        status = dict(session.execute(select(Job.id, Job.status)).all())
+        attempts = dict(session.execute(select(Job.id, Job.attempts)).all())
+        uploads = session.scalars(select(Upload.job_id)).all()
+        chunks = session.scalars(select(Chunk.job_id)).all()
+    assert {status[i] for i in ids["lost"] + ids["queued"]} == {JobStatus.QUEUED}
+    assert {status[i] for i in ids["worn_out"]} == {JobStatus.FAILED}
+    assert {status[i] for i in ids["stale_upload"]} == {JobStatus.UPLOAD_EXPIRED}
+    assert {attempts[i] for i in ids["lost"]} == {1}  # the sweeper never counts a start
+    assert (uploads, chunks) == ([], [])
