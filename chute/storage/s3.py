@@ -360,17 +360,17 @@ class S3Storage(Storage):
                     f"upload {upload_id} is neither pending nor complete"
                 ) from None
             count = -(-size // chunk_size)
+            listed = []
             for number in range(1, count + 1):
                 expected = chunk_size if number < count else size - (count - 1) * chunk_size
-                if not any(p["Size"] == expected for p in parts.get(number, [])):
+                # Only versions of the right size: a store may also list what a request cut
+                # off short left behind (SeaweedFS: a 0-byte part).
+                etags = [p["ETag"] for p in parts.get(number, []) if p["Size"] == expected]
+                if not etags:
                     raise StorageError(
                         f"{what}: part {number} of {expected} bytes is missing from the store"
                     )
-            listed = [
-                {"PartNumber": number, "ETag": part["ETag"]}
-                for number in range(1, count + 1)
-                for part in parts[number]
-            ]
+                listed += [{"PartNumber": number, "ETag": etag} for etag in etags]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=s3_id, MultipartUpload={"Parts": listed}
             )
