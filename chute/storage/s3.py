@@ -20,8 +20,16 @@ in (checksum, CSV start, size) aborts by cutting the body short, and nothing of 
 
 No `PartLocking`: two uploads of the same part number replace each other whole in S3.
 Some stores (SeaweedFS) keep every upload of a part number and, at completion, take the
-newest of those whose ETag they are given; `complete` gives every ETag listed for a part,
-so the newest upload wins there too, as in S3.
+newest of those whose ETag they are given; `complete` gives every ETag of the right size
+listed for a part, so the newest upload wins there too, as in S3.
+
+Left open by that: two requests for the same unrecorded index, both past the receiver's
+"already recorded?" check, both upload the part. The database records the SHA-256 of the
+first to reach `record_chunk`; the store keeps the bytes of the last UploadPart to finish.
+When those are two different requests with different bytes (the second then gets 409),
+the assembled file holds bytes whose hash the database does not have. Recording each
+part's ETag with its chunk and completing with the recorded ETags would close it (the
+store then refuses a replaced part instead of assembling it).
 
 Client settings, and why:
 - No retries on UploadPart: its body is a one-way stream; the client sends the chunk again.

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from chute.config import MiB, Settings
+from chute.config import MiB
 from chute.errors import ChuteError, Problem
-from chute.storage import StorageError, make_storage
+from chute.storage import StorageError
 from chute.storage.s3 import S3Storage
 from chute.upload.protocol import ChunkRequest
 from chute.upload.service import check_part_rules
+from tests.conftest import storage_of
 from tests.s3_support import SeaweedFS
 
 PART = 5 * MiB  # SeaweedFS enforces S3's minimum for every part but the last
@@ -25,9 +26,7 @@ KEY = "jobs/1/input.csv"
 
 
 def storage_for(seaweedfs: SeaweedFS, bucket: str, prefix: str = "", **extra: str) -> S3Storage:
-    env = {**seaweedfs.env(bucket, prefix), **extra}
-    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in env.items()}
-    storage = make_storage(Settings.model_validate(fields))
+    storage = storage_of({**seaweedfs.env(bucket, prefix), **extra})
     assert isinstance(storage, S3Storage)
     return storage
 
