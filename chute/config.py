@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -65,14 +65,23 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
+    # The S3-compatible store, for CHUTE_STORAGE_URL=s3://bucket/prefix. An empty endpoint
+    # means AWS's own; empty keys mean boto3's usual sources (environment, files, roles).
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_region: str = "us-east-1"
+    # S3's least size of every part but the last; some compatible stores allow less.
+    s3_min_part_size: int = Field(5 * MiB, ge=1)
+
     @model_validator(mode="after")
     def _check_sizes(self) -> Self:
         if self.chunk_size > self.max_chunk_bytes:
             raise ValueError("CHUTE_CHUNK_SIZE must not exceed CHUTE_MAX_CHUNK_BYTES")
         if self.queue_url and not self.queue_url.startswith(("sqlite://", "redis://")):
             raise ValueError("CHUTE_QUEUE_URL must start with sqlite:// or redis://")
-        if self.storage_url and not self.storage_url.startswith("file://"):
-            raise ValueError("CHUTE_STORAGE_URL must start with file://")
+        if self.storage_url and not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError("CHUTE_STORAGE_URL must start with file:// or s3://")
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ValueError(
                 "CHUTE_HEARTBEAT_TIMEOUT must exceed twice CHUTE_HEARTBEAT_INTERVAL, "

@@ -14,6 +14,11 @@ from typing import Any
 
 class Problem(Enum):
     # (status, message); a message may have {placeholders} filled by ChuteError.
+    FILE_PART_NOT_LAST = (
+        400,
+        "With this server's storage, the file must be the last part of the form, after the "
+        "fields, with nothing after it, and the request needs a Content-Length: {why}",
+    )
     NOT_AUTHENTICATED = (401, "Not signed in.")
     BAD_CREDENTIALS = (401, "Wrong user name or password.")
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
@@ -40,9 +45,23 @@ class Problem(Enum):
         "The chunk's SHA-256 is {actual}, not the chunk_sha256 sent ({expected}).",
     )
     EMPTY_CHUNK = (422, "The chunk is empty.")
+    CHUNK_TOO_SMALL = (
+        422,
+        "Chunks of {size} bytes are too small for this server's storage: every chunk but the "
+        "last must have at least {minimum} bytes. Send the file in larger chunks.",
+    )
+    TOO_MANY_PARTS = (
+        422,
+        "total_chunks is {total}, more than this server's storage takes in one file ({limit}). "
+        "Send the file in larger chunks.",
+    )
     NOT_CSV = (422, "This does not look like a CSV file: {why}")
     MALFORMED_FORM = (422, "The request body is not valid multipart/form-data: {why}")
     TOO_MANY_UPLOADS = (429, "Too many uploads at once for this user; try again shortly.")
+    STORAGE_UNAVAILABLE = (
+        503,
+        "The server's storage did not answer as it should; send the chunk again shortly.",
+    )
     STORAGE_FULL = (507, "The server's storage is full; the chunk was discarded, send it later.")
 
     @property

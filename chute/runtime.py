@@ -40,7 +40,7 @@ def build_runtime(settings: Settings) -> Runtime:
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        storage=make_storage(settings.resolved_storage_url),
+        storage=make_storage(settings),
         kinds=load_kinds(),
     )
     runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)

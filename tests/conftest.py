@@ -30,7 +30,10 @@ import pytest
 from huey.api import Huey
 from sqlalchemy import create_engine, text
 
+from chute.config import Settings
+from chute.storage import Storage, make_storage
 from tests.factories import chunk_fields, split
+from tests.s3_support import SeaweedFS, seaweedfs_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,7 +290,13 @@ class Server:
         answer = http.post("/api/auth/token", data={"username": name, "password": password})
         assert answer.status_code == 200, answer.text
         http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-        return Client(http, name, self.data_dir)
+        return Client(http, name, self.data_dir, self.env)
+
+
+def storage_of(env: dict[str, str]) -> Storage:
+    """The storage that a server with these CHUTE_* settings uses, opened by the test."""
+    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in env.items() if k.startswith("CHUTE_")}
+    return make_storage(Settings.model_validate(fields))
 
 
 @dataclass
@@ -295,15 +304,18 @@ class Client:
     http: httpx.Client
     username: str
     data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
 
     def stored(self, job_id: int) -> tuple[int, str]:
-        """Size and SHA-256 of a job's assembled input file, read from the server's disk."""
-        path = self.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
+        """Size and SHA-256 of a job's assembled input file, read from the server's storage."""
+        env = self.env or {"CHUTE_DATA_DIR": str(self.data_dir)}
         digest = hashlib.sha256()
-        with path.open("rb") as f:
+        size = 0
+        with storage_of(env).open(f"jobs/{job_id}/input.csv") as f:
             while block := f.read(1024 * 1024):
                 digest.update(block)
-        return path.stat().st_size, digest.hexdigest()
+                size += len(block)
+        return size, digest.hexdigest()
 
     def new_job(self, name: str = "test job", **body: Any) -> int:
         answer = self.http.post("/api/job", json={"name": name, **body})
@@ -415,3 +427,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> 
 @pytest.fixture
 def client(server: Server) -> Client:
     return server.client()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3-compatible server (SeaweedFS), started once per test session."""
+    with seaweedfs_running(tmp_path_factory.mktemp("seaweedfs"), free_port) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs: SeaweedFS) -> str:
+    """A fresh, empty bucket for one test."""
+    return seaweedfs.new_bucket()

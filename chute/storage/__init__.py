@@ -1,6 +1,14 @@
 """Where chunk and file bytes live: one interface, one module per backend."""
 
-from chute.storage.base import LocalPaths, PartLocking, PartWriter, StagedPart, Storage, StorageFull
+from chute.storage.base import (
+    LocalPaths,
+    PartLocking,
+    PartWriter,
+    StagedPart,
+    Storage,
+    StorageError,
+    StorageFull,
+)
 from chute.storage.factory import make_storage
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "PartWriter",
     "StagedPart",
     "Storage",
+    "StorageError",
     "StorageFull",
     "make_storage",
 ]

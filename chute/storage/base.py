@@ -19,6 +19,11 @@ class StorageFull(Exception):
     """The backend has no room for the bytes; nothing of them is kept."""
 
 
+class StorageError(Exception):
+    """The backend failed (unreachable, credentials refused, ...); the text says why in
+    plain words, for the server's log, and names no secret."""
+
+
 @dataclass(frozen=True)
 class StagedPart:
     """A recorded part whose offset was not known when it was written (see `open_part`)."""
@@ -40,19 +45,30 @@ class PartWriter(Protocol):
 
 
 class Storage(ABC):
-    @abstractmethod
-    def begin(self) -> str:
-        """Start an upload and return its id."""
+    # What a backend asks of the parts, for the upload service to check before any byte
+    # moves: the exact size of a part when it is opened (an object store sends it ahead of
+    # the bytes), the least bytes of every part but the last, the most parts of an upload.
+    needs_part_size: bool = False
+    min_part_size: int = 1
+    max_parts: int | None = None
 
     @abstractmethod
-    def open_part(self, upload_id: str, index: int, offset: int | None, reserve: int) -> PartWriter:
+    def begin(self, key: str) -> str:
+        """Start an upload whose file `complete` will store as `key`; return its id."""
+
+    @abstractmethod
+    def open_part(
+        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
+    ) -> PartWriter:
         """Open a writer for part `index` of an upload.
 
         `offset` is where the part starts in the assembled file (`index * chunk_size`), or
         None while the upload's chunk size is not known yet: the backend then keeps the part
         aside until `complete` learns where it goes. `reserve` is the most bytes the part
         may hold, so a backend can claim the room up front (and raise StorageFull early).
-        A committed part replaces any earlier bytes of the same index whole.
+        `size` is the part's exact size when the caller knows it; a backend with
+        `needs_part_size` is always given it, and `commit` fails unless exactly that many
+        bytes were written. A committed part replaces any earlier bytes of the same index whole.
         """
 
     @abstractmethod

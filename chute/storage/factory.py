@@ -3,12 +3,19 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+from chute.config import Settings
 from chute.storage.base import Storage
 from chute.storage.local import LocalStorage
 
 
-def make_storage(url: str) -> Storage:
+def make_storage(settings: Settings) -> Storage:
+    """The backend that `settings.resolved_storage_url` names: file:// or s3://."""
+    url = settings.resolved_storage_url
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path))
+    if parsed.scheme == "s3":
+        from chute.storage.s3 import S3Storage  # boto3 is imported only when it is used
+
+        return S3Storage.from_settings(settings)
     raise ValueError(f"unsupported storage URL scheme: {parsed.scheme!r}")

@@ -134,7 +134,8 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             raise ValueError("bad key")
         return path
 
-    def begin(self) -> str:
+    def begin(self, key: str) -> str:
+        # The key is only needed at `complete`, which is given it again.
         upload_id = secrets.token_hex(16)
         directory = self._upload_dir(upload_id)
         directory.mkdir(parents=True)
@@ -144,7 +145,9 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
         _fsync_dir(directory.parent)
         return upload_id
 
-    def open_part(self, upload_id: str, index: int, offset: int | None, reserve: int) -> PartWriter:
+    def open_part(
+        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
+    ) -> PartWriter:
         directory = self._upload_dir(upload_id)
         if offset is None:
             # A fresh temporary name: bytes of a request that dies never look like a part.

@@ -30,6 +30,11 @@ class Field:
 class FileStart:
     name: str
     filename: str
+    # The file's size if it is the form's last part with nothing after it, as browsers,
+    # httpx and requests send it: Content-Length less the bytes before the file's data and
+    # the closing delimiter. None without a Content-Length. A guess until checked against
+    # the bytes that came (see `FileEnd` and the receiver).
+    size_if_last: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,11 @@ Event = Field | FileStart | FileData | FileEnd
 
 def malformed(why: str) -> ChuteError:
     return ChuteError(Problem.MALFORMED_FORM, why=why)
+
+
+def closing_delimiter(boundary: bytes) -> bytes:
+    """What ends the body after the last part's data (RFC 2046, without an epilogue)."""
+    return b"\r\n--" + boundary + b"--\r\n"
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -72,6 +82,12 @@ class _Collector:
         self._field_name = ""
         self._is_file = False
         self._value = bytearray()
+        # Where in the body the bytes being written end, and the body's declared length:
+        # set by `iter_form` so a file part's start can tell the file's size.
+        self.written_to = 0
+        self.content_length: int | None = None
+        self.closing = 0
+        self.file_seen = False
 
     def callbacks(self) -> Any:
         return {
@@ -106,7 +122,13 @@ class _Collector:
         self._is_file = b"filename" in options
         if self._is_file:
             filename = options[b"filename"].decode("utf-8", "replace")
-            self.events.append(FileStart(self._field_name, filename))
+            # The parser is given the body up to each line end until a file part starts,
+            # so its data starts where the bytes written so far end.
+            size = None
+            if self.content_length is not None and not self.file_seen:
+                size = max(self.content_length - self.written_to - self.closing, 0)
+            self.file_seen = True
+            self.events.append(FileStart(self._field_name, filename, size))
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
@@ -131,17 +153,39 @@ class _Collector:
         self.finished = True
 
 
-async def iter_form(content_type: str | None, body: AsyncIterator[bytes]) -> AsyncIterator[Event]:
+def _write(parser: MultipartParser, collector: _Collector, piece: bytes, offset: int) -> None:
+    """Write `piece`, the body's bytes from `offset` on. Until the first file part starts,
+    line by line: a part's headers end at a line end, so the bytes before the file's data
+    are known exactly (`FileStart.size_if_last`). Past it the pieces go whole."""
+    try:
+        start = 0
+        while not collector.file_seen and start < len(piece):
+            end = piece.find(b"\n", start)
+            end = len(piece) if end == -1 else end + 1
+            collector.written_to = offset + end
+            parser.write(piece[start:end])
+            start = end
+        if start < len(piece):
+            parser.write(piece[start:] if start else piece)
+    except FormParserError as exc:
+        raise malformed(str(exc)) from None
+
+
+async def iter_form(
+    content_type: str | None, body: AsyncIterator[bytes], content_length: int | None = None
+) -> AsyncIterator[Event]:
     """Yield the events of a multipart body as its bytes arrive. Raises ChuteError (422)."""
     collector = _Collector()
-    parser = MultipartParser(boundary_of(content_type), collector.callbacks())
+    boundary = boundary_of(content_type)
+    collector.content_length = content_length
+    collector.closing = len(closing_delimiter(boundary))
+    parser = MultipartParser(boundary, collector.callbacks())
+    offset = 0
     async for piece in body:
         if not piece:
             continue
-        try:
-            parser.write(piece)
-        except FormParserError as exc:
-            raise malformed(str(exc)) from None
+        _write(parser, collector, piece, offset)
+        offset += len(piece)
         events, collector.events = collector.events, []
         for event in events:
             yield event

@@ -7,7 +7,8 @@ disk writes overlap, and no more than two batches of a chunk are ever in memory.
 Order of a request, and why:
 1. fields checked, upload opened (a short transaction);
 2. the part's lock taken, so no other request writes the same index meanwhile;
-3. bytes hashed and written (or only hashed, for an index already recorded);
+3. bytes hashed and written (or only hashed, for an index already recorded); a backend
+   that needs the part's size first (S3) is told it, and the bytes must match it;
 4. checks that need every byte (size, checksum, CSV start), then fdatasync;
 5. the chunk recorded, which may complete the upload and queue the job;
 6. lock released; the queue told about a completed upload.
@@ -31,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from chute.errors import ChuteError, Problem, invalid
 from chute.runtime import Runtime
-from chute.storage import PartLocking, PartWriter, StorageFull
+from chute.storage import PartLocking, PartWriter, StorageError, StorageFull
 from chute.upload import service
 from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.form import Field, FileData, FileEnd, FileStart, iter_form
@@ -95,6 +96,20 @@ class UploadSlots:
                 del self._in_flight[user_id]
 
 
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """The storage contract's exceptions as the client's problems; the cause goes to the log."""
+    try:
+        yield
+    except StorageFull:
+        raise ChuteError(Problem.STORAGE_FULL) from None
+    except FileNotFoundError:
+        raise ChuteError(Problem.UPLOAD_REPLACED) from None
+    except StorageError as exc:
+        log.error("storage: %s", exc)
+        raise ChuteError(Problem.STORAGE_UNAVAILABLE) from None
+
+
 class _Sink(Protocol):
     def write(self, data: Buffer) -> None: ...
 
@@ -108,11 +123,14 @@ class _Pipeline:
         over_limit: ChuteError,
         writer: _Sink | None,
         check: CsvStartCheck | None,
+        expected: int | None = None,
     ) -> None:
         self.limit = limit
         self.over_limit = over_limit
         self.writer = writer
         self.check = check
+        # The exact size the storage was told (the file part read as the form's last part).
+        self.expected = expected
         self.size = 0
         self.hash = hashlib.sha256()
 
@@ -121,14 +139,21 @@ class _Pipeline:
             self.size += len(piece)
             if self.size > self.limit:
                 raise self.over_limit
+            if self.expected is not None and self.size > self.expected:
+                raise self.wrong_size()
             self.hash.update(piece)
             if self.check is not None:
                 self.check.feed(bytes(piece))  # chunk 0 only; `in` needs bytes, not a view
             if self.writer is not None:
-                try:
+                with _storage_errors():
                     self.writer.write(piece)
-                except StorageFull:
-                    raise ChuteError(Problem.STORAGE_FULL) from None
+
+    def wrong_size(self) -> ChuteError:
+        return ChuteError(
+            Problem.FILE_PART_NOT_LAST,
+            why=f"the Content-Length leaves {self.expected} bytes for the file part, "
+            f"but {'more' if self.size > (self.expected or 0) else self.size} came",
+        )
 
 
 async def _pump(source: AsyncIterator[Buffer], pipeline: _Pipeline, executor: Executor) -> None:
@@ -233,18 +258,23 @@ class ChunkReceiver:
             raise ChuteError(Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes)
         try:
             with self.slots.take(self.user_id):
-                return await self._receive(content_type, body)
+                return await self._receive(content_type, content_length, body)
         except ChuteError:
             await body.drain(limit)
             raise
 
-    async def _receive(self, content_type: str | None, body: Body) -> dict[str, Any]:
+    async def _receive(
+        self, content_type: str | None, content_length: int | None, body: Body
+    ) -> dict[str, Any]:
         fields: dict[str, str] = {}
+        # A backend that needs a part's size before its bytes (S3) is told the file part's
+        # size: predicted from Content-Length when the fields come first, else the spool's.
+        needs_size = self.rt.storage.needs_part_size
         async with contextlib.AsyncExitStack() as stack:
             stored: _Stored | None = None
             spool: _SpoolWriter | None = None
             file_name: str | None = None
-            events = iter_form(content_type, aiter(body))
+            events = iter_form(content_type, aiter(body), content_length)
             async for event in events:
                 if isinstance(event, Field):
                     add_field(fields, event.name, event.value)
@@ -254,30 +284,33 @@ class ChunkReceiver:
                     file_name = event.filename
                     if has_position(fields):
                         request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
-                        stored = await self._store(stack, request, _file_bytes(events))
+                        size = event.size_if_last if needs_size else None
+                        if needs_size and size is None:
+                            raise ChuteError(
+                                Problem.FILE_PART_NOT_LAST, why="the request has no Content-Length"
+                            )
+                        stored = await self._store(stack, request, _file_bytes(events), size)
                     else:
                         # The seed's sample sends the file before the fields: keep the
                         # bytes aside until the fields say where they go.
                         spool = _SpoolWriter(self.settings.data_dir / "tmp")
                         stack.callback(spool.close)
-                        await _pump(
-                            _file_bytes(events),
-                            _Pipeline(
-                                self.settings.max_chunk_bytes,
-                                ChuteError(
-                                    Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes
-                                ),
-                                spool,
-                                None,
+                        spooled = _Pipeline(
+                            self.settings.max_chunk_bytes,
+                            ChuteError(
+                                Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes
                             ),
-                            self.executor,
+                            spool,
+                            None,
                         )
+                        await _pump(_file_bytes(events), spooled, self.executor)
             if file_name is None:
                 raise invalid("the field file is missing")
             request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
             if stored is None:
                 assert spool is not None
-                stored = await self._store(stack, request, _read_file(spool.path, self.executor))
+                source = _read_file(spool.path, self.executor)
+                stored = await self._store(stack, request, source, spooled.size)
             elif (request.index, request.total_chunks) != (
                 stored.request.index,
                 stored.request.total_chunks,
@@ -287,14 +320,26 @@ class ChunkReceiver:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _store(
-        self, stack: contextlib.AsyncExitStack, request: ChunkRequest, source: AsyncIterator[Buffer]
+        self,
+        stack: contextlib.AsyncExitStack,
+        request: ChunkRequest,
+        source: AsyncIterator[Buffer],
+        size: int | None,
     ) -> _Stored:
-        """Steps 1 to 3: open the upload, lock the part, stream its bytes."""
-        plan = await self._run(
-            self._in_session, service.open_upload, self.rt.storage, self.settings, self.user_id,
-            request,
-        )  # fmt: skip
+        """Steps 1 to 3: open the upload, lock the part, stream its bytes.
+
+        `size` is the chunk's exact size when known before its bytes; they must match it."""
         storage = self.rt.storage
+        service.check_part_rules(storage, request, size)
+        if size == 0:
+            raise ChuteError(Problem.EMPTY_CHUNK)
+        with _storage_errors():
+            plan = await self._run(
+                self._in_session, service.open_upload, storage, self.settings, self.user_id,
+                request,
+            )  # fmt: skip
+        if size is not None and size > plan.limit:
+            raise plan.over_limit
         writer: PartWriter | None = None
         if not plan.complete:
             if isinstance(storage, PartLocking):
@@ -309,42 +354,40 @@ class ChunkReceiver:
                     raise ChuteError(Problem.UPLOAD_REPLACED) from None
                 stack.push_async_exit(lambda *exc: self._run(lock.__exit__, None, None, None))
             if not await self._run(self._in_session, service.is_recorded, request):
-                writer = await self._open_writer(plan, request)
+                writer = await self._open_writer(plan, request, size)
                 stack.callback(writer.abort)
         check = CsvStartCheck(plan.params) if request.index == 0 and writer is not None else None
-        pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check)
+        pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check, size)
         await _pump(source, pipeline, self.executor)
         return _Stored(request, plan, pipeline, writer)
 
-    async def _open_writer(self, plan: service.ChunkPlan, request: ChunkRequest) -> PartWriter:
+    async def _open_writer(
+        self, plan: service.ChunkPlan, request: ChunkRequest, size: int | None
+    ) -> PartWriter:
         storage = self.rt.storage
         free = await self._run(storage.free_bytes)
         if free is not None and free - plan.limit < self.settings.min_free_bytes:
             raise ChuteError(Problem.STORAGE_FULL)
-        try:
+        with _storage_errors():
             return await self._run(
-                storage.open_part, plan.storage_id, request.index, plan.offset, plan.limit
+                storage.open_part, plan.storage_id, request.index, plan.offset, plan.limit, size
             )
-        except StorageFull:
-            raise ChuteError(Problem.STORAGE_FULL) from None
-        except FileNotFoundError:
-            raise ChuteError(Problem.UPLOAD_REPLACED) from None
 
     async def _finish(self, stored: _Stored, request: ChunkRequest) -> dict[str, Any]:
         """Steps 4 to 6: whole-chunk checks, durability, the record, the queue."""
         pipeline = stored.pipeline
         if pipeline.size == 0:
             raise ChuteError(Problem.EMPTY_CHUNK)
+        if pipeline.expected is not None and pipeline.size != pipeline.expected:
+            raise pipeline.wrong_size()
         sha = pipeline.hash.hexdigest()
         if request.sha256 is not None and request.sha256 != sha:
             raise ChuteError(Problem.CHECKSUM_MISMATCH, actual=sha, expected=request.sha256)
         if pipeline.check is not None:
             pipeline.check.finish(whole_file=request.total_chunks == 1)
         if stored.writer is not None:
-            try:
+            with _storage_errors():
                 await self._run(stored.writer.commit)
-            except StorageFull:
-                raise ChuteError(Problem.STORAGE_FULL) from None
         recorded = await self._run(
             self._in_session, service.record_chunk, self.settings, self.user_id, request,
             stored.plan.storage_id, pipeline.size, sha, stored.plan.offset is not None,

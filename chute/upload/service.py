@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from chute.config import Settings
 from chute.db.models import Chunk, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
-from chute.jobs.service import expires_at, get_owned_job, transition
+from chute.jobs.service import expires_at, get_owned_job, input_key, transition
 from chute.storage import StagedPart, Storage
 from chute.upload.protocol import ChunkRequest
 
@@ -111,6 +111,19 @@ def _expected_size(upload: Upload, index: int) -> tuple[int | None, int | None]:
     return None, cs
 
 
+def check_part_rules(storage: Storage, req: ChunkRequest, size: int | None) -> None:
+    """Refuse a chunk that the storage's part rules (S3: at most 10,000 parts, every part
+    but the last at least 5 MiB) can never take, before anything is opened or stored.
+    `size` is the chunk's size when known before its bytes."""
+    if storage.max_parts is not None and req.total_chunks > storage.max_parts:
+        raise ChuteError(Problem.TOO_MANY_PARTS, total=req.total_chunks, limit=storage.max_parts)
+    if req.total_chunks == 1:
+        return
+    for small in (req.chunk_size, None if req.is_last else size):
+        if small is not None and small < storage.min_part_size:
+            raise ChuteError(Problem.CHUNK_TOO_SMALL, size=small, minimum=storage.min_part_size)
+
+
 def open_upload(
     session: Session, storage: Storage, settings: Settings, user_id: int, req: ChunkRequest
 ) -> ChunkPlan:
@@ -179,7 +192,7 @@ def _plan(
 
 def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkRequest) -> Upload:
     _check_file_size(req.file_size, req.chunk_size, req.total_chunks)
-    storage_id = storage.begin()
+    storage_id = storage.begin(input_key(job.id))
     upload = Upload(
         job_id=job.id,
         storage_id=storage_id,
@@ -218,7 +231,7 @@ def _start_over(storage: Storage, upload: Upload, req: ChunkRequest) -> str:
     """
     _check_file_size(req.file_size, req.chunk_size, req.total_chunks)
     replaced = upload.storage_id
-    upload.storage_id = storage.begin()
+    upload.storage_id = storage.begin(input_key(upload.job_id))
     upload.file_name = req.file_name
     upload.total_chunks = req.total_chunks
     upload.chunk_size = req.chunk_size

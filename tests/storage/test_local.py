@@ -48,7 +48,7 @@ def read(storage: LocalStorage, key: str) -> bytes:
 def test_parts_at_their_offsets_assemble_the_file(storage: LocalStorage) -> None:
     data = data_of(4 * CHUNK + 321)
     parts = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     for index in (3, 0, 4, 2, 1):  # out of order
         put(storage, upload_id, index, parts[index], index * CHUNK)
     storage.complete(upload_id, "jobs/1/input.csv", len(data), CHUNK, [])
@@ -57,7 +57,7 @@ def test_parts_at_their_offsets_assemble_the_file(storage: LocalStorage) -> None
 
 
 def test_a_part_written_again_replaces_its_bytes(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     put(storage, upload_id, 0, b"a" * CHUNK, 0)
     put(storage, upload_id, 1, b"b" * 10, CHUNK)
     put(storage, upload_id, 0, b"c" * CHUNK, 0)
@@ -67,7 +67,7 @@ def test_a_part_written_again_replaces_its_bytes(storage: LocalStorage) -> None:
 
 def test_complete_is_a_rename_and_idempotent(storage: LocalStorage) -> None:
     data = data_of(2 * CHUNK + 5)
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     for index in range(3):
         put(storage, upload_id, index, data[index * CHUNK : (index + 1) * CHUNK], index * CHUNK)
     inode = (upload_dir(storage, upload_id) / "data").stat().st_ino
@@ -93,7 +93,7 @@ def test_complete_of_an_unknown_upload_fails(storage: LocalStorage) -> None:
 def test_staged_parts_are_copied_into_place(storage: LocalStorage) -> None:
     data = data_of(3 * CHUNK + 77)
     parts = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     # The 2, 0, 1 order: the last part (and here another) before the chunk size is known.
     put(storage, upload_id, 3, parts[3], None)
     put(storage, upload_id, 1, parts[1], None)
@@ -107,14 +107,14 @@ def test_staged_parts_are_copied_into_place(storage: LocalStorage) -> None:
 
 
 def test_a_single_staged_part_is_the_whole_file(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     put(storage, upload_id, 0, b"id,x\n1,2\n", None)
     storage.complete(upload_id, "one", 9, 9, [StagedPart(0, 9)])
     assert read(storage, "one") == b"id,x\n1,2\n"
 
 
 def test_abort_removes_everything(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     put(storage, upload_id, 0, b"x" * CHUNK, 0)
     put(storage, upload_id, 2, b"y" * 10, None)
     assert upload_dir(storage, upload_id).exists()
@@ -131,7 +131,7 @@ def test_abort_removes_everything(storage: LocalStorage) -> None:
 
 
 def test_a_staged_part_aborted_midway_leaves_no_file(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     before = sorted(p.name for p in upload_dir(storage, upload_id).iterdir())
     writer = storage.open_part(upload_id, 5, None, CHUNK)
     writer.write(b"half of the bytes")
@@ -142,7 +142,7 @@ def test_a_staged_part_aborted_midway_leaves_no_file(storage: LocalStorage) -> N
 
 
 def test_an_uncommitted_staged_part_never_looks_like_a_part(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     writer = storage.open_part(upload_id, 4, None, CHUNK)
     writer.write(b"bytes of a request that then died")
     # Until commit the bytes sit under a temporary name only.
@@ -157,7 +157,7 @@ def test_an_uncommitted_staged_part_never_looks_like_a_part(storage: LocalStorag
 
 def test_lock_part_excludes_a_second_holder(storage: LocalStorage) -> None:
     assert isinstance(storage, PartLocking)
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     with storage.lock_part(upload_id, 3, timeout=1):
         with pytest.raises(TimeoutError), storage.lock_part(upload_id, 3, timeout=0.1):
             pytest.fail("two holders of one part lock")
@@ -170,7 +170,7 @@ def test_lock_part_excludes_a_second_holder(storage: LocalStorage) -> None:
 
 
 def test_lock_part_waits_for_the_holder(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     held = threading.Event()
     release = threading.Event()
     order: list[str] = []
@@ -195,7 +195,7 @@ def test_lock_part_waits_for_the_holder(storage: LocalStorage) -> None:
 
 
 def test_lock_part_of_an_aborted_upload_fails(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     storage.abort(upload_id)
     with pytest.raises(FileNotFoundError), storage.lock_part(upload_id, 0, timeout=0.1):
         pass
@@ -205,7 +205,7 @@ def test_no_space_is_storage_full(storage: LocalStorage) -> None:
     # /dev/full answers every write with ENOSPC: a real full disk, without filling one.
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux)")
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     data = upload_dir(storage, upload_id) / "data"
     data.unlink()
     data.symlink_to("/dev/full")
@@ -225,7 +225,7 @@ def test_keys_and_ids_stay_inside_the_root(storage: LocalStorage) -> None:
 
 
 def test_delete_is_idempotent(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     put(storage, upload_id, 0, b"abc", None)
     storage.complete(upload_id, "gone", 3, 3, [StagedPart(0, 3)])
     assert storage.path("gone").exists()
@@ -242,7 +242,7 @@ def test_free_bytes_is_the_disks(storage: LocalStorage) -> None:
 
 
 def test_complete_is_idempotent_after_a_crash_before_cleanup(storage: LocalStorage) -> None:
-    upload_id = storage.begin()
+    upload_id = storage.begin("jobs/1/input.csv")
     put(storage, upload_id, 0, b"id\n1\n", None)
     staged = [StagedPart(0, 5)]
     storage.complete(upload_id, "crash", 5, 5, staged)

@@ -238,3 +238,37 @@ def test_a_field_that_is_not_utf8_is_422() -> None:
         b"--abc--\r\n"
     )
     assert "UTF-8" in problem("multipart/form-data; boundary=abc", [body]).detail
+
+
+def file_start(content_type: str, pieces: Iterable[bytes], length: int | None) -> FileStart:
+    async def first() -> FileStart:
+        async for event in iter_form(content_type, _stream(pieces), length):
+            if isinstance(event, FileStart):
+                return event
+        raise AssertionError("no file part")
+
+    return asyncio.run(first())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("data", [FILE_BYTES, b"\r\n--\r\n" + FILE_BYTES, b"\n"], ids=len)
+def test_the_file_size_is_known_from_content_length(seed: int, data: bytes) -> None:
+    # As httpx (and browsers, requests) send it: fields, then the file, then the end.
+    content_type, body = encode(
+        {"chunk_index": "1", "total_chunks": "4"}, {"file": ("data.csv", data)}
+    )
+    cuts = [[body], tiny_pieces(body, seed), [body[:1], body[1:]], [body[:-1], body[-1:]]]
+    for pieces in cuts:
+        assert file_start(content_type, pieces, len(body)).size_if_last == len(data)
+
+
+def test_without_content_length_the_file_size_is_unknown() -> None:
+    content_type, body = encode({"chunk_index": "0"}, {"file": ("data.csv", FILE_BYTES)})
+    assert file_start(content_type, [body], None).size_if_last is None
+
+
+def test_fields_after_the_file_make_the_prediction_too_large() -> None:
+    # What the receiver then finds out from the bytes, and refuses for S3.
+    content_type, body = by_hand({"chunk_index": "0", "total_chunks": "1"}, ("d.csv", FILE_BYTES))
+    predicted = file_start(content_type, [body], len(body)).size_if_last
+    assert predicted is not None and predicted > len(FILE_BYTES)

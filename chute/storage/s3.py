@@ -1,0 +1,440 @@
+"""S3-compatible storage: an upload is one S3 multipart upload, a chunk is one part.
+
+The multipart upload is created on the file's final key. `begin(key)` is given the key
+that `complete` will use (the upload service knows it when it opens an upload: a job's
+input key is a pure function of the job id), so CompleteMultipartUpload puts the file in
+place. The other way, a staging key and a server-side copy at the end, would copy tens of
+GB once more (and CopyObject stops at 5 GiB). The storage id is `"<UploadId> <key>"`: S3
+wants bucket, key and UploadId on every call, and with both in the id any API process can
+send any part and any worker can complete the upload. UploadIds contain no space.
+
+Chunk `index` is part `index + 1`; S3 places parts by number, so a part kept aside until
+the chunk size is known (`offset` None, `StagedPart`) needs nothing special here.
+
+A part streams from the request to the store: `PartWriter.write` puts each piece in a
+bounded pipe, which a thread running UploadPart reads as its body. S3 needs the part's
+length before its bytes, hence `open_part(size=...)` (`needs_part_size`). The pipe holds
+back the part's last byte until `commit`: a store keeps a part only once all its
+ContentLength bytes arrived, so a request that fails its checks after the last byte came
+in (checksum, CSV start, size) aborts by cutting the body short, and nothing of it is kept.
+
+No `PartLocking`: two uploads of the same part number replace each other whole in S3.
+Some stores (SeaweedFS) keep every upload of a part number and, at completion, take the
+newest of those whose ETag they are given; `complete` gives every ETag of the right size
+listed for a part, so the newest upload wins there too, as in S3.
+
+Left open by that: two requests for the same unrecorded index, both past the receiver's
+"already recorded?" check, both upload the part. The database records the SHA-256 of the
+first to reach `record_chunk`; the store keeps the bytes of the last UploadPart to finish.
+When those are two different requests with different bytes (the second then gets 409),
+the assembled file holds bytes whose hash the database does not have. Recording each
+part's ETag with its chunk and completing with the recorded ETags would close it (the
+store then refuses a replaced part instead of assembling it).
+
+Client settings, and why:
+- No retries on UploadPart: its body is a one-way stream; the client sends the chunk again.
+  Other calls are retried by botocore (standard mode).
+- Payload signing off: SigV4 over plain http would hash the body before sending it, which
+  a stream cannot be read twice for. Integrity rests on TLS (https endpoints) and on the
+  SHA-256 that the upload path checks on the bytes it streams.
+- Checksums only when an operation requires them: S3-compatible stores differ in their
+  support of the newer default checksums (CRC trailers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chute.config import MiB, Settings
+from chute.storage.base import PartWriter, StagedPart, Storage, StorageError, StorageFull
+
+MAX_PARTS = 10_000
+# Bytes of one part held in memory between the request and the store.
+PIPE_BYTES = 4 * MiB
+_DELETE_BATCH = 1000
+_LIST_PARTS_PAGE = 1000
+
+_NO_SUCH_UPLOAD = {"NoSuchUpload"}
+_NO_SUCH_KEY = {"NoSuchKey", "404", "NotFound"}
+_FULL = {"QuotaExceeded", "InsufficientStorage", "XMinioStorageFull"}
+_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _storage_error(what: str, exc: BaseException) -> Exception:
+    """Map a botocore error into the storage contract's exceptions, in plain words."""
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code in _NO_SUCH_UPLOAD:
+            return FileNotFoundError(f"{what}: the multipart upload does not exist")
+        if code in _FULL:
+            return StorageFull(f"{what}: {code}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _CREDENTIALS or status == 403:
+            return StorageError(
+                f"{what}: the S3 store refused the credentials ({code}); check "
+                "CHUTE_S3_ACCESS_KEY_ID, CHUTE_S3_SECRET_ACCESS_KEY and the bucket's permissions"
+            )
+        message = exc.response.get("Error", {}).get("Message", "")
+        return StorageError(f"{what}: the S3 store answered {code or status}: {message}")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"{what}: the S3 store could not be reached: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _storage_error(what, exc) from exc
+
+
+class _Aborted(Exception):
+    """Raised in the sending thread: the part is cut short, and the store keeps nothing."""
+
+
+class _PartPipe:
+    """One part's bytes, from the writer to the thread that sends them (its UploadPart
+    body). Holds at most PIPE_BYTES, and the last byte until `commit`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self._sent = 0
+        self._pieces: deque[memoryview] = deque()
+        self._buffered = 0
+        self._committed = False
+        self._aborted = False
+        self._reader_gone = False
+        self._cond = threading.Condition()
+
+    def put(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue a piece; False if the sending thread has stopped (its error says why)."""
+        view = memoryview(data).cast("B")
+        if not view.readonly:
+            view = memoryview(bytes(view))  # the caller may reuse a mutable buffer
+        with self._cond:
+            if self.written + len(view) > self.size:
+                raise ValueError(f"more bytes than the {self.size} declared for the part")
+            while self._buffered >= PIPE_BYTES and not self._reader_gone:
+                self._cond.wait()
+            if self._reader_gone:
+                return False
+            self._pieces.append(view)
+            self._buffered += len(view)
+            self.written += len(view)
+            self._cond.notify_all()
+            return True
+
+    def commit(self) -> None:
+        with self._cond:
+            self._committed = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    def reader_gone(self) -> None:
+        with self._cond:
+            self._reader_gone = True
+            self._cond.notify_all()
+
+    def read(self, amt: int | None = -1) -> bytes | memoryview:
+        """The body's next bytes, as botocore's HTTP connection asks for them."""
+        with self._cond:
+            while True:
+                if self._aborted:
+                    raise _Aborted("the part was aborted")
+                if self._sent == self.size:
+                    return b""
+                # Until commit, the last byte stays here: the store cannot finish the part.
+                allowed = (self.size if self._committed else self.size - 1) - self._sent
+                if self._pieces and allowed > 0:
+                    head = self._pieces[0]
+                    n = min(len(head), allowed, amt if amt is not None and amt > 0 else len(head))
+                    if n == len(head):
+                        self._pieces.popleft()
+                    else:
+                        self._pieces[0] = head[n:]
+                    self._buffered -= n
+                    self._sent += n
+                    self._cond.notify_all()
+                    return head[:n]
+                self._cond.wait()
+
+    def readable(self) -> bool:
+        return True
+
+
+class _S3PartWriter:
+    """Streams one part: a thread runs UploadPart with the pipe as its body."""
+
+    def __init__(self, storage: S3Storage, key: str, upload_id: str, part: int, size: int):
+        self._pipe = _PartPipe(size)
+        self._what = f"upload of part {part} to {key!r}"
+        self._error: BaseException | None = None
+        self._finished = False
+        self._args = {
+            "Bucket": storage.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": part,
+            "ContentLength": size,
+            "Body": self._pipe,
+        }
+        self._client = storage.part_client
+        self._thread = threading.Thread(
+            target=self._send, name=f"chute-s3-part-{part}", daemon=True
+        )
+        self._thread.start()
+
+    def _send(self) -> None:
+        try:
+            self._client.upload_part(**self._args)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._pipe.reader_gone()
+
+    def _failure(self) -> Exception:
+        assert self._error is not None
+        return _storage_error(self._what, self._error)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pipe.put(data):
+            self._thread.join()
+            raise self._failure()
+
+    def commit(self) -> None:
+        if self._pipe.written != self._pipe.size:
+            self.abort()
+            raise ValueError(
+                f"{self._what}: {self._pipe.written} bytes written, {self._pipe.size} declared"
+            )
+        self._pipe.commit()
+        self._thread.join()
+        self._finished = True
+        if self._error is not None:
+            raise self._failure()
+
+    def abort(self) -> None:
+        # No join: abort may be called on the event loop. The thread ends at its next read,
+        # and without the last byte the store cannot have finished the part anyway.
+        if not self._finished:
+            self._pipe.abort()
+
+
+class S3Storage(Storage):
+    needs_part_size = True
+    max_parts = MAX_PARTS
+
+    def __init__(self, client: Any, part_client: Any, bucket: str, prefix: str, min_part_size: int):
+        self.client = client
+        # UploadPart's own client: its bodies are streams, which cannot be sent twice.
+        self.part_client = part_client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.min_part_size = min_part_size
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Storage:
+        parsed = urlparse(settings.resolved_storage_url)
+        if not parsed.netloc:
+            raise ValueError("CHUTE_STORAGE_URL must name a bucket: s3://bucket/prefix")
+        prefix = parsed.path.strip("/")
+        secret = settings.s3_secret_access_key.get_secret_value()
+
+        def client(attempts: int) -> Any:
+            config = Config(
+                connect_timeout=10,
+                read_timeout=120,
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                s3={"payload_signing_enabled": False},
+                max_pool_connections=64,
+            )
+            return boto3.session.Session().client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url or None,
+                aws_access_key_id=settings.s3_access_key_id or None,
+                aws_secret_access_key=secret or None,
+                region_name=settings.s3_region,
+                config=config,
+            )
+
+        return cls(
+            client=client(attempts=4),
+            part_client=client(attempts=1),
+            bucket=parsed.netloc,
+            prefix=f"{prefix}/" if prefix else "",
+            min_part_size=settings.s3_min_part_size,
+        )
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError("bad key")
+        return self.prefix + key
+
+    @staticmethod
+    def _split(upload_id: str) -> tuple[str, str]:
+        s3_id, _, key = upload_id.partition(" ")
+        if not s3_id or not key:
+            raise ValueError("bad upload id")
+        return s3_id, key
+
+    def begin(self, key: str) -> str:
+        with _mapped(f"start of an upload to {key!r}"):
+            answer = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
+        return f"{answer['UploadId']} {key}"
+
+    def open_part(
+        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
+    ) -> PartWriter:
+        if size is None:
+            raise ValueError("S3 parts need their size up front")
+        if not 0 <= index < MAX_PARTS:
+            raise ValueError(f"part index {index} is outside S3's {MAX_PARTS} parts")
+        s3_id, key = self._split(upload_id)
+        return _S3PartWriter(self, self._key(key), s3_id, index + 1, size)
+
+    def _parts(self, s3_id: str, key: str) -> dict[int, list[dict[str, Any]]]:
+        """Every part the store lists, by number (some stores list a replaced part too)."""
+        parts: dict[int, list[dict[str, Any]]] = {}
+        marker = 0
+        while True:
+            page = self.client.list_parts(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=s3_id,
+                MaxParts=_LIST_PARTS_PAGE,
+                PartNumberMarker=marker,
+            )
+            for part in page.get("Parts", []):
+                parts.setdefault(int(part["PartNumber"]), []).append(part)
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _NO_SUCH_KEY:
+                return False
+            raise
+        return True
+
+    def complete(
+        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
+    ) -> None:
+        s3_id, begun_key = self._split(upload_id)
+        if key != begun_key:
+            raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+        full = self._key(key)
+        what = f"completion of {key!r}"
+        with _mapped(what):
+            try:
+                parts = self._parts(s3_id, full)
+            except ClientError as exc:
+                if _code(exc) not in _NO_SUCH_UPLOAD:
+                    raise
+                if self._exists(full):
+                    return  # completed before (perhaps by a worker that died right after)
+                raise FileNotFoundError(
+                    f"upload {upload_id} is neither pending nor complete"
+                ) from None
+            count = -(-size // chunk_size)
+            listed = []
+            for number in range(1, count + 1):
+                expected = chunk_size if number < count else size - (count - 1) * chunk_size
+                # Only versions of the right size: a store may also list what a request cut
+                # off short left behind (SeaweedFS: a 0-byte part).
+                etags = [p["ETag"] for p in parts.get(number, []) if p["Size"] == expected]
+                if not etags:
+                    raise StorageError(
+                        f"{what}: part {number} of {expected} bytes is missing from the store"
+                    )
+                listed += [{"PartNumber": number, "ETag": etag} for etag in etags]
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=s3_id, MultipartUpload={"Parts": listed}
+            )
+            stored = self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"]
+        if stored != size:
+            raise StorageError(f"{what}: the store assembled {stored} bytes, not {size}")
+
+    def abort(self, upload_id: str) -> None:
+        s3_id, key = self._split(upload_id)
+        with _mapped(f"abort of the upload to {key!r}"):
+            try:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self._key(key), UploadId=s3_id
+                )
+            except ClientError as exc:
+                if _code(exc) not in _NO_SUCH_UPLOAD:
+                    raise
+
+    def open(self, key: str) -> BinaryIO:
+        with _mapped(f"read of {key!r}"):
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if _code(exc) in _NO_SUCH_KEY:
+                    raise FileNotFoundError(key) from None
+                raise
+        # botocore's StreamingBody: a readable stream of the answer, never read whole.
+        return cast(BinaryIO, answer["Body"])
+
+    def put_file(self, key: str, source: Path) -> None:
+        transfer = TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB)
+        with _mapped(f"store of {key!r}"):
+            self.client.upload_file(str(source), self.bucket, self._key(key), Config=transfer)
+
+    def delete(self, key: str) -> None:
+        with _mapped(f"delete of {key!r}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix.endswith("/") or not prefix.strip("/"):
+            raise ValueError("a prefix names a folder below the root and ends with /")
+        full = self._key(prefix.rstrip("/")) + "/"
+        with _mapped(f"delete of {prefix!r}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": _DELETE_BATCH}
+            )
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise StorageError(
+                        f"delete of {prefix!r}: {len(answer['Errors'])} objects not deleted, "
+                        f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
+                    )

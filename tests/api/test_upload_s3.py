@@ -1,0 +1,154 @@
+"""A real `chute serve` on S3 storage (SeaweedFS): chunks as parts, the job, its result."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.api.test_upload import chunk_parts, form_body, post_form
+from tests.conftest import Client, Server, ServerFactory
+from tests.factories import csv_bytes, sha256, split
+from tests.s3_support import SeaweedFS
+
+PART = 5 * 1024 * 1024  # SeaweedFS enforces S3's minimum for every part but the last
+STORED = "Data chunk uploaded successfully"
+COMPLETE = "Data uploaded successfully and job started"
+
+
+@pytest.fixture
+def s3_server(make_server: ServerFactory, seaweedfs: SeaweedFS, s3_bucket: str) -> Server:
+    return make_server(**seaweedfs.env(s3_bucket, "chute"))
+
+
+def test_chunks_in_parallel_become_the_file_and_the_job_runs(
+    s3_server: Server, seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    client = s3_server.client()
+    data = csv_bytes(700_000)  # about 18 MB: three 5 MiB chunks and a shorter last one
+    chunks = split(data, PART)
+    total = len(chunks)
+    assert total == 4
+    job_id = client.new_job("on s3")
+    # Chunk 0 first and alone, as clients send it; it fixes the chunk size.
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
+
+    def send(index: int) -> httpx.Response:
+        if index == 2:  # the seed's order: the file before the fields, spooled first
+            return post_form(client, job_id, chunk_parts(2, total, chunks[2], file_first=True))
+        return client.send_chunk(job_id, index, total, chunks[index])
+
+    # 3 and 1 at once, then 2 and 1 again (a re-send) at once, on separate connections.
+    with ThreadPoolExecutor(2) as pool:
+        first = list(pool.map(send, [3, 1]))
+    assert [a.status_code for a in first] == [200, 200], [a.text for a in first]
+    with ThreadPoolExecutor(2) as pool:
+        second = list(pool.map(send, [2, 1]))
+    assert [a.status_code for a in second] == [200, 200], [a.text for a in second]
+    assert second[0].json()["message"] == COMPLETE
+    assert second[1].json()["duplicate"] is True
+
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["rows"] == 700_000
+    assert client.stored(job_id) == (len(data), sha256(data))
+    # The result streams from the store, and it is Parquet.
+    answer = client.http.get(f"/api/job/{job_id}/result/data.parquet")
+    assert answer.status_code == 200
+    assert answer.content[:4] == b"PAR1" and answer.content[-4:] == b"PAR1"
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(io.BytesIO(answer.content)).num_rows == 700_000
+    keys = seaweedfs.keys(s3_bucket)
+    assert f"chute/jobs/{job_id}/input.csv" in keys
+    assert any(k.endswith("/data.parquet") for k in keys)
+    assert seaweedfs.stored_parts(s3_bucket) == []
+
+    # A re-send after completion answers as the completing chunk did, and starts nothing.
+    again = client.send_chunk(job_id, 3, total, chunks[3])
+    assert again.status_code == 200 and again.json()["message"] == COMPLETE
+
+    # Deleting the job removes its files from the bucket.
+    assert client.http.delete(f"/api/job/{job_id}").status_code in (200, 204)
+    assert [k for k in seaweedfs.keys(s3_bucket) if k.startswith(f"chute/jobs/{job_id}/")] == []
+
+
+def test_a_small_file_in_one_chunk_is_fine(s3_server: Server) -> None:
+    client = s3_server.client()
+    data = csv_bytes(1_000)
+    job_id = client.new_job()
+    answer = client.send_chunk(job_id, 0, 1, data)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"] == COMPLETE
+    assert client.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
+
+
+def assert_nothing_stored(seaweedfs: SeaweedFS, bucket: str, client: Client, job_id: int) -> None:
+    assert seaweedfs.keys(bucket) == []
+    assert seaweedfs.stored_parts(bucket) == []
+    status = client.http.get(f"/api/job/{job_id}/upload-data").json()
+    assert status["state"] == "empty" and status["chunks"] == []
+
+
+def test_the_file_part_must_come_last(
+    s3_server: Server, seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    client = s3_server.client()
+    data = csv_bytes(1_000)
+    job_id = client.new_job()
+
+    # A field after the file: the Content-Length left more bytes for the file than it had.
+    parts = [*chunk_parts(0, 1, data), ("note", "after the file")]
+    answer = post_form(client, job_id, parts)
+    assert answer.status_code == 400, answer.text
+    assert "the file must be the last part of the form" in answer.json()["detail"]
+    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+
+    # No Content-Length (chunked transfer encoding): the file part's size cannot be known.
+    def chunked(body: bytes) -> Iterator[bytes]:
+        yield from split(body, 4096)
+
+    content_type, body = form_body(chunk_parts(0, 1, data))
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data",
+        content=chunked(body),
+        headers={"Content-Type": content_type},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "needs a Content-Length" in answer.json()["detail"]
+    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+
+    # The same chunk, sent as clients send it, is taken.
+    assert client.send_chunk(job_id, 0, 1, data).status_code == 200
+
+
+def test_chunks_below_the_minimum_part_size_are_refused(
+    s3_server: Server, seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    client = s3_server.client()
+    data = csv_bytes(100_000)
+    chunks = split(data, 1024 * 1024)
+    job_id = client.new_job()
+    answer = client.send_chunk(job_id, 0, len(chunks), chunks[0])
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == (
+        f"Chunks of {1024 * 1024} bytes are too small for this server's storage: every chunk "
+        f"but the last must have at least {PART} bytes. Send the file in larger chunks."
+    )
+    # The last chunk may be small, but not when chunk_size says the others are too.
+    answer = client.send_chunk(job_id, len(chunks) - 1, len(chunks), chunks[-1], chunk_size=1024)
+    assert answer.status_code == 422, answer.text
+    assert "too small" in answer.json()["detail"]
+    # Spooled (file first), the same rule.
+    answer = post_form(client, job_id, chunk_parts(0, len(chunks), chunks[0], file_first=True))
+    assert answer.status_code == 422, answer.text
+    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+    # What the storage can take is what /api/config says.
+    assert client.http.get("/api/config").json()["max_total_chunks"] == 10_000
+    answer = client.send_chunk(job_id, 0, 10_001, chunks[0])
+    assert answer.status_code == 422, answer.text
+    assert "more than this server's storage takes in one file (10000)" in answer.json()["detail"]
