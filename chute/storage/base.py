@@ -110,7 +110,9 @@ class PartLocking(Protocol):
     uploads replace each other whole, do not.
     """
 
-    def lock_part(self, upload_id: str, index: int, timeout: float) -> AbstractContextManager[None]:
+    def lock_part(
+        self, upload_id: str, index: int, timeout: float
+    ) -> AbstractContextManager[object]:
         """Hold the lock of one part; raise TimeoutError if not had within `timeout` s."""
 
 

@@ -23,13 +23,10 @@ Some stores (SeaweedFS) keep every upload of a part number and, at completion, t
 newest of those whose ETag they are given; `complete` gives every ETag of the right size
 listed for a part, so the newest upload wins there too, as in S3.
 
-Left open by that: two requests for the same unrecorded index, both past the receiver's
-"already recorded?" check, both upload the part. The database records the SHA-256 of the
-first to reach `record_chunk`; the store keeps the bytes of the last UploadPart to finish.
-When those are two different requests with different bytes (the second then gets 409),
-the assembled file holds bytes whose hash the database does not have. Recording each
-part's ETag with its chunk and completing with the recorded ETags would close it (the
-store then refuses a replaced part instead of assembling it).
+So two requests must not send the same part at once: the upload path takes the part's
+lease in the database first (`chute.upload.partlease`), which holds across API processes
+and machines; the second request waits, finds the chunk recorded, and is answered as a
+re-send (or 409 if its bytes differ), without uploading anything.
 
 Client settings, and why:
 - No retries on UploadPart: its body is a one-way stream; the client sends the chunk again.

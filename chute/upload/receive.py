@@ -36,6 +36,7 @@ from chute.storage import PartLocking, PartWriter, StorageError, StorageFull
 from chute.upload import service
 from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.form import Field, FileData, FileEnd, FileStart, iter_form
+from chute.upload.partlease import Lease
 from chute.upload.protocol import ChunkRequest, add_field, has_position, parse_chunk_request
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,8 @@ class _Stored:
     plan: service.ChunkPlan
     pipeline: _Pipeline
     writer: PartWriter | None
+    # The part's lease in the database, on storage that has no part locks of its own.
+    lease: Lease | None = None
 
 
 class ChunkReceiver:
@@ -341,25 +344,29 @@ class ChunkReceiver:
         if size is not None and size > plan.limit:
             raise plan.over_limit
         writer: PartWriter | None = None
+        lease: Lease | None = None
         if not plan.complete:
-            if isinstance(storage, PartLocking):
-                lock = storage.lock_part(
-                    plan.storage_id, request.index, self.settings.chunk_lock_timeout
-                )
-                try:
-                    await self._run(lock.__enter__)
-                except TimeoutError:
-                    raise ChuteError(Problem.CHUNK_BUSY, index=request.index) from None
-                except FileNotFoundError:
-                    raise ChuteError(Problem.UPLOAD_REPLACED) from None
-                stack.push_async_exit(lambda *exc: self._run(lock.__exit__, None, None, None))
+            # Local disk locks its parts itself; other storage (S3) through the database.
+            locks: PartLocking = (
+                storage if isinstance(storage, PartLocking) else self.rt.part_leases
+            )
+            lock = locks.lock_part(plan.storage_id, request.index, self.settings.chunk_lock_timeout)
+            try:
+                held = await self._run(lock.__enter__)
+            except TimeoutError:
+                raise ChuteError(Problem.CHUNK_BUSY, index=request.index) from None
+            except FileNotFoundError:
+                raise ChuteError(Problem.UPLOAD_REPLACED) from None
+            stack.push_async_exit(lambda *exc: self._run(lock.__exit__, None, None, None))
+            if isinstance(held, Lease):
+                lease = held
             if not await self._run(self._in_session, service.is_recorded, request):
                 writer = await self._open_writer(plan, request, size)
                 stack.callback(writer.abort)
         check = CsvStartCheck(plan.params) if request.index == 0 and writer is not None else None
         pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check, size)
         await _pump(source, pipeline, self.executor)
-        return _Stored(request, plan, pipeline, writer)
+        return _Stored(request, plan, pipeline, writer, lease)
 
     async def _open_writer(
         self, plan: service.ChunkPlan, request: ChunkRequest, size: int | None
@@ -386,6 +393,9 @@ class ChunkReceiver:
         if pipeline.check is not None:
             pipeline.check.finish(whole_file=request.total_chunks == 1)
         if stored.writer is not None:
+            if stored.lease is not None and stored.lease.lost.is_set():
+                # Another request took the part over meanwhile: its bytes must win whole.
+                raise ChuteError(Problem.CHUNK_BUSY, index=request.index)
             with _storage_errors():
                 await self._run(stored.writer.commit)
         recorded = await self._run(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -152,3 +154,49 @@ def test_chunks_below_the_minimum_part_size_are_refused(
     answer = client.send_chunk(job_id, 0, 10_001, chunks[0])
     assert answer.status_code == 422, answer.text
     assert "more than this server's storage takes in one file (10000)" in answer.json()["detail"]
+
+
+def test_racing_sends_of_one_chunk_with_different_bytes_keep_the_recorded_ones(
+    s3_server: Server, seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    # Object stores replace a part whole, last writer winning: without the part's lease,
+    # the slower request would overwrite the part after the first had recorded its
+    # checksum, and the file would not be what the record says.
+    client = s3_server.client()
+    data = csv_bytes(300_000)
+    chunks = split(data, PART)
+    assert len(chunks) == 2
+    job_id = client.new_job()
+    assert client.send_chunk(job_id, 0, 2, chunks[0]).status_code == 200
+    other = chunks[1].replace(b"\n", b"\r\n", 1)[: len(chunks[1])]  # same size, other bytes
+    assert other != chunks[1]
+
+    first_half_sent = threading.Event()
+
+    def slow_body(body: bytes) -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        first_half_sent.set()
+        time.sleep(1.5)  # the other request arrives meanwhile, and must wait
+        yield body[len(body) // 2 :]
+
+    def send_slowly() -> httpx.Response:
+        content_type, body = form_body(chunk_parts(1, 2, chunks[1]))
+        return client.http.post(
+            f"/api/job/{job_id}/upload-data",
+            content=slow_body(body),
+            headers={"Content-Type": content_type, "Content-Length": str(len(body))},
+        )
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(send_slowly)
+        assert first_half_sent.wait(30)
+        time.sleep(0.2)
+        with httpx.Client(base_url=s3_server.url, headers=client.http.headers, timeout=60) as own:
+            rival = Client(own, client.username, client.data_dir, client.env)  # own connection
+            conflicting = rival.send_chunk(job_id, 1, 2, other)
+        answer = slow.result()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"] == COMPLETE
+    assert conflicting.status_code == 409, conflicting.text
+    assert client.wait_for(job_id, "succeeded", "failed", timeout=60)["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
