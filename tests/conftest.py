@@ -84,7 +84,8 @@ def redis_down() -> str | None:
     try:
         import redis
 
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3) as conn:
+            conn.ping()
     except Exception as exc:
         return f"Redis at {REDIS_URL} is not available ({type(exc).__name__})"
     return None
@@ -142,7 +143,9 @@ def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
                 "CHUTE_QUEUE_NAME": queue_name,
             }
         finally:
-            make_huey(REDIS_URL, queue_name).storage.flush_all()
+            huey = make_huey(REDIS_URL, queue_name)
+            huey.storage.flush_all()
+            huey.storage.pool.disconnect()
 
 
 def free_port() -> int:
