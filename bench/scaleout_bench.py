@@ -7,7 +7,10 @@ sha256 with every chunk, in the same run, alternating:
   behind a balancer would be), on PostgreSQL, Redis and an S3-compatible store
   (SeaweedFS, started here on loopback); the three connections are spread over both.
 
-Both run without a job worker: this measures the upload (bench/job_bench.py measures the
+Also, as the store's own ceiling on this machine, the same chunks sent straight to
+SeaweedFS with boto3 as the parts of one multipart upload, 3 at once, from memory.
+
+Both deployments run without a job worker: this measures the upload (bench/job_bench.py measures the
 job). Every upload is checked (one completing answer, every chunk's SHA-256 recorded,
 the job queued). Reported: MB/s (median), and every server process's peak RSS.
 
@@ -31,7 +34,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -115,6 +120,36 @@ def upload_once(
     return run.bytes_per_second, memory
 
 
+def store_alone(s3: SeaweedFS, bucket: str, source: Source) -> float:
+    """MB/s of the store by itself: the file's chunks as the parts of one multipart upload,
+    3 at once, with boto3 from memory (read beforehand) - the store's own ceiling here."""
+    client = s3.client()
+    parts = []
+    with source.path.open("rb") as f:
+        for index in range(source.total_chunks):
+            offset, length = source.chunk(index)
+            f.seek(offset)
+            parts.append(f.read(length))
+    key = "store-alone/bench.csv"
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def put(index: int) -> dict[str, Any]:
+        answer = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=index + 1, Body=parts[index]
+        )
+        return {"PartNumber": index + 1, "ETag": answer["ETag"]}
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        done = list(pool.map(put, range(len(parts))))
+    client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+    )
+    seconds = time.perf_counter() - started
+    client.delete_object(Bucket=bucket, Key=key)
+    return source.size / seconds
+
+
 def embedded(work: Path) -> Server:
     port = free_port()
     env = chute_env(work / "embedded", port, CHUTE_CHUNK_SIZE=str(CHUNK))
@@ -148,15 +183,16 @@ def measure(work: Path, size: int, repeat: int) -> dict[str, Any]:
     print(f"writing a {size / GiB:.1f} GiB CSV file ...", flush=True)
     write_csv(csv, size)
     source = hash_source(csv, size, CHUNK)
-    results: dict[str, Any] = {"embedded": [], "scale-out": [], "peaks": {}}
+    results: dict[str, Any] = {"embedded": [], "scale-out": [], "store alone": [], "peaks": {}}
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(seaweedfs_running(work / "seaweedfs", free_port))
         print(f"SeaweedFS answered after {s3.startup_seconds:.1f} s", flush=True)
         database = stack.enter_context(postgres_database())
         queue = stack.enter_context(redis_queue())
+        bucket = s3.new_bucket()
         setups = {
             "embedded": [embedded(work)],
-            "scale-out": scale_out(work, s3, s3.new_bucket(), database, queue),
+            "scale-out": scale_out(work, s3, bucket, database, queue),
         }
         for servers in setups.values():
             for server in servers:
@@ -172,6 +208,9 @@ def measure(work: Path, size: int, repeat: int) -> dict[str, Any]:
                     key = f"{m.role} on :{port}"
                     peaks[key] = max(peaks.get(key, 0), m.peak)
                 print(f"  {name} {i + 1}: {speed / MB:.0f} MB/s", flush=True)
+            speed = store_alone(s3, bucket, source)
+            results["store alone"].append(speed)
+            print(f"  store alone {i + 1}: {speed / MB:.0f} MB/s", flush=True)
     return results
 
 
@@ -191,10 +230,10 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    for name in ("embedded", "scale-out"):
+    for name in ("embedded", "scale-out", "store alone"):
         speeds = results[name]
-        print(f"{name:<10} {statistics.median(speeds) / MB:6.0f} MB/s (median of {len(speeds)})")
-        for role, peak in sorted(results["peaks"][name].items()):
+        print(f"{name:<11} {statistics.median(speeds) / MB:6.0f} MB/s (median of {len(speeds)})")
+        for role, peak in sorted(results["peaks"].get(name, {}).items()):
             print(f"    peak RSS {role:<28} {peak / MB:5.0f} MB")
     out = PROJECT_DIR / "bench" / "results" / f"scaleout-bench-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps({"machine": machine(), **results}, indent=2))
