@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,14 @@ class Client:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
         transport: httpx.BaseTransport | None = None,
+        zero_copy: bool = True,
     ) -> None:
         """`on_retry`, when given, hears of every failed try that will be tried again, in
-        plain words; it may be called from the upload's sender threads."""
+        plain words; it may be called from the upload's sender threads. `zero_copy`:
+        chunk bytes go from the file to the socket by sendfile where that is possible
+        (`zero_copy_address`); False sends them through httpx always."""
         self.server = server.rstrip("/")
+        self.zero_copy = zero_copy and transport is None
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -76,6 +81,18 @@ class Client:
             client.close()
             raise
         return client
+
+    def zero_copy_address(self) -> tuple[str, int] | None:
+        """Where chunks can be sent with sendfile (`zerocopy.py`): a plain http:// server
+        reached without a proxy. None: through httpx (TLS, a proxy, or turned off)."""
+        url = httpx.URL(self.server)
+        if not (self.zero_copy and hasattr(os, "sendfile")) or url.scheme != "http" or not url.host:
+            return None
+        proxies = urllib.request.getproxies()
+        if ("http" in proxies or "all" in proxies) and not urllib.request.proxy_bypass(url.host):
+            # httpx reads the same environment; whether a proxy applies is its business.
+            return None
+        return url.host, url.port or 80
 
     def set_token(self, token: str) -> None:
         self.http.headers["Authorization"] = f"Bearer {token}"

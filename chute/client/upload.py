@@ -45,6 +45,7 @@ from chute.client.multipart import ChunkForm
 from chute.client.progress import ProgressCallback, Tracker
 from chute.client.retry import retry_after, retryable_status
 from chute.client.throttle import Throttle
+from chute.client.zerocopy import SENDFILE_BLOCK, ChunkConnection, FileRegion
 
 if TYPE_CHECKING:
     from chute.client.api import Client
@@ -314,6 +315,19 @@ class Sender:
                     raise Aborted from None
 
     def _sender(self, fd: int, ready: queue.Queue[tuple[Piece, str] | None]) -> None:
+        # With sendfile where it can be used (zerocopy.py): one connection per sender.
+        address = self.client.zero_copy_address()
+        timeout = self.client.http.timeout
+        connection = (
+            ChunkConnection(
+                *address,
+                connect=timeout.connect or 10.0,
+                write=timeout.write or 60.0,
+                read=timeout.read or 300.0,
+            )
+            if address
+            else None
+        )
         try:
             while True:
                 try:
@@ -329,13 +343,16 @@ class Sender:
                     while not self.first_taken.wait(0.1):
                         if self.stop.is_set():
                             return
-                self._send(fd, piece, sha256)
+                self._send(fd, piece, sha256, connection)
                 with self._lock:
                     self.sent.append(piece)
         except Aborted:
             pass
         except BaseException as exc:
             self._failed(exc)
+        finally:
+            if connection is not None:
+                connection.close()
 
     def _read(self, fd: int, piece: Piece) -> Iterator[bytes]:
         block_size = min(self.throttle.block_size, SEND_BLOCK) if self.throttle else SEND_BLOCK
@@ -363,12 +380,12 @@ class Sender:
             offset += n
         return digest.hexdigest()
 
-    def _send(self, fd: int, piece: Piece, sha256: str) -> None:
+    def _send(self, fd: int, piece: Piece, sha256: str, connection: ChunkConnection | None) -> None:
         delays = self.client.retry.delays()
         while True:
             streamed = [0]
             try:
-                response = self._post(fd, piece, sha256, streamed)
+                response = self._post(fd, piece, sha256, streamed, connection)
             except httpx.TransportError as exc:
                 failure: Exception = exc
                 wait = next(delays, None)
@@ -400,7 +417,14 @@ class Sender:
         self.first_taken.set()
         self.tracker.confirmed()
 
-    def _post(self, fd: int, piece: Piece, sha256: str, streamed: list[int]) -> httpx.Response:
+    def _post(
+        self,
+        fd: int,
+        piece: Piece,
+        sha256: str,
+        streamed: list[int],
+        connection: ChunkConnection | None,
+    ) -> httpx.Response:
         fields = {
             "chunk_index": str(piece.index),
             "total_chunks": str(self.plan.total_chunks),
@@ -409,6 +433,10 @@ class Sender:
             "chunk_sha256": sha256,
         }
         form = ChunkForm(fields, self.plan.path.name, piece.size)
+        target = f"/api/job/{self.job_id}/upload-data"
+        headers = {"Content-Type": form.content_type, "Content-Length": str(form.length)}
+        if connection is not None:
+            return self._post_zero_copy(connection, target, form, fd, piece, streamed)
 
         def body() -> Iterator[bytes]:
             yield form.head
@@ -421,10 +449,46 @@ class Sender:
             yield form.tail
 
         try:
-            return self.client.http.post(
-                f"/api/job/{self.job_id}/upload-data",
-                content=body(),
-                headers={"Content-Type": form.content_type, "Content-Length": str(form.length)},
+            return self.client.http.post(target, content=body(), headers=headers)
+        except Aborted:
+            self.tracker.rewound(streamed[0])
+            raise
+
+    def _post_zero_copy(
+        self,
+        connection: ChunkConnection,
+        target: str,
+        form: ChunkForm,
+        fd: int,
+        piece: Piece,
+        streamed: list[int],
+    ) -> httpx.Response:
+        """The same request as `_post`'s, its chunk bytes sent by sendfile."""
+
+        def before_block(size: int) -> None:
+            if self.stop.is_set():
+                raise Aborted
+            if self.throttle is not None:
+                self.throttle.take(size)
+
+        def after_block(size: int) -> None:
+            streamed[0] += size
+            self.tracker.streamed(size)
+
+        headers = {
+            "Content-Type": form.content_type,
+            **{k: v for k, v in self.client.http.headers.items() if k.lower() == "authorization"},
+        }
+        try:
+            return connection.post(
+                target,
+                headers,
+                form.head,
+                FileRegion(fd, piece.offset, piece.size),
+                form.tail,
+                block_size=self.throttle.block_size if self.throttle else SENDFILE_BLOCK,
+                before_block=before_block,
+                after_block=after_block,
             )
         except Aborted:
             self.tracker.rewound(streamed[0])
