@@ -198,19 +198,47 @@ def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) 
     assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
 
 
-def test_a_refused_upload_shows_the_detail_and_fails(slow_server: Server, tmp_path: Path) -> None:
+def test_a_file_the_server_would_refuse_is_refused_before_a_byte_is_sent(
+    slow_server: Server, tmp_path: Path
+) -> None:
     user = slow_server.client()
     path = tmp_path / "binary.csv"
     path.write_bytes(b"\x00\xff" * 100_000)
     env = user_env(slow_server, tmp_path / "home", token_of(user))
     result = run_chute(env, "upload", str(path))
     assert result.returncode == 1
+    # The server's own check, with its words, run on chunk 0 before it is sent.
+    assert "is not a CSV file the server takes" in result.stderr
     assert "does not look like a CSV file" in result.stderr
-    assert "HTTP 422" in result.stderr
     assert "Traceback" not in result.stderr
-    # Refused once, never sent again.
     job_id = only_job(user)
-    assert chunk_posts(slow_server.log(), job_id, None) == 1
+    assert chunk_posts(slow_server.log(), job_id, None) == 0
+
+
+def test_a_refused_chunk_shows_the_detail_and_fails(slow_server: Server, tmp_path: Path) -> None:
+    """A 4xx answer to a chunk (the job was cancelled meanwhile, from the page, say)
+    ends the command with the server's detail; the refused chunk is not sent again."""
+    user = slow_server.client()
+    path, _ = csv_file(tmp_path, 40_000, seed=7)
+    env = user_env(slow_server, tmp_path / "home", token_of(user))
+    upload = subprocess.Popen(
+        chute_command("upload", str(path), "--parallel", "1", "--limit-rate", "256K"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = only_job(user)
+        wait_for_chunks(user, job_id, 2)
+        assert user.http.post(f"/api/job/{job_id}/cancel").status_code == 200
+        _, stderr = upload.communicate(timeout=60)
+    finally:
+        upload.kill()
+    assert upload.returncode == 1, stderr
+    assert "HTTP 409" in stderr
+    assert "Traceback" not in stderr
+    assert chunk_posts(slow_server.log(), job_id, 409) == 1
 
 
 @pytest.mark.parametrize(

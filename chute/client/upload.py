@@ -16,9 +16,12 @@ Threads: one hashes the chunks in index order, ahead of the senders, so that a
 sender that finishes a chunk finds the next one hashed; `parallel` senders each
 take the next hashed chunk and stream it on a connection of their own.
 
-Chunk 0 goes alone: the server checks the CSV on it, so a wrong file is refused
-after one chunk, not after one per sender. The other senders start once the
-server took chunk 0 (for a 100-chunk file that costs well under 1 %).
+Chunk 0 is checked here first, with the server's own check (`chute.upload.csvcheck`,
+the job's encoding and header settings), while it is hashed: a file the server would
+refuse is reported before a byte is sent. Chunk 0 still goes first, and the other
+senders start beside it. Should the local check be impossible (the job's settings
+unknown), chunk 0 goes alone and the others wait for the server's answer to it, so
+a wrong file is refused after one chunk, not after one per sender.
 
 Retries: a chunk that fails on the network, or gets 5xx, 429 or 507, is sent again
 after a backoff with jitter (`retry.py`); it is idempotent on the server. Any other
@@ -32,7 +35,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,8 @@ from chute.client.progress import ProgressCallback, Tracker
 from chute.client.retry import retry_after, retryable_status
 from chute.client.throttle import Throttle
 from chute.client.zerocopy import SENDFILE_BLOCK, ChunkConnection, FileRegion
+from chute.errors import ChuteError
+from chute.upload.csvcheck import CsvStartCheck
 
 if TYPE_CHECKING:
     from chute.client.api import Client
@@ -192,9 +197,16 @@ def upload_file(
         # The server holds every chunk and has started the job. Their sizes were
         # checked above; hashing the whole file again would only delay the answer.
         return _summary(job_id, file_plan, [], 0, started)
+    # The job's settings, for checking chunk 0 as the server will (unless it holds it).
+    params = None if 0 in status.chunks else client.job(job_id).raw.get("params")
     tracker.start()
     sender = Sender(
-        client, job_id, file_plan, tracker, Throttle(limit_rate) if limit_rate else None
+        client,
+        job_id,
+        file_plan,
+        tracker,
+        Throttle(limit_rate) if limit_rate else None,
+        params if isinstance(params, dict) else None,
     )
     sender.run(max(1, min(parallel or config.parallel_chunks, len(pieces))))
     after = _stat(path)
@@ -231,17 +243,21 @@ class Sender:
         file_plan: Plan,
         tracker: Tracker,
         throttle: Throttle | None,
+        check_params: dict[str, Any] | None = None,
     ) -> None:
+        """`check_params`: the job's params, to check chunk 0 with before it is sent."""
         self.client = client
         self.job_id = job_id
         self.plan = file_plan
         self.tracker = tracker
         self.throttle = throttle
         self.stop = threading.Event()
-        # Set once the server holds chunk 0; other chunks wait for it.
+        # Set once chunk 0 is known to be the start of a CSV file the server takes:
+        # checked here, or held by the server. Other chunks wait for it.
         self.first_taken = threading.Event()
         if 0 in file_plan.held:
             self.first_taken.set()
+        self.check_params = check_params
         self.completed = False  # a chunk got the completing answer
         self.sent: list[Piece] = []
         self.retries = 0
@@ -367,6 +383,9 @@ class Sender:
             yield block
 
     def _hash(self, fd: int, piece: Piece) -> str:
+        check = None
+        if piece.index == 0 and self.check_params is not None:
+            check = CsvStartCheck(self.check_params)
         digest = hashlib.sha256()
         buffer = memoryview(self._hash_buffer)
         offset, end = piece.offset, piece.offset + piece.size
@@ -377,8 +396,21 @@ class Sender:
             if n == 0:
                 raise UploadError(f"{self.plan.path} became shorter while it was being sent")
             digest.update(buffer[:n])
+            if check is not None:
+                self._check(check.feed, self._hash_buffer[:n])
             offset += n
+        if check is not None:
+            self._check(check.finish, self.plan.total_chunks == 1)
+            self.first_taken.set()
         return digest.hexdigest()
+
+    def _check(self, step: Callable[[Any], None], argument: Any) -> None:
+        try:
+            step(argument)
+        except ChuteError as exc:
+            raise UploadError(
+                f"{self.plan.path} is not a CSV file the server takes: {exc.detail}"
+            ) from None
 
     def _send(self, fd: int, piece: Piece, sha256: str, connection: ChunkConnection | None) -> None:
         delays = self.client.retry.delays()

@@ -104,16 +104,43 @@ def test_a_job_begun_with_other_bytes_is_refused(small_chunks: Server, tmp_path:
     assert chunk_posts(small_chunks.log(), job_id) <= 2
 
 
-def test_a_refused_chunk_is_not_sent_again(small_chunks: Server, tmp_path: Path) -> None:
+def test_a_file_the_server_would_refuse_is_refused_before_sending(
+    small_chunks: Server, tmp_path: Path
+) -> None:
     path = tmp_path / "binary.csv"
     path.write_bytes(b"\x00\x01\x02" * 50_000)
     with signed_in(small_chunks) as chute:
         job = chute.create_job("binary")
+        with pytest.raises(UploadError, match="NUL bytes"):
+            chute.upload(job.id, path, parallel=3)
+    assert chunk_posts(small_chunks.log(), job.id, None) == 0
+
+
+def test_the_jobs_encoding_is_used_for_the_check_before_sending(
+    small_chunks: Server, tmp_path: Path
+) -> None:
+    """UTF-16 text is full of NUL bytes: taken when the job says so, refused otherwise."""
+    path = tmp_path / "utf16.csv"
+    path.write_bytes("a,b\n1,2\n".encode("utf-16-le") * 1000)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("utf-16", params={"encoding": "utf-16-le"})
+        chute.upload(job.id, path)
+        assert chute.upload_status(job.id).state == "complete"
+        other = chute.create_job("no encoding")
+        with pytest.raises(UploadError, match="NUL bytes"):
+            chute.upload(other.id, path)
+
+
+def test_a_refused_chunk_is_not_sent_again(small_chunks: Server, tmp_path: Path) -> None:
+    path, _ = write_csv(tmp_path, 10_000)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("cancelled")
+        chute.cancel(job.id)
         with pytest.raises(ApiError) as caught:
             chute.upload(job.id, path, parallel=1)
-    assert caught.value.status == 422
-    assert "CSV" in caught.value.detail
-    assert chunk_posts(small_chunks.log(), job.id, 422) == 1
+    assert caught.value.status == 409
+    assert "job" in caught.value.detail.lower()
+    assert chunk_posts(small_chunks.log(), job.id, 409) == 1
     assert chunk_posts(small_chunks.log(), job.id) == 0
 
 
