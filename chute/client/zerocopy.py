@@ -34,8 +34,8 @@ import h11
 import httpx
 
 # Bytes handed to sendfile at a time: between two, progress is reported, the rate
-# limit is taken, and a stop is noticed.
-SENDFILE_BLOCK = 4 * 1024 * 1024
+# limit is taken, and a stop (Ctrl-C) is noticed; 1024 system calls per GiB.
+SENDFILE_BLOCK = 1024 * 1024
 READ_BLOCK = 64 * 1024
 # How long to wait for an answer the server sent before it stopped reading the body.
 EARLY_ANSWER_WAIT = 5.0
@@ -153,6 +153,7 @@ class ChunkConnection:
             # The server may have answered before reading the whole body (a chunk over
             # its limit, say) and closed; its answer is then worth more than the error.
             answer = self._early_answer(sock, conn)
+            self.close()  # mid-body: this connection can carry no other request
             if answer is not None:
                 return answer
             raise _network_error(exc, reading=False) from exc

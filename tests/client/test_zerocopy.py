@@ -114,12 +114,16 @@ def test_an_answer_sent_before_the_whole_body_is_read(small_chunks: Server, tmp_
             FileRegion(fd, 0, big),
             form.tail,
         )
+        assert answer.status_code == 413, answer.text
+        assert "limit" in answer.json()["detail"]
+        assert user.http.get(f"/api/job/{job_id}/upload-data").json()["chunks"] == []
+        # The connection was left mid-body; the next request goes on a new one.
+        small = tmp_path / "small.csv"
+        small.write_bytes(csv_bytes(100))
+        assert post_chunk(conn, token_of(user), job_id, small, 0, 1)[0] == 200
     finally:
         os.close(fd)
         conn.close()
-    assert answer.status_code == 413, answer.text
-    assert "limit" in answer.json()["detail"]
-    assert user.http.get(f"/api/job/{job_id}/upload-data").json()["chunks"] == []
 
 
 def test_sendfile_only_where_the_bytes_may_go_straight_to_the_socket(
