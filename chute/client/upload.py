@@ -1,12 +1,13 @@
 """Sending a file as a job's chunks: only those the server lacks, several at once.
 
 How a chunk is sent without ever being held in memory: its region of the file is
-read twice. The first pass (1 MiB at a time, into one reused buffer) computes its
-SHA-256: the server wants `chunk_sha256` in the form fields, which come before the
-bytes. The second streams 256 KiB blocks into the request body, whose length is
-computed up front so it goes out with Content-Length; it nearly always reads from
-the page cache. So memory stays at one block per chunk in flight, whatever the
-chunk or file size.
+hashed first (1 MiB at a time, into one reused buffer): the server wants
+`chunk_sha256` in the form fields, which come before the bytes. Then the region is
+sent in a request whose length is computed up front, so it goes out with
+Content-Length: by sendfile to a plain http:// server (`zerocopy.py`), the bytes
+going from the page cache to the socket without a copy in this process; otherwise
+(TLS, a proxy) read again in 256 KiB blocks and streamed through httpx. So memory
+stays at one block per chunk in flight at most, whatever the chunk or file size.
 
 Resuming: the server lists the chunks it holds, with their sizes and SHA-256s. Each
 held chunk of the file is hashed and compared; a match is skipped, a mismatch stops
@@ -253,10 +254,11 @@ class Sender:
         self.throttle = throttle
         self.stop = threading.Event()
         # Set once chunk 0 is known to be the start of a CSV file the server takes:
-        # checked here, or held by the server. Other chunks wait for it.
-        self.first_taken = threading.Event()
+        # checked here, taken by the server now, or held from before. Other chunks
+        # wait for it.
+        self.chunk0_ok = threading.Event()
         if 0 in file_plan.held:
-            self.first_taken.set()
+            self.chunk0_ok.set()
         self.check_params = check_params
         self.completed = False  # a chunk got the completing answer
         self.sent: list[Piece] = []
@@ -356,7 +358,7 @@ class Sender:
                     return
                 piece, sha256 = item
                 if piece.index != 0:
-                    while not self.first_taken.wait(0.1):
+                    while not self.chunk0_ok.wait(0.1):
                         if self.stop.is_set():
                             return
                 self._send(fd, piece, sha256, connection)
@@ -401,7 +403,7 @@ class Sender:
             offset += n
         if check is not None:
             self._check(check.finish, self.plan.total_chunks == 1)
-            self.first_taken.set()
+            self.chunk0_ok.set()
         return digest.hexdigest()
 
     def _check(self, step: Callable[[Any], None], argument: Any) -> None:
@@ -446,7 +448,7 @@ class Sender:
     def _confirmed(self, answer: dict[str, Any]) -> None:
         if answer.get("message") == COMPLETING_MESSAGE:
             self.completed = True
-        self.first_taken.set()
+        self.chunk0_ok.set()
         self.tracker.confirmed()
 
     def _post(
