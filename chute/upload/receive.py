@@ -392,12 +392,19 @@ class ChunkReceiver:
         return _Stored(request, plan, pipeline, writer, lease)
 
     async def _refusal(self, request: ChunkRequest, size: int | None) -> ChuteError | None:
-        """Why a chunk is refused on its size alone, known before its bytes, or None."""
+        """Why a chunk is refused on its size alone, known before its bytes, or None.
+
+        The storage's part rules (S3) are about bytes sent to the store: a chunk already
+        recorded sends none, so it is answered as on any storage (a re-send, or 409)."""
         if size == 0:
             return ChuteError(Problem.EMPTY_CHUNK)
         try:
             service.check_part_rules(self.rt.storage, request, size)
         except ChuteError as refused:
+            if refused.problem is Problem.CHUNK_TOO_SMALL and await self._run(
+                self._in_session, service.is_recorded_for, self.user_id, request
+            ):
+                return None
             return refused
         return None
 

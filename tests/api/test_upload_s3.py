@@ -233,3 +233,21 @@ def test_a_body_that_does_not_end_as_predicted_is_answered_for_what_it_is(
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"] == "The chunk is empty."
     assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+
+
+def test_a_recorded_chunk_sent_again_smaller_is_a_conflict(s3_server: Server) -> None:
+    # The part rules are about bytes sent to the store; a chunk already recorded sends
+    # none, so other bytes at its index are 409 (DESIGN §2), whatever their size.
+    client = s3_server.client()
+    data = csv_of_size(PART + 1000)
+    chunks = split(data, PART)
+    job_id = client.new_job()
+    assert client.send_chunk(job_id, 0, 2, chunks[0]).status_code == 200
+    for when in ("partial", "complete"):
+        answer = client.send_chunk(job_id, 0, 2, chunks[0][:1000])
+        assert answer.status_code == 409, (when, answer.text)
+        assert answer.json()["detail"] == "Chunk 0 is already stored with different bytes."
+        if when == "partial":
+            assert client.send_chunk(job_id, 1, 2, chunks[1]).json()["message"] == COMPLETE
+    assert client.wait_for(job_id, "succeeded", "failed", timeout=60)["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
