@@ -349,13 +349,15 @@ def test_discard_while_a_chunk_streams_records_nothing(
 
 
 def test_unfinished_upload_expires_and_its_bytes_go(make_server: ServerFactory, chunk: int) -> None:
-    server = make_server(CHUTE_UPLOAD_EXPIRY="1", CHUTE_SWEEP_INTERVAL="0.3")
+    # Two seconds: on S3 a 5 MiB chunk may take most of one to stream, and an upload
+    # untouched for longer than the expiry is removed even while its first chunk streams.
+    server = make_server(CHUTE_UPLOAD_EXPIRY="2", CHUTE_SWEEP_INTERVAL="0.3")
     client = server.client()
-    data = csv_of_size(3 * chunk + chunk // 2)
-    chunks = split(data, chunk)
+    chunks = split(csv_of_size(3 * chunk + chunk // 2), chunk)
     total = len(chunks)
 
     finished = client.new_job()
+    data = csv_bytes(10_000)
     assert client.send_chunk(finished, 0, 1, data).json()["message"] == COMPLETE
     assert_succeeded_with(client, finished, data)
     waiting = client.new_job()
