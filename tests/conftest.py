@@ -363,6 +363,8 @@ class Holding:
 
 
 def storage_holds(server: Server) -> Holding:
+    """What the server's storage holds now, listed by the test: the data dir's files on
+    local disk, the bucket's objects and multipart uploads on S3."""
     storage = storage_of(server.env)
     if isinstance(storage, S3Storage):
         return _s3_holds(storage)
@@ -477,7 +479,9 @@ def make_server(
                 **stack.enter_context(deployment_env(deployment)),
                 **settings,
             }
-            server = Server(base / "data", env, list(args), deployment.chunk)
+            server = Server(
+                data_dir=base / "data", env=env, args=list(args), chunk=deployment.chunk
+            )
             servers.append(server)
             if start:
                 server.start()
@@ -501,7 +505,7 @@ def serving(base: Path, deployment: Deployment = EMBEDDED, **settings: str) -> I
             "CHUTE_MIN_FREE_BYTES": "0",
             **extra,
         }
-        server = Server(base / "data", {**env, **settings}, chunk=deployment.chunk)
+        server = Server(data_dir=base / "data", env={**env, **settings}, chunk=deployment.chunk)
         try:
             server.start()
             yield server

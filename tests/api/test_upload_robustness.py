@@ -170,7 +170,7 @@ def test_cut_off_request_records_nothing(
 
     assert recorded(client, job_id) == held
     if deployment.s3:
-        # The cut-off part holds nothing in the store: without its last byte it never ends.
+        # The cut-off part holds nothing in the store: it never got all its bytes.
         wait_until(
             lambda: storage_holds(server).uploads[upload] == 2 * chunk_size,
             "the store holds only the recorded parts",
