@@ -1,12 +1,17 @@
 """Fixtures: a real `chute serve` on loopback, its own data dir per server, users per test.
 
 Contract test modules marked `pytestmark = pytest.mark.deployments` run over both
-deployments (DESIGN §1): `embedded` (SQLite and the SQLite queue, worker started by
-`serve`) and `scaleout` (PostgreSQL and Redis, a `chute worker` started beside `serve`).
-Each scale-out server gets a database of its own (`chute_t_<random>`, dropped after) and
-a queue name of its own on Redis (its keys flushed after). Storage is local disk in both.
+deployments (DESIGN §1): `embedded` (SQLite, the SQLite queue with its worker started by
+`serve`, local disk) and `scaleout` (PostgreSQL, Redis with a `chute worker` started beside
+`serve`, and S3 storage on SeaweedFS). Each scale-out server gets a database of its own
+(`chute_t_<random>`, dropped after), a queue name of its own on Redis (its keys flushed
+after) and a bucket of its own on the session's SeaweedFS (emptied and deleted after).
 Without PostgreSQL or Redis the scale-out tests are skipped, unless `CI` is set: then
-they fail.
+they fail. PostgreSQL and Redis with local disk are not a deployment of their own here.
+
+S3 takes no part under 5 MiB but the last, so multi-chunk uploads use the deployment's
+`chunk` (64 KiB embedded, 5 MiB on S3). `storage_holds` shows what a server's storage
+holds, on either backend, for tests that check what is kept or removed.
 """
 
 from __future__ import annotations
@@ -32,13 +37,19 @@ from sqlalchemy import create_engine, text
 
 from chute.config import Settings
 from chute.storage import Storage, make_storage
+from chute.storage.local import LocalStorage
+from chute.storage.s3 import S3Storage
 from tests.factories import chunk_fields, split
 from tests.s3_support import SeaweedFS, seaweedfs_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
-Deployment = Literal["embedded", "scaleout"]
-DEPLOYMENTS: tuple[Deployment, ...] = ("embedded", "scaleout")
+DeploymentName = Literal["embedded", "scaleout"]
+DEPLOYMENTS: tuple[DeploymentName, ...] = ("embedded", "scaleout")
+# The chunk size of the tests' multi-chunk uploads: small on local disk, S3's least part
+# size on S3 (SeaweedFS, like S3, refuses smaller parts but the last at completion).
+SMALL_CHUNK = 64 * 1024
+S3_PART = 5 * 1024 * 1024
 # The services the scale-out tests use; each test server makes its own database and queue.
 POSTGRES_URL = os.environ.get(
     "CHUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -59,10 +70,41 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("deployment", DEPLOYMENTS, indirect=True, scope="module")
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment of DESIGN §1 that test servers run as; `store` is the S3-compatible
+    store of the scale-out deployment."""
+
+    name: DeploymentName
+    store: SeaweedFS | None = None
+
+    @property
+    def s3(self) -> bool:
+        return self.store is not None
+
+    @property
+    def chunk(self) -> int:
+        """The chunk size of multi-chunk uploads: every chunk but the last is an S3 part."""
+        return S3_PART if self.s3 else SMALL_CHUNK
+
+
+EMBEDDED = Deployment("embedded")
+
+
 @pytest.fixture(scope="module")
 def deployment(request: pytest.FixtureRequest) -> Deployment:
-    """The deployment a module's servers run as: `embedded` unless the module is marked."""
-    return getattr(request, "param", "embedded")  # type: ignore[no-any-return,unused-ignore]
+    """The deployment a module's servers run as: `embedded` unless the module is marked.
+    SeaweedFS starts (once a session) only when a scale-out test first needs it."""
+    name: DeploymentName = getattr(request, "param", "embedded")
+    if name == "embedded":
+        return EMBEDDED
+    return Deployment(name, request.getfixturevalue("seaweedfs"))
+
+
+@pytest.fixture(scope="module")
+def chunk(deployment: Deployment) -> int:
+    """The chunk size of the module's multi-chunk uploads (`Deployment.chunk`)."""
+    return deployment.chunk
 
 
 @cache
@@ -126,26 +168,31 @@ def postgres_database() -> Iterator[str]:
 
 @contextlib.contextmanager
 def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
-    """The CHUTE_* settings of a server of this deployment; its database and queue are
-    removed after."""
-    if deployment == "embedded":
+    """The CHUTE_* settings of a server of this deployment; its database, queue and bucket
+    are removed after."""
+    if deployment.store is None:
         yield {}
         return
     require_services()
     from chute.jobs.queue import make_huey
 
     queue_name = f"chute_t_{secrets.token_hex(6)}"
-    with postgres_database() as database_url:
-        try:
-            yield {
-                "CHUTE_DATABASE_URL": database_url,
-                "CHUTE_QUEUE_URL": REDIS_URL,
-                "CHUTE_QUEUE_NAME": queue_name,
-            }
-        finally:
-            huey = make_huey(REDIS_URL, queue_name)
-            huey.storage.flush_all()
-            huey.storage.pool.disconnect()
+    bucket = deployment.store.new_bucket()
+    try:
+        with postgres_database() as database_url:
+            try:
+                yield {
+                    "CHUTE_DATABASE_URL": database_url,
+                    "CHUTE_QUEUE_URL": REDIS_URL,
+                    "CHUTE_QUEUE_NAME": queue_name,
+                    **deployment.store.env(bucket, "chute"),
+                }
+            finally:
+                huey = make_huey(REDIS_URL, queue_name)
+                huey.storage.flush_all()
+                huey.storage.pool.disconnect()
+    finally:
+        deployment.store.remove_bucket(bucket)
 
 
 def free_port() -> int:
@@ -163,6 +210,8 @@ class Server:
     data_dir: Path
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
+    # The chunk size of multi-chunk uploads on this server's storage (`Deployment.chunk`).
+    chunk: int = SMALL_CHUNK
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
@@ -293,7 +342,7 @@ class Server:
         answer = http.post("/api/auth/token", data={"username": name, "password": password})
         assert answer.status_code == 200, answer.text
         http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-        return Client(http, name, self.data_dir, self.env)
+        return Client(http, name, self.data_dir, self.env, self.chunk)
 
 
 def storage_of(env: dict[str, str]) -> Storage:
@@ -302,12 +351,54 @@ def storage_of(env: dict[str, str]) -> Storage:
     return make_storage(Settings.model_validate(fields))
 
 
+@dataclass(frozen=True)
+class Holding:
+    """What a server's storage holds, read beside the server."""
+
+    # Stored files, by key: "jobs/7/input.csv".
+    files: frozenset[str]
+    # Unfinished uploads, by storage id, with the bytes they hold: on local disk an upload's
+    # directory (its file is preallocated as chunks arrive), on S3 a multipart upload's parts.
+    uploads: dict[str, int]
+
+
+def storage_holds(server: Server) -> Holding:
+    """What the server's storage holds now, listed by the test: the data dir's files on
+    local disk, the bucket's objects and multipart uploads on S3."""
+    storage = storage_of(server.env)
+    if isinstance(storage, S3Storage):
+        return _s3_holds(storage)
+    assert isinstance(storage, LocalStorage)
+    objects, upload_dirs = storage.root / "objects", storage.root / "uploads"
+    paths = [p for p in objects.rglob("*") if p.is_file()] if objects.exists() else []
+    dirs = list(upload_dirs.iterdir()) if upload_dirs.exists() else []
+    return Holding(
+        frozenset(str(p.relative_to(objects)) for p in paths),
+        {d.name: sum(p.stat().st_size for p in d.iterdir() if p.name != "locks") for d in dirs},
+    )
+
+
+def _s3_holds(storage: S3Storage) -> Holding:
+    s3, bucket, prefix = storage.client, storage.bucket, storage.prefix
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    uploads = {}
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+    for upload in (u for page in pages for u in page.get("Uploads", [])):
+        upload_id, key = upload["UploadId"], upload["Key"]
+        parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
+        # The storage id: "<UploadId> <key>" (chute/storage/s3.py).
+        uploads[f"{upload_id} {key.removeprefix(prefix)}"] = sum(p["Size"] for p in parts)
+    return Holding(frozenset(k.removeprefix(prefix) for k in keys), uploads)
+
+
 @dataclass
 class Client:
     http: httpx.Client
     username: str
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    chunk: int = SMALL_CHUNK
 
     def stored(self, job_id: int) -> tuple[int, str]:
         """Size and SHA-256 of a job's assembled input file, read from the server's storage."""
@@ -342,9 +433,10 @@ class Client:
             files={"file": (filename, data, "text/csv")},
         )
 
-    def upload(self, job_id: int, data: bytes, chunk_size: int = 64 * 1024) -> None:
-        """Send `data` in order, chunk by chunk; every chunk must be taken."""
-        chunks = split(data, chunk_size)
+    def upload(self, job_id: int, data: bytes, chunk_size: int | None = None) -> None:
+        """Send `data` in order, chunk by chunk (of the server's `chunk` unless told);
+        every chunk must be taken."""
+        chunks = split(data, chunk_size or self.chunk)
         for index, chunk in enumerate(chunks):
             answer = self.send_chunk(job_id, index, len(chunks), chunk)
             assert answer.status_code == 200, answer.text
@@ -387,7 +479,9 @@ def make_server(
                 **stack.enter_context(deployment_env(deployment)),
                 **settings,
             }
-            server = Server(data_dir=base / "data", env=env, args=list(args))
+            server = Server(
+                data_dir=base / "data", env=env, args=list(args), chunk=deployment.chunk
+            )
             servers.append(server)
             if start:
                 server.start()
@@ -402,7 +496,7 @@ def make_server(
 
 
 @contextlib.contextmanager
-def serving(base: Path, deployment: Deployment = "embedded", **settings: str) -> Iterator[Server]:
+def serving(base: Path, deployment: Deployment = EMBEDDED, **settings: str) -> Iterator[Server]:
     """A server on its own data dir under `base`, with extra CHUTE_* (or other) settings."""
     with deployment_env(deployment) as extra:
         env = {
@@ -411,7 +505,7 @@ def serving(base: Path, deployment: Deployment = "embedded", **settings: str) ->
             "CHUTE_MIN_FREE_BYTES": "0",
             **extra,
         }
-        server = Server(data_dir=base / "data", env={**env, **settings})
+        server = Server(data_dir=base / "data", env={**env, **settings}, chunk=deployment.chunk)
         try:
             server.start()
             yield server

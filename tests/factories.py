@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 
 
 def csv_bytes(rows: int, seed: int = 0) -> bytes:
     lines = [b"id,name,amount\n"]
     lines += [f"{i},name-{seed}-{i},{i * 7 % 1000}.{i % 100:02d}\n".encode() for i in range(rows)]
     return b"".join(lines)
+
+
+@cache
+def csv_of_size(size: int, seed: int = 0) -> bytes:
+    """The fewest whole rows of `csv_bytes` that make at least `size` bytes (cached: the
+    tests on S3 ask for files of several 5 MiB chunks)."""
+    rows = size // 20 + 1
+    while len(data := csv_bytes(rows, seed)) < size:
+        rows *= 2
+    return data[: data.index(b"\n", size - 1) + 1]
 
 
 def split(data: bytes, chunk_size: int) -> list[bytes]:

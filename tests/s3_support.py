@@ -78,6 +78,19 @@ class SeaweedFS:
             "CHUTE_S3_REGION": REGION,
         }
 
+    def remove_bucket(self, bucket: str) -> None:
+        """Abort the bucket's unfinished multipart uploads, delete its objects, then it."""
+        s3 = self.client()
+        for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for upload in page.get("Uploads", []):
+                s3.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            if keys := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=bucket)
+
     def keys(self, bucket: str) -> list[str]:
         """Every object in the bucket."""
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)

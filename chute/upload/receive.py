@@ -141,7 +141,10 @@ class _Pipeline:
             if self.size > self.limit:
                 raise self.over_limit
             if self.expected is not None and self.size > self.expected:
-                raise self.wrong_size()
+                # More bytes than the storage was told: the form does not end with the file
+                # part. Read on, writing nothing: `_finish` says so, unless the body ends
+                # without its closing boundary, which is said first (malformed).
+                continue
             self.hash.update(piece)
             if self.check is not None:
                 self.check.feed(bytes(piece))  # chunk 0 only; `in` needs bytes, not a view
@@ -194,6 +197,24 @@ async def _file_bytes(events: AsyncIterator[Any]) -> AsyncIterator[Buffer]:
         elif isinstance(event, FileEnd):
             return
     raise ChuteError(Problem.MALFORMED_FORM, why="the file part has no end")
+
+
+async def _read_to_its_end(source: AsyncIterator[Buffer], size: int) -> None:
+    """Read a file part whose size was predicted, before it is refused on that size.
+
+    A size predicted from the Content-Length holds only for a form that ends with the file
+    part: a body that ends otherwise is answered as what it is (malformed, or the file part
+    not last), not refused for a size it does not have. The request's Content-Length,
+    within the chunk limit, bounds what is read; the body is read before any answer anyway.
+    """
+    seen = 0
+    async for piece in source:
+        seen += len(piece)
+    if seen != size:
+        raise ChuteError(
+            Problem.FILE_PART_NOT_LAST,
+            why=f"the Content-Length leaves {size} bytes for the file part, but {seen} came",
+        )
 
 
 class _SpoolWriter:
@@ -333,9 +354,11 @@ class ChunkReceiver:
 
         `size` is the chunk's exact size when known before its bytes; they must match it."""
         storage = self.rt.storage
-        service.check_part_rules(storage, request, size)
-        if size == 0:
-            raise ChuteError(Problem.EMPTY_CHUNK)
+        refusal = await self._refusal(request, size)
+        if refusal is not None:
+            if size is not None:
+                await _read_to_its_end(source, size)
+            raise refusal
         with _storage_errors():
             plan = await self._run(
                 self._in_session, service.open_upload, storage, self.settings, self.user_id,
@@ -367,6 +390,23 @@ class ChunkReceiver:
         pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check, size)
         await _pump(source, pipeline, self.executor)
         return _Stored(request, plan, pipeline, writer, lease)
+
+    async def _refusal(self, request: ChunkRequest, size: int | None) -> ChuteError | None:
+        """Why a chunk is refused on its size alone, known before its bytes, or None.
+
+        The storage's part rules (S3) are about bytes sent to the store: a chunk already
+        recorded sends none, so it is answered as on any storage (a re-send, or 409)."""
+        if size == 0:
+            return ChuteError(Problem.EMPTY_CHUNK)
+        try:
+            service.check_part_rules(self.rt.storage, request, size)
+        except ChuteError as refused:
+            if refused.problem is Problem.CHUNK_TOO_SMALL and await self._run(
+                self._in_session, service.is_recorded_for, self.user_id, request
+            ):
+                return None
+            return refused
+        return None
 
     async def _open_writer(
         self, plan: service.ChunkPlan, request: ChunkRequest, size: int | None

@@ -308,6 +308,12 @@ def is_recorded(session: Session, req: ChunkRequest) -> bool:
     return session.get(Chunk, (req.job_id, req.index)) is not None
 
 
+def is_recorded_for(session: Session, user_id: int, req: ChunkRequest) -> bool:
+    """`is_recorded`, for the user's own job only (another's job answers 404)."""
+    get_owned_job(session, user_id, req.job_id)
+    return is_recorded(session, req)
+
+
 def upload_status(
     session: Session, user_id: int, job_id: int, expiry_seconds: int
 ) -> dict[str, Any]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Client, Server, ServerFactory
-from tests.factories import csv_bytes
+from tests.conftest import Client, Server, ServerFactory, storage_holds
+from tests.factories import csv_bytes, csv_of_size
 
 # Every test here runs over both deployments (tests/conftest.py).
 pytestmark = pytest.mark.deployments
@@ -30,13 +29,13 @@ def create(client: Client, body: dict[str, Any]) -> httpx.Response:
     return client.http.post("/api/job", json=body)
 
 
-def upload_dirs(server: Server) -> set[str]:
-    root = server.data_dir / "files" / "uploads"
-    return {p.name for p in root.iterdir()} if root.exists() else set()
+def uploads(server: Server) -> set[str]:
+    """The unfinished uploads in the server's storage."""
+    return set(storage_holds(server).uploads)
 
 
-def input_file(server: Server, job_id: int) -> Path:
-    return server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
+def has_input(server: Server, job_id: int) -> bool:
+    return f"jobs/{job_id}/input.csv" in storage_holds(server).files
 
 
 def test_create_answers_201_with_the_job(alice: Client) -> None:
@@ -168,19 +167,19 @@ def test_cancel_then_cancel_again_is_409(alice: Client) -> None:
     assert "cancelled" in again.json()["detail"]
 
 
-def test_cancel_discards_an_unfinished_upload(server: Server, alice: Client) -> None:
+def test_cancel_discards_an_unfinished_upload(server: Server, alice: Client, chunk: int) -> None:
     job_id = alice.new_job()
-    before = upload_dirs(server)
-    sent = alice.send_chunk(job_id, 0, 2, csv_bytes(100))
+    before = uploads(server)
+    sent = alice.send_chunk(job_id, 0, 2, csv_of_size(chunk)[:chunk])
     assert sent.status_code == 200, sent.text
-    new = upload_dirs(server) - before
+    new = uploads(server) - before
     assert len(new) == 1
 
     answer = alice.http.post(f"/api/job/{job_id}/cancel")
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "cancelled"
     assert answer.json()["upload"] is None
-    assert not new & upload_dirs(server)
+    assert not new & uploads(server)
     # The cancelled job takes no more data.
     late = alice.send_chunk(job_id, 1, 2, b"1,2,3\n")
     assert late.status_code == 409
@@ -200,26 +199,26 @@ def test_delete_then_404(server: Server, alice: Client) -> None:
     job_id = alice.new_job()
     assert alice.send_chunk(job_id, 0, 1, csv_bytes(10)).status_code == 200
     alice.wait_for(job_id, "succeeded", "failed")
-    assert input_file(server, job_id).exists()
+    assert has_input(server, job_id)
 
     answer = alice.http.delete(f"/api/job/{job_id}")
     assert answer.status_code == 204
     assert answer.content == b""
-    assert not input_file(server, job_id).exists()
+    assert not has_input(server, job_id)
     assert alice.http.get(f"/api/job/{job_id}").status_code == 404
     assert alice.http.delete(f"/api/job/{job_id}").status_code == 404
     listed = alice.http.get("/api/job", params={"limit": 200}).json()["items"]
     assert job_id not in [job["id"] for job in listed]
 
 
-def test_delete_removes_an_unfinished_upload(server: Server, alice: Client) -> None:
+def test_delete_removes_an_unfinished_upload(server: Server, alice: Client, chunk: int) -> None:
     job_id = alice.new_job()
-    before = upload_dirs(server)
-    assert alice.send_chunk(job_id, 0, 3, csv_bytes(100)).status_code == 200
-    new = upload_dirs(server) - before
+    before = uploads(server)
+    assert alice.send_chunk(job_id, 0, 3, csv_of_size(chunk)[:chunk]).status_code == 200
+    new = uploads(server) - before
     assert len(new) == 1
     assert alice.http.delete(f"/api/job/{job_id}").status_code == 204
-    assert not new & upload_dirs(server)
+    assert not new & uploads(server)
 
 
 @pytest.mark.parametrize(
@@ -245,17 +244,17 @@ def test_cancel_of_a_queued_job_removes_its_uploaded_bytes(make_server: ServerFa
     srv = make_server("--no-worker")
     owner = srv.client()
     job_id = owner.new_job()
-    before = upload_dirs(srv)
+    before = uploads(srv)
     assert owner.send_chunk(job_id, 0, 1, csv_bytes(100)).status_code == 200
     assert owner.job(job_id)["status"] == "queued"
-    new = upload_dirs(srv) - before
+    new = uploads(srv) - before
     assert len(new) == 1
 
     answer = owner.http.post(f"/api/job/{job_id}/cancel")
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "cancelled"
-    # Nothing will ever read those bytes again: they must not stay on disk until a delete.
-    assert not new & upload_dirs(srv)
+    # Nothing will ever read those bytes again: they must not stay stored until a delete.
+    assert not new & uploads(srv)
 
 
 @pytest.mark.parametrize("job_id", ["0", "-1", str(2**63 - 1), str(2**63), "9" * 30])

@@ -3,6 +3,7 @@ the status answer and discarding an upload, against a real `chute serve`.
 
 The helpers at the top build request bodies by hand where httpx's encoder cannot
 (the seed's part order, camelCase fields); the other upload test modules use them too.
+Files are sized in the deployment's `chunk` (conftest): 64 KiB, or 5 MiB on S3.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Client, Server
-from tests.factories import csv_bytes, sha256, split
+from tests.conftest import Client, Deployment, Server, storage_holds
+from tests.factories import csv_of_size, sha256, split
 
 STORED = "Data chunk uploaded successfully"
 COMPLETE = "Data uploaded successfully and job started"
-CHUNK = 64 * 1024
 # Every test here runs over both deployments (tests/conftest.py).
 pytestmark = pytest.mark.deployments
 
@@ -110,10 +109,9 @@ def recorded(client: Client, job_id: int) -> dict[int, str]:
     return {c["index"]: c["sha256"] for c in upload_status(client, job_id)["chunks"]}
 
 
-def upload_dirs(server: Server) -> set[Path]:
-    """The local store's directories of unfinished uploads."""
-    root = server.data_dir / "files" / "uploads"
-    return set(root.iterdir()) if root.exists() else set()
+def new_uploads(server: Server, before: set[str]) -> dict[str, int]:
+    """The storage's unfinished uploads not in `before`, with the bytes they hold."""
+    return {k: v for k, v in storage_holds(server).uploads.items() if k not in before}
 
 
 def attempts(server: Server, job_id: int) -> int:
@@ -141,10 +139,10 @@ def client(server: Server) -> Client:
     return server.client()
 
 
-def test_answers_carry_the_seeds_three_fields(client: Client) -> None:
-    data = csv_bytes(8_000)
-    chunks = split(data, CHUNK)
-    assert len(chunks) >= 3
+def test_answers_carry_the_seeds_three_fields(client: Client, chunk: int) -> None:
+    data = csv_of_size(2 * chunk + chunk // 2)
+    chunks = split(data, chunk)
+    assert len(chunks) == 3
     job_id = client.new_job()
     answers = upload_all(client, job_id, chunks)
     for index, answer in enumerate(answers[:-1]):
@@ -178,10 +176,10 @@ def test_answers_carry_the_seeds_three_fields(client: Client) -> None:
     ],
 )
 def test_chunks_in_any_order_complete_on_the_last_arrival(
-    client: Client, order: list[int], send_chunk_size: bool
+    client: Client, chunk: int, order: list[int], send_chunk_size: bool
 ) -> None:
-    data = csv_bytes(2_000 * len(order))
-    chunk_size = -(-len(data) // len(order))
+    chunk_size = chunk
+    data = csv_of_size((len(order) - 1) * chunk_size + chunk_size // 2)
     chunks = split(data, chunk_size)
     assert len(chunks) == len(order)
     job_id = client.new_job()
@@ -198,10 +196,10 @@ def test_chunks_in_any_order_complete_on_the_last_arrival(
 
 @pytest.mark.parametrize("send_chunk_size", [False, True])
 def test_eight_chunks_at_once_give_one_completing_answer_and_one_run(
-    server: Server, client: Client, send_chunk_size: bool
+    server: Server, client: Client, chunk: int, send_chunk_size: bool
 ) -> None:
-    data = csv_bytes(30_000)
-    chunk_size = -(-len(data) // 8)
+    chunk_size = chunk
+    data = csv_of_size(7 * chunk_size + chunk_size // 2)
     chunks = split(data, chunk_size)
     assert len(chunks) == 8
     job_id = client.new_job()
@@ -228,16 +226,16 @@ def test_eight_chunks_at_once_give_one_completing_answer_and_one_run(
     [(True, False), (False, True), (True, True)],
     ids=["seed-order", "camel-case", "seed-order-camel-case"],
 )
-def test_seed_form_shapes_work(client: Client, file_first: bool, camel: bool) -> None:
-    data = csv_bytes(6_000)
-    chunks = split(data, CHUNK)
+def test_seed_form_shapes_work(client: Client, chunk: int, file_first: bool, camel: bool) -> None:
+    data = csv_of_size(2 * chunk + chunk // 4)
+    chunks = split(data, chunk)
     job_id = client.new_job()
     messages = []
-    for index, chunk in enumerate(chunks):
+    for index, part in enumerate(chunks):
         answer = post_form(
             client,
             job_id,
-            chunk_parts(index, len(chunks), chunk, file_first=file_first, camel=camel),
+            chunk_parts(index, len(chunks), part, file_first=file_first, camel=camel),
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["data_chunk_index"] == index
@@ -249,10 +247,10 @@ def test_seed_form_shapes_work(client: Client, file_first: bool, camel: bool) ->
 
 
 def test_resending_a_stored_chunk_changes_nothing_and_other_bytes_conflict(
-    client: Client,
+    client: Client, chunk: int
 ) -> None:
-    data = csv_bytes(6_000)
-    chunks = split(data, CHUNK)
+    data = csv_of_size(2 * chunk + chunk // 4)
+    chunks = split(data, chunk)
     total = len(chunks)
     job_id = client.new_job()
     for index in (0, 1):
@@ -278,18 +276,18 @@ def test_resending_a_stored_chunk_changes_nothing_and_other_bytes_conflict(
 
 
 def test_resending_after_completion_answers_complete_and_never_queues_again(
-    server: Server, client: Client
+    server: Server, client: Client, chunk: int
 ) -> None:
-    data = csv_bytes(5_000)
-    chunks = split(data, CHUNK)
+    data = csv_of_size(chunk + chunk // 2)
+    chunks = split(data, chunk)
     total = len(chunks)
     job_id = client.new_job()
     upload_all(client, job_id, chunks)
     done = assert_succeeded_with(client, job_id, data)
     status = upload_status(client, job_id)
 
-    for index, chunk in enumerate(chunks):
-        answer = client.send_chunk(job_id, index, total, chunk)
+    for index, part in enumerate(chunks):
+        answer = client.send_chunk(job_id, index, total, part)
         assert answer.status_code == 200, answer.text
         assert answer.json()["message"] == COMPLETE
         assert answer.json()["data_chunk_index"] == index
@@ -310,9 +308,9 @@ def _parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def test_upload_status_before_during_and_after_completion(client: Client) -> None:
-    data = csv_bytes(6_000)
-    chunks = split(data, CHUNK)
+def test_upload_status_before_during_and_after_completion(client: Client, chunk: int) -> None:
+    data = csv_of_size(2 * chunk + chunk // 4)
+    chunks = split(data, chunk)
     total = len(chunks)
     job_id = client.new_job()
 
@@ -322,12 +320,12 @@ def test_upload_status_before_during_and_after_completion(client: Client) -> Non
     assert empty["chunks"] == []
     assert empty["bytes_received"] == 0
 
-    client.send_chunk(job_id, 1, total, chunks[1], chunk_size=CHUNK)
+    client.send_chunk(job_id, 1, total, chunks[1], chunk_size=chunk)
     sent_at = datetime.now(UTC)
     partial = upload_status(client, job_id)
     assert partial["state"] == "partial"
     assert partial["total_chunks"] == total
-    assert partial["chunk_size"] == CHUNK
+    assert partial["chunk_size"] == chunk
     assert partial["bytes_received"] == len(chunks[1])
     assert partial["chunks"] == [{"index": 1, "size": len(chunks[1]), "sha256": sha256(chunks[1])}]
     expires = _parse_time(partial["expires_at"])
@@ -349,21 +347,22 @@ def test_upload_status_before_during_and_after_completion(client: Client) -> Non
     assert upload_status(client, job_id)["chunks"] == complete["chunks"]
 
 
-def test_discarding_an_unfinished_upload_removes_its_bytes(server: Server, client: Client) -> None:
-    data = csv_bytes(6_000)
-    chunks = split(data, CHUNK)
+def test_discarding_an_unfinished_upload_removes_its_bytes(
+    server: Server, client: Client, chunk: int
+) -> None:
+    data = csv_of_size(2 * chunk + chunk // 4)
+    chunks = split(data, chunk)
     job_id = client.new_job()
-    before = upload_dirs(server)
+    before = set(storage_holds(server).uploads)
     for index in (0, 1):
         assert client.send_chunk(job_id, index, len(chunks), chunks[index]).status_code == 200
-    new_dirs = upload_dirs(server) - before
-    assert len(new_dirs) == 1
-    (directory,) = new_dirs
-    assert any(p.stat().st_size >= 2 * CHUNK for p in directory.iterdir())
+    ((upload, held),) = new_uploads(server, before).items()
+    assert held >= 2 * chunk
 
     answer = client.http.delete(f"/api/job/{job_id}/upload-data")
     assert answer.status_code == 204, answer.text
-    assert not directory.exists()
+    # Local disk: the upload's directory is gone. S3: the multipart upload is aborted.
+    assert upload not in storage_holds(server).uploads
     assert client.job(job_id)["status"] == "awaiting_upload"
     status = upload_status(client, job_id)
     assert status["chunks"] == []
@@ -371,17 +370,17 @@ def test_discarding_an_unfinished_upload_removes_its_bytes(server: Server, clien
     assert status["state"] == "empty"
 
     # A fresh upload may start over, with another total.
-    other = csv_bytes(3_000, seed=1)
-    other_chunks = split(other, CHUNK)
+    other = csv_of_size(chunk + chunk // 4, seed=1)
+    other_chunks = split(other, chunk)
     assert len(other_chunks) != len(chunks)
     answers = upload_all(client, job_id, other_chunks)
     assert answers[-1].json()["message"] == COMPLETE
     assert_succeeded_with(client, job_id, other)
 
 
-def test_discarding_a_complete_upload_is_refused(client: Client) -> None:
-    data = csv_bytes(3_000)
-    chunks = split(data, CHUNK)
+def test_discarding_a_complete_upload_is_refused(client: Client, chunk: int) -> None:
+    data = csv_of_size(chunk + chunk // 4)
+    chunks = split(data, chunk)
     job_id = client.new_job()
     upload_all(client, job_id, chunks)
     assert_succeeded_with(client, job_id, data)
@@ -394,22 +393,36 @@ def test_discarding_a_complete_upload_is_refused(client: Client) -> None:
     assert client.job(job_id)["status"] == "succeeded"
 
 
-def test_chunks_go_in_place_and_completion_is_a_rename(server: Server, client: Client) -> None:
-    data = csv_bytes(6_000)
-    chunks = split(data, CHUNK)
+def test_chunks_go_in_place_and_completion_copies_nothing(
+    server: Server, client: Client, deployment: Deployment, chunk: int
+) -> None:
+    data = csv_of_size(2 * chunk + chunk // 4)
+    chunks = split(data, chunk)
     total = len(chunks)
     job_id = client.new_job()
-    before = upload_dirs(server)
+    key = f"jobs/{job_id}/input.csv"
+    before = set(storage_holds(server).uploads)
     for index in range(total - 1):
-        answer = client.send_chunk(job_id, index, total, chunks[index], chunk_size=CHUNK)
+        answer = client.send_chunk(job_id, index, total, chunks[index], chunk_size=chunk)
         assert answer.status_code == 200, answer.text
-    (directory,) = upload_dirs(server) - before
-    # One file for the whole upload: no part kept aside, no copy per chunk.
-    assert sorted(p.name for p in directory.iterdir()) == ["data", "locks"]
-    inode = os.stat(directory / "data").st_ino
+    ((upload, held),) = new_uploads(server, before).items()
+    if deployment.s3:
+        # One multipart upload, begun on the file's own key, a part per chunk: completion
+        # assembles the parts where they are, with no copy to another key.
+        assert upload.split(" ")[1] == key
+        assert held == (total - 1) * chunk
+    else:
+        # One file for the whole upload: no part kept aside, no copy per chunk.
+        directory = server.data_dir / "files" / "uploads" / upload
+        assert sorted(p.name for p in directory.iterdir()) == ["data", "locks"]
+        inode = os.stat(directory / "data").st_ino
+    assert key not in storage_holds(server).files
 
-    client.send_chunk(job_id, total - 1, total, chunks[-1], chunk_size=CHUNK)
+    client.send_chunk(job_id, total - 1, total, chunks[-1], chunk_size=chunk)
     assert_succeeded_with(client, job_id, data)
-    stored = server.data_dir / "files" / "objects" / "jobs" / str(job_id) / "input.csv"
-    assert os.stat(stored).st_ino == inode
-    assert not directory.exists()
+    after = storage_holds(server)
+    assert upload not in after.uploads
+    assert key in after.files
+    if not deployment.s3:
+        # Completion is a rename.
+        assert os.stat(server.data_dir / "files" / "objects" / key).st_ino == inode

@@ -1,19 +1,23 @@
-"""Bad chunk requests (DESIGN §2): each status with its `detail`, and nothing recorded after it."""
+"""Bad chunk requests (DESIGN §2): each status with its `detail`, and nothing recorded after it.
+
+Uploads are sized in the deployment's `chunk` (conftest): on S3 every chunk but the last
+is at least a 5 MiB part, so that each request here is bad in one way only.
+"""
 
 from __future__ import annotations
 
 import gzip
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.api.test_upload import (
-    CHUNK,
     COMPLETE,
     STORED,
     Part,
@@ -24,19 +28,24 @@ from tests.api.test_upload import (
     read_answer,
     recorded,
     upload_all,
-    upload_dirs,
     upload_status,
 )
-from tests.conftest import Client, Deployment, Server, ServerFactory, serving
-from tests.factories import chunk_fields, csv_bytes, sha256, split
-
-DATA = csv_bytes(6_000)
-CHUNKS = split(DATA, CHUNK)
-TOTAL = len(CHUNKS)
-
+from tests.conftest import Client, Deployment, Server, ServerFactory, serving, storage_holds
+from tests.factories import chunk_fields, csv_of_size, sha256, split
 
 # Every test here runs over both deployments (tests/conftest.py).
 pytestmark = pytest.mark.deployments
+
+
+@pytest.fixture(scope="module")
+def data(chunk: int) -> bytes:
+    """The module's file: three chunks, the last a quarter of one."""
+    return csv_of_size(2 * chunk + chunk // 4)
+
+
+@pytest.fixture(scope="module")
+def chunks(data: bytes, chunk: int) -> list[bytes]:
+    return split(data, chunk)
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +72,15 @@ def fields(index: int, total: int, data: bytes) -> list[Part]:
 # --- 401, 403, 404 -------------------------------------------------------------------
 
 
-def test_no_or_invalid_token_is_401(server: Server, client: Client) -> None:
+def test_no_or_invalid_token_is_401(server: Server, client: Client, chunks: list[bytes]) -> None:
     job_id = client.new_job()
 
     def send(headers: dict[str, str]) -> httpx.Response:
         return httpx.post(
             f"{server.url}/api/job/{job_id}/upload-data",
             headers=headers,
-            data=chunk_fields(0, TOTAL, CHUNKS[0]),
-            files={"file": ("a.csv", CHUNKS[0])},
+            data=chunk_fields(0, len(chunks), chunks[0]),
+            files={"file": ("a.csv", chunks[0])},
         )
 
     for headers in (
@@ -86,14 +95,16 @@ def test_no_or_invalid_token_is_401(server: Server, client: Client) -> None:
     assert client.job(job_id)["status"] == "awaiting_upload"
 
 
-def test_authentication_comes_before_the_body(server: Server, client: Client) -> None:
+def test_authentication_comes_before_the_body(
+    server: Server, client: Client, chunks: list[bytes]
+) -> None:
     """A request without a token is refused on its headers; its body is never waited for."""
     job_id = client.new_job()
-    content_type, _ = form_body([*fields(0, TOTAL, CHUNKS[0]), ("file", CHUNKS[0])])
+    content_type, _ = form_body([*fields(0, len(chunks), chunks[0]), ("file", chunks[0])])
     sock = open_raw(
         server,
         f"/api/job/{job_id}/upload-data",
-        {"Content-Type": content_type, "Content-Length": str(10 * CHUNK)},
+        {"Content-Type": content_type, "Content-Length": str(10 * len(chunks[0]))},
     )
     with sock:
         sock.settimeout(10)
@@ -103,15 +114,16 @@ def test_authentication_comes_before_the_body(server: Server, client: Client) ->
 
 
 def test_unknown_job_and_another_users_job_answer_the_same_404(
-    server: Server, client: Client
+    server: Server, client: Client, chunks: list[bytes]
 ) -> None:
+    total = len(chunks)
     other = server.client()
     theirs = other.new_job()
-    assert other.send_chunk(theirs, 0, TOTAL, CHUNKS[0]).status_code == 200
+    assert other.send_chunk(theirs, 0, total, chunks[0]).status_code == 200
     holding = upload_status(other, theirs)
 
-    unknown = client.send_chunk(10**9, 1, TOTAL, CHUNKS[1])
-    foreign = client.send_chunk(theirs, 1, TOTAL, CHUNKS[1])
+    unknown = client.send_chunk(10**9, 1, total, chunks[1])
+    foreign = client.send_chunk(theirs, 1, total, chunks[1])
     assert_error(unknown, 404, "Job not found.")
     assert_error(foreign, 404, "Job not found.")
     for method in ("GET", "DELETE"):
@@ -120,7 +132,7 @@ def test_unknown_job_and_another_users_job_answer_the_same_404(
     assert upload_status(other, theirs) == holding
 
 
-def test_cookie_upload_must_come_from_this_site(server: Server) -> None:
+def test_cookie_upload_must_come_from_this_site(server: Server, chunks: list[bytes]) -> None:
     name = server.add_user()
     with httpx.Client(base_url=server.url, timeout=60) as http:
         answer = http.post("/api/auth/login", json={"username": name, "password": "pw-for-tests"})
@@ -135,8 +147,8 @@ def test_cookie_upload_must_come_from_this_site(server: Server) -> None:
             return http.post(
                 url,
                 headers=headers,
-                data=chunk_fields(index, TOTAL, CHUNKS[index]),
-                files={"file": ("a.csv", CHUNKS[index])},
+                data=chunk_fields(index, len(chunks), chunks[index]),
+                files={"file": ("a.csv", chunks[index])},
             )
 
         for headers in (
@@ -165,13 +177,13 @@ def test_cookie_upload_must_come_from_this_site(server: Server) -> None:
         assert http.delete(url, headers={"Origin": server.url}).status_code == 204
 
 
-def test_bearer_upload_needs_no_origin(client: Client) -> None:
+def test_bearer_upload_needs_no_origin(client: Client, chunks: list[bytes]) -> None:
     job_id = client.new_job()
     answer = client.http.post(
         f"/api/job/{job_id}/upload-data",
         headers={"Origin": "https://elsewhere.example"},
-        data=chunk_fields(0, TOTAL, CHUNKS[0]),
-        files={"file": ("a.csv", CHUNKS[0])},
+        data=chunk_fields(0, len(chunks), chunks[0]),
+        files={"file": ("a.csv", chunks[0])},
     )
     assert answer.status_code == 200, answer.text
 
@@ -179,84 +191,87 @@ def test_bearer_upload_needs_no_origin(client: Client) -> None:
 # --- 409 --------------------------------------------------------------------------------
 
 
-def test_cancelled_job_does_not_accept_data(client: Client) -> None:
+def test_cancelled_job_does_not_accept_data(client: Client, chunks: list[bytes]) -> None:
+    total = len(chunks)
     job_id = client.new_job()
-    assert client.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
     assert client.http.post(f"/api/job/{job_id}/cancel").status_code == 200
-    answer = client.send_chunk(job_id, 1, TOTAL, CHUNKS[1])
+    answer = client.send_chunk(job_id, 1, total, chunks[1])
     assert_error(answer, 409, "This job is not accepting data (status: cancelled).")
     assert 1 not in recorded(client, job_id)
     assert client.job(job_id)["status"] == "cancelled"
 
     fresh = client.new_job()
     assert client.http.post(f"/api/job/{fresh}/cancel").status_code == 200
-    answer = client.send_chunk(fresh, 0, TOTAL, CHUNKS[0])
+    answer = client.send_chunk(fresh, 0, total, chunks[0])
     assert_error(answer, 409, "This job is not accepting data (status: cancelled).")
     assert_nothing_recorded(client, fresh)
 
 
-def test_total_chunks_that_differs_from_earlier_chunks_is_409(client: Client) -> None:
+def test_total_chunks_that_differs_from_earlier_chunks_is_409(
+    client: Client, chunks: list[bytes]
+) -> None:
+    total = len(chunks)
     job_id = client.new_job()
-    assert client.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
-    answer = client.send_chunk(job_id, 1, TOTAL + 1, CHUNKS[1])
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
+    answer = client.send_chunk(job_id, 1, total + 1, chunks[1])
     assert_error(
-        answer, 409, f"total_chunks is {TOTAL + 1}, but earlier chunks of this upload said {TOTAL}."
+        answer, 409, f"total_chunks is {total + 1}, but earlier chunks of this upload said {total}."
     )
-    assert recorded(client, job_id) == {0: sha256(CHUNKS[0])}
+    assert recorded(client, job_id) == {0: sha256(chunks[0])}
 
 
-@pytest.mark.parametrize(
-    ("first", "second", "detail"),
-    [
+# A chunk: (index, size, extra fields).
+SentChunk = tuple[int, int, dict[str, Any]]
+
+
+def size_cases(c: int) -> dict[str, tuple[SentChunk, SentChunk, str]]:
+    """A first chunk, then a second that breaks the chunk size `c`, and the detail of its 409.
+    Every size is at least c / 2: on S3 that is a whole part, so only the size is wrong."""
+    return {
         # The chunk size is fixed by chunk 0; chunk 1 is not the last yet shorter or longer.
-        (
-            (0, CHUNK, {}),
-            (1, CHUNK // 2, {}),
-            f"chunk 1 has {CHUNK // 2} bytes, but it must have {CHUNK} in this upload "
-            f"(chunk size {CHUNK}; only the last chunk may be smaller)",
+        "shorter": (
+            (0, c, {}),
+            (1, c // 2, {}),
+            f"chunk 1 has {c // 2} bytes, but it must have {c} in this upload "
+            f"(chunk size {c}; only the last chunk may be smaller)",
         ),
-        (
-            (0, CHUNK, {}),
-            (1, CHUNK + 10, {}),
-            f"chunk 1 is larger than the {CHUNK} bytes it must have in this upload "
-            f"(chunk size {CHUNK})",
+        "longer": (
+            (0, c, {}),
+            (1, c + 10, {}),
+            f"chunk 1 is larger than the {c} bytes it must have in this upload (chunk size {c})",
         ),
         # The last chunk may be shorter, never longer.
-        (
-            (0, CHUNK, {}),
-            (3, CHUNK + 10, {}),
-            f"chunk 3 is larger than the {CHUNK} bytes it must have in this upload "
-            f"(chunk size {CHUNK})",
+        "last-longer": (
+            (0, c, {}),
+            (3, c + 10, {}),
+            f"chunk 3 is larger than the {c} bytes it must have in this upload (chunk size {c})",
         ),
         # The chunk size named by the form field, then a chunk of another size.
-        (
-            (0, CHUNK, {"chunk_size": CHUNK}),
-            (2, CHUNK - 1, {"chunk_size": CHUNK}),
-            f"chunk 2 has {CHUNK - 1} bytes, but it must have {CHUNK} in this upload "
-            f"(chunk size {CHUNK}; only the last chunk may be smaller)",
+        "field-then-shorter": (
+            (0, c, {"chunk_size": c}),
+            (2, c - 1, {"chunk_size": c}),
+            f"chunk 2 has {c - 1} bytes, but it must have {c} in this upload "
+            f"(chunk size {c}; only the last chunk may be smaller)",
         ),
-        (
-            (0, CHUNK, {"chunk_size": CHUNK}),
-            (1, CHUNK, {"chunk_size": CHUNK * 2}),
-            f"chunk_size is {CHUNK * 2}, but this upload's chunk size is {CHUNK}",
+        "field-differs": (
+            (0, c, {"chunk_size": c}),
+            (1, c, {"chunk_size": c * 2}),
+            f"chunk_size is {c * 2}, but this upload's chunk size is {c}",
         ),
         # A last chunk that came first, then a chunk size smaller than it.
-        (
-            (3, CHUNK, {}),
-            (0, CHUNK // 2, {}),
-            f"chunk_size {CHUNK // 2} is smaller than the last chunk already stored "
-            f"({CHUNK} bytes)",
+        "last-first": (
+            (3, c, {}),
+            (0, c // 2, {}),
+            f"chunk_size {c // 2} is smaller than the last chunk already stored ({c} bytes)",
         ),
-    ],
-    ids=["shorter", "longer", "last-longer", "field-then-shorter", "field-differs", "last-first"],
-)
-def test_chunk_that_breaks_the_chunk_size_is_409(
-    client: Client,
-    first: tuple[int, int, dict[str, Any]],
-    second: tuple[int, int, dict[str, Any]],
-    detail: str,
-) -> None:
-    data = csv_bytes(20_000)
+    }
+
+
+@pytest.mark.parametrize("case", list(size_cases(2)))  # the cases' names
+def test_chunk_that_breaks_the_chunk_size_is_409(client: Client, chunk: int, case: str) -> None:
+    first, second, detail = size_cases(2 * chunk)[case]
+    data = csv_of_size(5 * chunk)
     total = 4
     job_id = client.new_job()
     index, size, extra = first
@@ -270,48 +285,53 @@ def test_chunk_that_breaks_the_chunk_size_is_409(
     assert upload_status(client, job_id) == before
 
 
-def test_file_size_is_checked_against_the_chunks(client: Client) -> None:
-    size = len(DATA)
-    # Inconsistent on its own: 3 chunks of CHUNK bytes cannot make a file of 2 * CHUNK.
+def test_file_size_is_checked_against_the_chunks(
+    client: Client, chunk: int, data: bytes, chunks: list[bytes]
+) -> None:
+    size, total = len(data), len(chunks)
+    # Inconsistent on its own: 3 chunks of `chunk` bytes cannot make a file of 2 * chunk.
     job_id = client.new_job()
-    answer = client.send_chunk(job_id, 0, 3, CHUNKS[0], chunk_size=CHUNK, file_size=2 * CHUNK)
+    answer = client.send_chunk(job_id, 0, 3, chunks[0], chunk_size=chunk, file_size=2 * chunk)
     assert_error(
         answer,
         409,
-        f"a file of {2 * CHUNK} bytes in chunks of {CHUNK} bytes has 2 chunks, not total_chunks 3",
+        f"a file of {2 * chunk} bytes in chunks of {chunk} bytes has 2 chunks, not total_chunks 3",
     )
     assert_error(
-        client.send_chunk(job_id, 0, 3, CHUNKS[0], file_size=2),
+        client.send_chunk(job_id, 0, 3, chunks[0], file_size=2),
         422,
         "total_chunks is larger than file_size: every chunk has a byte",
     )
     assert_nothing_recorded(client, job_id)
 
     # Consistent, then contradicted by a later chunk or by the last chunk's size.
-    answer = client.send_chunk(job_id, 0, TOTAL, CHUNKS[0], chunk_size=CHUNK, file_size=size)
+    answer = client.send_chunk(job_id, 0, total, chunks[0], chunk_size=chunk, file_size=size)
     assert answer.status_code == 200, answer.text
     before = upload_status(client, job_id)
     assert before["file_size"] == size
-    answer = client.send_chunk(job_id, 1, TOTAL, CHUNKS[1], file_size=size + 1)
+    answer = client.send_chunk(job_id, 1, total, chunks[1], file_size=size + 1)
     assert_error(answer, 409, f"file_size is {size + 1}, but earlier chunks said {size}")
-    short = CHUNKS[-1][:-1]
-    answer = client.send_chunk(job_id, TOTAL - 1, TOTAL, short)
+    short = chunks[-1][:-1]
+    answer = client.send_chunk(job_id, total - 1, total, short)
     assert answer.status_code == 409, answer.text
     assert answer.json()["detail"].startswith(
-        f"chunk {TOTAL - 1} has {len(short)} bytes, but it must have {len(CHUNKS[-1])}"
+        f"chunk {total - 1} has {len(short)} bytes, but it must have {len(chunks[-1])}"
     )
     assert upload_status(client, job_id) == before
-    answers = [client.send_chunk(job_id, i, TOTAL, c) for i, c in enumerate(CHUNKS)]
+    answers = [client.send_chunk(job_id, i, total, c) for i, c in enumerate(chunks)]
     assert answers[-1].json()["message"] == COMPLETE
-    assert_succeeded_with(client, job_id, DATA)
+    assert_succeeded_with(client, job_id, data)
 
 
-def test_same_index_with_other_bytes_is_409(client: Client) -> None:
+def test_same_index_with_other_bytes_is_409(client: Client, chunks: list[bytes]) -> None:
+    total = len(chunks)
     job_id = client.new_job()
-    assert client.send_chunk(job_id, 1, TOTAL, CHUNKS[1]).status_code == 200
-    answer = client.send_chunk(job_id, 1, TOTAL, CHUNKS[2][: len(CHUNKS[1])])
-    assert_error(answer, 409, "Chunk 1 is already stored with different bytes.")
-    assert recorded(client, job_id) == {1: sha256(CHUNKS[1])}
+    assert client.send_chunk(job_id, 1, total, chunks[1]).status_code == 200
+    # Other bytes of the same size, and of another size (the last chunk's bytes).
+    for other in (chunks[0][: len(chunks[1])], chunks[2]):
+        answer = client.send_chunk(job_id, 1, total, other)
+        assert_error(answer, 409, "Chunk 1 is already stored with different bytes.")
+    assert recorded(client, job_id) == {1: sha256(chunks[1])}
 
 
 # --- 413 --------------------------------------------------------------------------------
@@ -319,59 +339,68 @@ def test_same_index_with_other_bytes_is_409(client: Client) -> None:
 
 @pytest.fixture(scope="module")
 def small_server(
-    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment
+    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment, chunk: int
 ) -> Iterator[Server]:
-    """A server whose chunks may have at most CHUNK bytes, and two of them per file."""
+    """A server whose chunks may have at most `chunk` bytes, and two of them per file."""
     with serving(
         tmp_path_factory.mktemp("chute-small"),
         deployment,
-        CHUTE_MAX_CHUNK_BYTES=str(CHUNK),
-        CHUTE_CHUNK_SIZE=str(CHUNK),
-        CHUTE_MAX_FILE_BYTES=str(2 * CHUNK),
+        CHUTE_MAX_CHUNK_BYTES=str(chunk),
+        CHUTE_CHUNK_SIZE=str(chunk),
+        CHUTE_MAX_FILE_BYTES=str(2 * chunk),
     ) as srv:
         yield srv
 
 
-def test_chunk_over_the_limit_is_413(small_server: Server) -> None:
+def test_chunk_over_the_limit_is_413(
+    small_server: Server, deployment: Deployment, chunk: int, data: bytes
+) -> None:
     client = small_server.client()
     job_id = client.new_job()
-    too_big = csv_bytes(5_000)[: CHUNK + 1]
-    detail = f"The chunk is larger than the limit of {CHUNK} bytes."
+    too_big = data[: chunk + 1]
+    detail = f"The chunk is larger than the limit of {chunk} bytes."
     # Measured as it streams: the request is well within the limit with its form around it.
     assert_error(client.send_chunk(job_id, 0, 2, too_big), 413, detail)
-    # The same without a Content-Length (chunked transfer).
+    # The same without a Content-Length (chunked transfer). S3 needs a part's size before
+    # its bytes: there, such a request is refused on its headers (README, S3 storage).
     content_type, body = form_body([*fields(0, 2, too_big), ("file", too_big)])
     answer = client.http.post(
         f"/api/job/{job_id}/upload-data",
         content=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
         headers={"Content-Type": content_type},
     )
-    assert_error(answer, 413, detail)
+    if deployment.s3:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"].endswith("the request has no Content-Length")
+    else:
+        assert_error(answer, 413, detail)
     # A chunk_size over the limit.
-    answer = client.send_chunk(job_id, 0, 2, too_big[:100], chunk_size=CHUNK + 1)
+    answer = client.send_chunk(job_id, 0, 2, too_big[:100], chunk_size=chunk + 1)
     assert_error(answer, 413, detail)
     assert_nothing_recorded(client, job_id)
 
     # A client still sending a body far over the limit gets the answer too.
-    huge = csv_bytes(100_000)
+    huge = too_big * 8
     assert_error(client.send_chunk(job_id, 0, 2, huge), 413, detail)
     assert_nothing_recorded(client, job_id)
 
-    fits = too_big[:CHUNK]
+    fits = too_big[:chunk]
     assert client.send_chunk(job_id, 0, 2, fits).json()["message"] == STORED
 
 
-def test_content_length_over_the_limit_is_413_before_the_body(small_server: Server) -> None:
+def test_content_length_over_the_limit_is_413_before_the_body(
+    small_server: Server, chunk: int, chunks: list[bytes]
+) -> None:
     client = small_server.client()
     job_id = client.new_job()
-    content_type, _ = form_body([*fields(0, 2, CHUNKS[0]), ("file", CHUNKS[0])])
+    content_type, _ = form_body([*fields(0, 2, chunks[0]), ("file", chunks[0])])
     sock = open_raw(
         small_server,
         f"/api/job/{job_id}/upload-data",
         {
             "Authorization": client.http.headers["Authorization"],
             "Content-Type": content_type,
-            "Content-Length": str(100 * CHUNK),
+            "Content-Length": str(100 * chunk),
         },
     )
     with sock:
@@ -379,28 +408,34 @@ def test_content_length_over_the_limit_is_413_before_the_body(small_server: Serv
         status, body = read_answer(sock)
     assert (status, body["detail"]) == (
         413,
-        f"The chunk is larger than the limit of {CHUNK} bytes.",
+        f"The chunk is larger than the limit of {chunk} bytes.",
     )
     assert_nothing_recorded(client, job_id)
 
 
-def test_file_over_the_limit_is_413(small_server: Server) -> None:
+def test_file_over_the_limit_is_413(small_server: Server, chunk: int, chunks: list[bytes]) -> None:
     client = small_server.client()
     job_id = client.new_job()
-    before = upload_dirs(small_server)
-    detail = f"The file is larger than the limit of {2 * CHUNK} bytes."
-    answer = client.send_chunk(job_id, 0, 3, CHUNKS[0], file_size=2 * CHUNK + 1)
+    before = storage_holds(small_server).uploads
+    detail = f"The file is larger than the limit of {2 * chunk} bytes."
+    answer = client.send_chunk(job_id, 0, 3, chunks[0], file_size=2 * chunk + 1)
     assert_error(answer, 413, detail)
-    answer = client.send_chunk(job_id, 0, 3, CHUNKS[0], chunk_size=CHUNK)
+    answer = client.send_chunk(job_id, 0, 3, chunks[0], chunk_size=chunk)
     assert_error(answer, 413, detail)
     assert_nothing_recorded(client, job_id)
-    assert upload_dirs(small_server) == before
+    assert storage_holds(small_server).uploads == before
 
 
 # --- 422 --------------------------------------------------------------------------------
 
-GOOD = CHUNKS[0]
+# Stands for the module's chunk 0 in the parameters below: a whole chunk of the
+# deployment, so that on S3 it is not also too small a part.
+GOOD = b"<chunk 0 of the module's file>"
 NOT_CSV = "This does not look like a CSV file: "
+
+
+def with_chunk(body: bytes, chunks: list[bytes]) -> bytes:
+    return body.replace(GOOD, chunks[0])
 
 
 @pytest.mark.parametrize(
@@ -471,30 +506,51 @@ NOT_CSV = "This does not look like a CSV file: "
         "chunk-size-zero",
     ],
 )
-def test_missing_or_malformed_field_is_422(client: Client, parts: list[Part], detail: str) -> None:
+def test_missing_or_malformed_field_is_422(
+    client: Client, chunks: list[bytes], parts: list[Part], detail: str
+) -> None:
     job_id = client.new_job()
-    assert_error(post_form(client, job_id, parts), 422, detail)
+    sent = [(k, with_chunk(v, chunks) if isinstance(v, bytes) else v) for k, v in parts]
+    assert_error(post_form(client, job_id, sent), 422, detail)
     assert_nothing_recorded(client, job_id)
 
 
 @pytest.mark.parametrize(
-    ("index", "data", "detail"),
+    ("index", "bad", "detail"),
     [
-        (1, b"", "The chunk is empty."),
-        (0, b"", "The chunk is empty."),
-        (0, b"id,name\n1,a\x00b\n", NOT_CSV + "it contains NUL bytes, so it is binary, not text"),
+        # Each made from the module's chunk 0 (`good`), as long as a chunk or longer.
+        (1, lambda good: b"", "The chunk is empty."),
+        (0, lambda good: b"", "The chunk is empty."),
         (
             0,
-            GOOD[:1000] + b"\x00" + GOOD[1000:],
+            lambda good: b"id,name\n1,a\x00b\n" + good,
             NOT_CSV + "it contains NUL bytes, so it is binary, not text",
         ),
-        (0, gzip.compress(GOOD), NOT_CSV + "it is gzip-compressed"),
-        (0, b"PK\x03\x04" + GOOD, NOT_CSV + "it is a ZIP archive (an .xlsx workbook is one)"),
-        (0, b"\n" + GOOD, NOT_CSV + "the first line, where the header belongs, is empty"),
-        (0, b"  \r\n" + GOOD, NOT_CSV + "the first line, where the header belongs, is empty"),
         (
             0,
-            b"\x01\x02\x03\xff\xfe" * 100 + b"\n",
+            lambda good: good[:1000] + b"\x00" + good[1000:],
+            NOT_CSV + "it contains NUL bytes, so it is binary, not text",
+        ),
+        # Stored, not compressed: as long as the chunk, with gzip's header.
+        (0, lambda good: gzip.compress(good, 0), NOT_CSV + "it is gzip-compressed"),
+        (
+            0,
+            lambda good: b"PK\x03\x04" + good,
+            NOT_CSV + "it is a ZIP archive (an .xlsx workbook is one)",
+        ),
+        (
+            0,
+            lambda good: b"\n" + good,
+            NOT_CSV + "the first line, where the header belongs, is empty",
+        ),
+        (
+            0,
+            lambda good: b"  \r\n" + good,
+            NOT_CSV + "the first line, where the header belongs, is empty",
+        ),
+        (
+            0,
+            lambda good: b"\x01\x02\x03\xff\xfe" * 100 + b"\n" + good,
             NOT_CSV + "it is neither UTF-8 nor single-byte text",
         ),
     ],
@@ -510,37 +566,48 @@ def test_missing_or_malformed_field_is_422(client: Client, parts: list[Part], de
         "binary",
     ],
 )
-def test_bad_chunk_bytes_are_422(client: Client, index: int, data: bytes, detail: str) -> None:
+def test_bad_chunk_bytes_are_422(
+    client: Client, chunks: list[bytes], index: int, bad: Callable[[bytes], bytes], detail: str
+) -> None:
     job_id = client.new_job()
-    answer = client.send_chunk(job_id, index, TOTAL, data)
+    answer = client.send_chunk(job_id, index, len(chunks), bad(chunks[0]))
     assert_error(answer, 422, detail)
     assert_nothing_recorded(client, job_id)
 
 
-def test_checksum_mismatch_is_422(client: Client) -> None:
+def test_checksum_mismatch_is_422(
+    server: Server, client: Client, deployment: Deployment, chunks: list[bytes]
+) -> None:
+    total = len(chunks)
     job_id = client.new_job()
-    claimed = sha256(CHUNKS[1])
+    claimed = sha256(chunks[1])
     answer = client.http.post(
         f"/api/job/{job_id}/upload-data",
-        data={**chunk_fields(0, TOTAL), "chunk_sha256": claimed.upper()},
-        files={"file": ("a.csv", CHUNKS[0])},
+        data={**chunk_fields(0, total), "chunk_sha256": claimed.upper()},
+        files={"file": ("a.csv", chunks[0])},
     )
     assert_error(
         answer,
         422,
-        f"The chunk's SHA-256 is {sha256(CHUNKS[0])}, not the chunk_sha256 sent ({claimed}).",
+        f"The chunk's SHA-256 is {sha256(chunks[0])}, not the chunk_sha256 sent ({claimed}).",
     )
     assert_nothing_recorded(client, job_id)
+    if deployment.s3:
+        # Every byte of the chunk went to the store as it came, but the last one is held
+        # back until the chunk passes its checks: the part never ended, the store kept none.
+        key = f" jobs/{job_id}/input.csv"
+        held = [n for upload, n in storage_holds(server).uploads.items() if upload.endswith(key)]
+        assert held == [0]
     # The checksum is optional, and a correct one in capitals is fine.
     answer = client.http.post(
         f"/api/job/{job_id}/upload-data",
-        data={**chunk_fields(0, TOTAL), "chunk_sha256": sha256(CHUNKS[0]).upper()},
-        files={"file": ("a.csv", CHUNKS[0])},
+        data={**chunk_fields(0, total), "chunk_sha256": sha256(chunks[0]).upper()},
+        files={"file": ("a.csv", chunks[0])},
     )
     assert answer.status_code == 200, answer.text
-    answer = client.send_chunk(job_id, 1, TOTAL, CHUNKS[1], checksum=False)
+    answer = client.send_chunk(job_id, 1, total, chunks[1], checksum=False)
     assert answer.status_code == 200, answer.text
-    assert recorded(client, job_id) == {0: sha256(CHUNKS[0]), 1: sha256(CHUNKS[1])}
+    assert recorded(client, job_id) == {0: sha256(chunks[0]), 1: sha256(chunks[1])}
 
 
 MALFORMED = "The request body is not valid multipart/form-data: "
@@ -572,11 +639,13 @@ MALFORMED = "The request body is not valid multipart/form-data: "
     ids=["json", "urlencoded", "no-type", "no-boundary", "garbage", "empty", "unterminated"],
 )
 def test_body_that_is_not_multipart_is_422(
-    client: Client, content_type: str | None, body: bytes, detail: str | None
+    client: Client, chunks: list[bytes], content_type: str | None, body: bytes, detail: str | None
 ) -> None:
     job_id = client.new_job()
     headers = {"Content-Type": content_type} if content_type else {}
-    answer = client.http.post(f"/api/job/{job_id}/upload-data", content=body, headers=headers)
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data", content=with_chunk(body, chunks), headers=headers
+    )
     assert answer.status_code == 422, answer.text
     if detail is None:
         assert answer.json()["detail"].startswith(MALFORMED)
@@ -585,36 +654,42 @@ def test_body_that_is_not_multipart_is_422(
     assert_nothing_recorded(client, job_id)
 
 
-def test_refused_first_chunk_binds_no_sizes(server: Server, client: Client) -> None:
+def test_refused_first_chunk_binds_no_sizes(
+    server: Server, client: Client, chunk: int, data: bytes, chunks: list[bytes]
+) -> None:
     """Bad input changes nothing: a refused first chunk fixes neither total_chunks nor the
     chunk size, so the right file may follow the wrong one whatever its sizes."""
     job_id = client.new_job()
-    wrong = gzip.compress(DATA + DATA)
-    answer = client.send_chunk(job_id, 0, 7, wrong[: CHUNK // 2], chunk_size=CHUNK // 2)
+    # A gzip file (stored, not compressed: long enough), in chunks of 1.5 times the right.
+    wrong = gzip.compress(data + data, 0)
+    wrong_size = chunk + chunk // 2
+    answer = client.send_chunk(job_id, 0, 7, wrong[:wrong_size], chunk_size=wrong_size)
     assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == NOT_CSV + "it is gzip-compressed"
     assert_nothing_recorded(client, job_id)
     # Not even the job's status moved: to a client, nothing happened.
     assert upload_status(client, job_id)["state"] == "empty"
     job = client.job(job_id)
     assert (job["status"], job["upload"]) == ("awaiting_upload", None)
-    before = upload_dirs(server)
+    before = set(storage_holds(server).uploads)
 
-    answers = upload_all(client, job_id, CHUNKS)
-    assert [a.status_code for a in answers] == [200] * TOTAL, [a.text for a in answers]
+    answers = upload_all(client, job_id, chunks)
+    assert [a.status_code for a in answers] == [200] * len(chunks), [a.text for a in answers]
     assert answers[-1].json()["message"] == COMPLETE
-    assert_succeeded_with(client, job_id, DATA)
+    assert_succeeded_with(client, job_id, data)
     # The storage the refused chunk opened is not left behind.
-    assert upload_dirs(server) <= before
+    assert set(storage_holds(server).uploads) <= before
 
 
 # --- 429 --------------------------------------------------------------------------------
 
 
-def test_too_many_uploads_at_once_is_429(make_server: ServerFactory) -> None:
+def test_too_many_uploads_at_once_is_429(make_server: ServerFactory, chunks: list[bytes]) -> None:
+    total = len(chunks)
     server = make_server(CHUTE_MAX_UPLOADS_PER_USER="1")
     client = server.client()
     slow_job, job_id = client.new_job(), client.new_job()
-    content_type, body = form_body([*fields(0, TOTAL, CHUNKS[0]), ("file", CHUNKS[0])])
+    content_type, body = form_body([*fields(0, total, chunks[0]), ("file", chunks[0])])
     release = threading.Event()
 
     def slow_body() -> Iterator[bytes]:
@@ -624,43 +699,54 @@ def test_too_many_uploads_at_once_is_429(make_server: ServerFactory) -> None:
 
     def probe() -> httpx.Response:
         # Refused as 422 when a slot is free, 429 when not: it never records anything.
-        return client.send_chunk(job_id, 0, 0, CHUNKS[0])
+        return client.send_chunk(job_id, 0, 0, chunks[0])
 
     with ThreadPoolExecutor(1) as pool:
         slow: Future[httpx.Response] = pool.submit(
             client.http.post,
             f"/api/job/{slow_job}/upload-data",
             content=slow_body(),
-            headers={"Content-Type": content_type},
+            # S3 storage needs the Content-Length (README): send it, on every deployment.
+            headers={"Content-Type": content_type, "Content-Length": str(len(body))},
         )
         try:
             deadline = time.monotonic() + 30
             while (answer := probe()).status_code != 429:
                 assert answer.status_code == 422, answer.text
-                assert time.monotonic() < deadline, "the slow request never took its slot"
+                # If the slow request has ended, its answer or error says why it holds no slot.
+                ended = slow.done() and (slow.exception() or slow.result().text)
+                assert time.monotonic() < deadline, f"the slow request never took its slot: {ended}"
                 time.sleep(0.05)
             detail = "Too many uploads at once for this user; try again shortly."
             assert answer.json()["detail"] == detail
-            assert_error(client.send_chunk(job_id, 0, TOTAL, CHUNKS[0]), 429, detail)
+            assert_error(client.send_chunk(job_id, 0, total, chunks[0]), 429, detail)
             assert_nothing_recorded(client, job_id)
             # Other users have their own slots.
             other = server.client()
-            assert other.send_chunk(other.new_job(), 0, TOTAL, CHUNKS[0]).status_code == 200
+            assert other.send_chunk(other.new_job(), 0, total, chunks[0]).status_code == 200
         finally:
             release.set()
         assert slow.result(timeout=60).status_code == 200
-    assert client.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
-    assert recorded(client, job_id) == {0: sha256(CHUNKS[0])}
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
+    assert recorded(client, job_id) == {0: sha256(chunks[0])}
 
 
 # --- 507 --------------------------------------------------------------------------------
 
 
-def test_storage_full_is_507_and_the_chunk_can_be_sent_later(make_server: ServerFactory) -> None:
+def test_storage_full_is_507_and_the_chunk_can_be_sent_later(
+    make_server: ServerFactory, deployment: Deployment, data: bytes, chunks: list[bytes]
+) -> None:
+    if deployment.s3:
+        pytest.skip(
+            "local disk only: the free-space reserve (CHUTE_MIN_FREE_BYTES) is measured on "
+            "local disk; an S3 store tells no free space, and SeaweedFS has no quota to fill"
+        )
+    total = len(chunks)
     server = make_server()
     client = server.client()
     job_id = client.new_job()
-    assert client.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
     token = client.http.headers["Authorization"]
 
     def restart(min_free: int) -> httpx.Client:
@@ -670,17 +756,17 @@ def test_storage_full_is_507_and_the_chunk_can_be_sent_later(make_server: Server
         return httpx.Client(base_url=server.url, headers={"Authorization": token}, timeout=60)
 
     with restart(10**18) as http:
-        full = Client(http, client.username, client.data_dir)
-        answer = full.send_chunk(job_id, 1, TOTAL, CHUNKS[1])
+        full = replace(client, http=http)
+        answer = full.send_chunk(job_id, 1, total, chunks[1])
         detail = "The server's storage is full; the chunk was discarded, send it later."
         assert_error(answer, 507, detail)
-        assert recorded(full, job_id) == {0: sha256(CHUNKS[0])}
+        assert recorded(full, job_id) == {0: sha256(chunks[0])}
         # A chunk already stored needs no room: its re-send is still answered.
-        assert full.send_chunk(job_id, 0, TOTAL, CHUNKS[0]).status_code == 200
+        assert full.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
 
     with restart(0) as http:
-        roomy = Client(http, client.username, client.data_dir)
-        answers = [roomy.send_chunk(job_id, i, TOTAL, c) for i, c in enumerate(CHUNKS)]
-        assert [a.status_code for a in answers] == [200] * TOTAL
+        roomy = replace(client, http=http)
+        answers = [roomy.send_chunk(job_id, i, total, c) for i, c in enumerate(chunks)]
+        assert [a.status_code for a in answers] == [200] * total
         assert answers[-1].json()["message"] == COMPLETE
-        assert_succeeded_with(roomy, job_id, DATA)
+        assert_succeeded_with(roomy, job_id, data)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.test_upload import chunk_parts, form_body, post_form
 from tests.conftest import Client, Server, ServerFactory
-from tests.factories import csv_bytes, sha256, split
+from tests.factories import csv_bytes, csv_of_size, sha256, split
 from tests.s3_support import SeaweedFS
 
 PART = 5 * 1024 * 1024  # SeaweedFS enforces S3's minimum for every part but the last
@@ -198,5 +198,56 @@ def test_racing_sends_of_one_chunk_with_different_bytes_keep_the_recorded_ones(
     assert answer.status_code == 200, answer.text
     assert answer.json()["message"] == COMPLETE
     assert conflicting.status_code == 409, conflicting.text
+    assert client.wait_for(job_id, "succeeded", "failed", timeout=60)["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
+
+
+def test_a_body_that_does_not_end_as_predicted_is_answered_for_what_it_is(
+    s3_server: Server, seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    # The file part's size is predicted from the Content-Length, to be told to the store;
+    # a form that does not end with the file gets the answer local disk gives it, not a
+    # refusal for a size the chunk does not have.
+    client = s3_server.client()
+    job_id = client.new_job()
+    chunk = csv_of_size(PART)[:PART]
+    malformed = "The request body is not valid multipart/form-data: the body ended before"
+    # No closing boundary: under, at and over the least part size.
+    for file in (chunk[:1000], chunk, chunk + chunk[:100]):
+        content_type, body = form_body(chunk_parts(0, 3, file, checksum=False))
+        unterminated = body[: body.rindex(b"\r\n--")]
+        answer = client.http.post(
+            f"/api/job/{job_id}/upload-data",
+            content=unterminated,
+            headers={"Content-Type": content_type},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"].startswith(malformed)
+    # A small chunk with a field after it: the file is not the form's last part.
+    answer = post_form(client, job_id, [*chunk_parts(0, 3, chunk[:1000]), ("note", "x")])
+    assert answer.status_code == 400, answer.text
+    assert "the file must be the last part of the form" in answer.json()["detail"]
+    # An empty chunk is empty, whatever the part rules; sent with the fields or before them.
+    for file_first in (False, True):
+        answer = post_form(client, job_id, chunk_parts(1, 3, b"", file_first=file_first))
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"] == "The chunk is empty."
+    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+
+
+def test_a_recorded_chunk_sent_again_smaller_is_a_conflict(s3_server: Server) -> None:
+    # The part rules are about bytes sent to the store; a chunk already recorded sends
+    # none, so other bytes at its index are 409 (DESIGN §2), whatever their size.
+    client = s3_server.client()
+    data = csv_of_size(PART + 1000)
+    chunks = split(data, PART)
+    job_id = client.new_job()
+    assert client.send_chunk(job_id, 0, 2, chunks[0]).status_code == 200
+    for when in ("partial", "complete"):
+        answer = client.send_chunk(job_id, 0, 2, chunks[0][:1000])
+        assert answer.status_code == 409, (when, answer.text)
+        assert answer.json()["detail"] == "Chunk 0 is already stored with different bytes."
+        if when == "partial":
+            assert client.send_chunk(job_id, 1, 2, chunks[1]).json()["message"] == COMPLETE
     assert client.wait_for(job_id, "succeeded", "failed", timeout=60)["status"] == "succeeded"
     assert client.stored(job_id) == (len(data), sha256(data))

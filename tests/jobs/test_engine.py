@@ -15,8 +15,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from tests.conftest import ROOT, Client, Deployment, Server, ServerFactory, serving
-from tests.factories import csv_bytes
+from tests.conftest import ROOT, Client, Deployment, Server, ServerFactory, serving, storage_holds
+from tests.factories import csv_bytes, csv_of_size
 from tests.jobs.test_profile import FILLER, TRICKY
 
 PLUGINS = str(ROOT / "tests" / "plugins")
@@ -42,12 +42,13 @@ def plugin_server(
         yield server
 
 
-def leftovers(server: Server, job_id: int) -> list[Path]:
-    """Files a job still has on the server: its stored files, upload parts, scratch."""
-    files = server.data_dir / "files"
-    places = [files / "objects" / "jobs" / str(job_id), files / "uploads"]
-    places += [server.data_dir / "scratch"]
-    return sorted(p for place in places if place.exists() for p in place.rglob("*"))
+def leftovers(server: Server, job_id: int) -> list[str]:
+    """What a job still has on the server: its stored files and any unfinished upload (in
+    the storage, local or S3), and the worker's scratch files (on local disk)."""
+    held = storage_holds(server)
+    files = sorted(k for k in held.files if k.startswith(f"jobs/{job_id}/"))
+    scratch = server.data_dir / "scratch"
+    return files + sorted(held.uploads) + sorted(str(p) for p in scratch.rglob("*"))
 
 
 def wait_until(what: str, check: Any, timeout: float = 30) -> Any:
@@ -87,7 +88,7 @@ def test_profile_job_result_and_parquet_download(
     server: Server, client: Client, tmp_path: Path
 ) -> None:
     job_id = client.new_job()
-    client.upload(job_id, TRICKY, chunk_size=128 * 1024)
+    client.upload(job_id, TRICKY)
     job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
     assert job["status"] == "succeeded", job
     assert job["progress"] == 100
@@ -261,9 +262,11 @@ def test_delete_stops_a_running_job_and_removes_its_files(
     assert "end" not in journal.read_text()
 
 
-def test_cancel_and_delete_of_finished_jobs_leave_no_files(client: Client, server: Server) -> None:
+def test_cancel_and_delete_of_finished_jobs_leave_no_files(
+    client: Client, server: Server, chunk: int
+) -> None:
     cancelled = client.new_job()
-    client.upload(cancelled, csv_bytes(5000), chunk_size=32 * 1024)
+    client.upload(cancelled, csv_of_size(3 * chunk + chunk // 2))
     client.wait_for(cancelled, "succeeded")
     assert client.http.post(f"/api/job/{cancelled}/cancel").status_code == 409
     assert leftovers(server, cancelled) != []  # a succeeded job keeps its files
@@ -271,11 +274,11 @@ def test_cancel_and_delete_of_finished_jobs_leave_no_files(client: Client, serve
     assert leftovers(server, cancelled) == []
 
 
-def test_cancel_of_a_queued_job_removes_its_upload(make_server: ServerFactory) -> None:
+def test_cancel_of_a_queued_job_removes_its_upload(make_server: ServerFactory, chunk: int) -> None:
     server = make_server("--no-worker")
     client = server.client()
     job_id = client.new_job()
-    client.upload(job_id, csv_bytes(3000), chunk_size=16 * 1024)
+    client.upload(job_id, csv_of_size(4 * chunk + chunk // 2))
     assert client.job(job_id)["status"] == "queued"
     assert leftovers(server, job_id) != []
     assert client.http.post(f"/api/job/{job_id}/cancel").json()["status"] == "cancelled"

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, deployment_env
+from tests.conftest import ROOT, Deployment, Server, deployment_env
 from tests.factories import csv_bytes, sha256, split
 from tests.s3_support import SeaweedFS
 
@@ -75,12 +75,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, seaweedfs: SeaweedFS, s3_bucket: str) -> Iterator[Cluster]:
-    with deployment_env("scaleout") as scaleout:
+def cluster(tmp_path: Path, seaweedfs: SeaweedFS) -> Iterator[Cluster]:
+    with deployment_env(Deployment("scaleout", seaweedfs)) as scaleout:
         env = {
             **os.environ,
             **scaleout,
-            **seaweedfs.env(s3_bucket, "chute"),
             "CHUTE_MIN_FREE_BYTES": "0",
             # Quick to notice a killed worker, and to hand its job to the other one.
             "CHUTE_HEARTBEAT_INTERVAL": "0.2",
