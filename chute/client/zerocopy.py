@@ -130,7 +130,12 @@ class ChunkConnection:
             method="POST",
             target=target,
             headers=[
-                ("Host", f"{self.host}:{self.port}"),
+                (
+                    "Host",
+                    f"[{self.host}]:{self.port}"
+                    if ":" in self.host
+                    else f"{self.host}:{self.port}",
+                ),
                 ("Content-Length", str(length)),
                 *headers.items(),
             ],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +143,48 @@ def test_sendfile_only_where_the_bytes_may_go_straight_to_the_socket(
     assert Client("http://chute.example").zero_copy_address() is None
     monkeypatch.setenv("NO_PROXY", "chute.example")
     assert Client("http://chute.example").zero_copy_address() == ("chute.example", 80)
+
+
+def test_an_ipv6_server_is_named_in_brackets(tmp_path: Path) -> None:
+    """The Host header of an IPv6 literal needs brackets; a one-request server on ::1
+    records what arrives and answers."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(csv_bytes(100))
+    size = path.stat().st_size
+    received = bytearray()
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.bind(("::1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def serve_one() -> None:
+            peer, _ = listener.accept()
+            with peer:
+                while b"\r\n\r\n" not in received:
+                    received.extend(peer.recv(65536))
+                head = bytes(received).split(b"\r\n\r\n", 1)[0].decode()
+                length = int(head.lower().split("content-length: ")[1].split("\r\n")[0])
+                while len(received) < len(head) + 4 + length:
+                    received.extend(peer.recv(65536))
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+        thread = threading.Thread(target=serve_one, daemon=True)
+        thread.start()
+        conn = ChunkConnection("::1", port, connect=5, write=10, read=10)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            form = ChunkForm({"chunk_index": "0", "total_chunks": "1"}, path.name, size)
+            answer = conn.post(
+                "/x",
+                {"Content-Type": form.content_type},
+                form.head,
+                FileRegion(fd, 0, size),
+                form.tail,
+            )
+        finally:
+            os.close(fd)
+            conn.close()
+        thread.join(10)
+    assert answer.status_code == 200
+    assert f"host: [::1]:{port}\r\n".encode() in bytes(received).lower()
+    assert bytes(received).endswith(form.tail) and path.read_bytes() in received
