@@ -33,6 +33,7 @@ the two share a CPU.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import resource
@@ -78,6 +79,7 @@ class ClientRun:
     wall_seconds: float  # the whole command, Python start-up included
     peak_rss: int  # bytes
     cpu_seconds: float
+    machine_cpu_seconds: float  # every core's busy time while the command ran
 
     @property
     def mb_per_s(self) -> float:
@@ -100,10 +102,12 @@ def run_client(
     )
     argv = [PYTHON, "-m", "chute", "upload", str(path), "--new", "bench"]
     argv += ["--chunk-size", str(chunk_size), "--parallel", str(parallel)]
+    busy_before = machine_busy()
     started = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    busy = machine_busy() - busy_before
     process.returncode = os.waitstatus_to_exitcode(status)
     assert process.stdout is not None and process.stderr is not None
     stderr = process.stderr.read().decode(errors="replace")
@@ -124,7 +128,36 @@ def run_client(
         wall,
         usage.ru_maxrss * 1024,  # KiB on Linux
         usage.ru_utime + usage.ru_stime,
+        busy,
     )
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has spent busy since boot, from /proc/stat:
+    user and kernel time of all processes (the server's, the client's, the kernel's own
+    writeback and network work). 0 where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0.0
+    ticks = 0
+    for line in lines:
+        if line.startswith("cpu "):
+            fields = [int(f) for f in line.split()[1:]]
+            ticks = sum(fields[:8]) - fields[3] - fields[4]  # without idle and iowait
+            break
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def sha256_seconds_per_gib() -> float:
+    """CPU seconds hashlib's SHA-256 takes per GiB held in memory on this machine: the
+    least a client pays for the `chunk_sha256` the protocol asks of it."""
+    block = os.urandom(64 * MiB)
+    digest = hashlib.sha256()
+    before = time.process_time()
+    for _ in range(8):
+        digest.update(block)
+    return (time.process_time() - before) / (8 * 64 * MiB / 2**30)
 
 
 def run_prehashed(port: int, token: str, path: Path, source: Source, parallel: int) -> float:
@@ -192,6 +225,9 @@ def main() -> None:
         server = Server(argv, env, port, args.workers, work / "server.log")
         raw: list[float] = []
         raw_cpu: list[float] = []  # seconds, of the sending alone (hashes were made before)
+        raw_machine: list[float] = []  # CPU seconds of every core, during rawhttp's upload
+        raw_busy: list[float] = []  # the share of the machine's cores busy then
+        machine_cores = os.cpu_count() or 1
         runs: list[ClientRun] = []
         control: list[float] = []  # MB/s, chute.client with the SHA-256s given
         with running(server, PROJECT_DIR):
@@ -202,10 +238,13 @@ def main() -> None:
                 warm(source)
                 job = _create_job(port, token)
                 before = resource.getrusage(resource.RUSAGE_SELF)
+                busy_before = machine_busy()
                 sent = send_file(port, f"/api/job/{job}/upload-data", token, source, args.parallel)
+                raw_machine.append(machine_busy() - busy_before)
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 raw.append(sent.bytes_per_second / MB)
                 raw_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                raw_busy.append(raw_machine[-1] / (size / sent.bytes_per_second) / machine_cores)
                 _delete_all(port, token)
                 os.sync()
                 warm(source)
@@ -261,6 +300,23 @@ def main() -> None:
         f"  client CPU per GiB: chute upload {cpu:.2f} s (start-up and hashing included), "
         f"rawhttp {statistics.median(raw_cpu) / gib:.2f} s (sending only)"
     )
+    if raw_machine[0] > 0:
+        raw_machine_gib = statistics.median(raw_machine) / gib
+        hashing = sha256_seconds_per_gib()
+        print(
+            f"  machine CPU per GiB, all {machine_cores} cores, kernel included: "
+            f"rawhttp {raw_machine_gib:.2f} s ({statistics.median(raw_busy):.0%} of the cores "
+            f"busy), chute upload "
+            f"{statistics.median(r.machine_cpu_seconds for r in speed) / gib:.2f} s "
+            f"(start-up included)"
+        )
+        print(f"  SHA-256 in memory: {hashing:.2f} CPU s per GiB")
+        if not args.split_cores:
+            # Every CPU second of hashing is one the server does not get.
+            print(
+                "  so with the cores busy and shared, a hashing client reaches about "
+                f"{raw_machine_gib / (raw_machine_gib + hashing):.0%} of rawhttp"
+            )
     print("  chute upload peak RSS:")
     for r in runs:
         print(
