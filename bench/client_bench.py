@@ -144,7 +144,8 @@ def machine_busy() -> float:
     for line in lines:
         if line.startswith("cpu "):
             fields = [int(f) for f in line.split()[1:]]
-            ticks = sum(fields[:8]) - fields[3] - fields[4]  # without idle and iowait
+            # user, nice, system, irq, softirq, steal: all but idle and iowait
+            ticks = sum(fields[:8]) - fields[3] - fields[4]
             break
     return ticks / os.sysconf("SC_CLK_TCK")
 
