@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from chute.api import auth, config, events, jobs, results, uploads, web
+from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
 from chute.runtime import build_runtime
@@ -43,13 +44,18 @@ def create_app(settings: Settings) -> FastAPI:
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
     _install_error_handlers(app)
+    app.add_middleware(
+        BodyLimits,
+        max_body_bytes=settings.max_body_bytes,
+        idle_timeout=settings.body_idle_timeout,
+    )
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ChuteError)
     async def chute_error(_: Request, exc: ChuteError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     max_uploads_per_user: int = Field(16, ge=1)
     # Chunks are refused with 507 when storing one would leave less free disk than this.
     min_free_bytes: int = Field(1 * GiB, ge=0)
-    # Seconds a request waits for another request still sending the same chunk.
-    chunk_lock_timeout: float = Field(30.0, gt=0)
+    # Seconds a request waits for another request still sending the same chunk; longer
+    # than CHUTE_BODY_IDLE_TIMEOUT, so a re-send outwaits a request cut off unseen.
+    chunk_lock_timeout: float = Field(60.0, gt=0)
     # On storage without part locks of its own (S3): seconds a request sending a chunk
     # holds the chunk's lease in the database without renewing it (it renews it every
     # third of that while it streams); a lease older than that was left by a dead process.
@@ -64,6 +65,30 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+
+    # Hostile and broken clients (DESIGN §2).
+    # Seconds a request's headers may take, from the connection's start or the end of the
+    # previous answer on it; then the connection is closed.
+    header_timeout: float = Field(30.0, gt=0)
+    # Seconds an idle keep-alive connection stays open after an answer.
+    keepalive_timeout: int = Field(5, ge=1)
+    # Connections waiting for request headers that one API process keeps (at most half its
+    # file limit); past it the one waiting longest is closed, so slow ones never starve others.
+    max_waiting_connections: int = Field(1000, ge=1)
+    # Seconds a request body may send no byte before the request is cut off (408); a body
+    # of a route other than upload-data must arrive whole within it.
+    body_idle_timeout: float = Field(30.0, gt=0)
+    # Bytes a request body may hold on every route but upload-data (413).
+    max_body_bytes: int = Field(64 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.chunk_lock_timeout <= self.body_idle_timeout:
+            raise ValueError(
+                "CHUTE_CHUNK_LOCK_TIMEOUT must exceed CHUTE_BODY_IDLE_TIMEOUT, or a chunk "
+                "re-sent after a silent network drop would be refused rather than taken"
+            )
+        return self
 
     # The S3-compatible store, for CHUTE_STORAGE_URL=s3://bucket/prefix. An empty endpoint
     # means AWS's own; empty keys mean boto3's usual sources (environment, files, roles).

@@ -1,8 +1,8 @@
 """Every error a client can see, in one table: a name, an HTTP status and plain words.
 
 Services raise `ChuteError(Problem.X)`; one handler in `chute.app` renders it as
-`{"detail": ...}`. Backends map their native errors into this table. Anything
-else becomes a 500 whose body carries no exception text.
+`{"detail": ...}` with the problem's headers, if any. Backends map their native errors
+into this table. Anything else becomes a 500 whose body carries no exception text.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 
 class Problem(Enum):
-    # (status, message); a message may have {placeholders} filled by ChuteError.
+    # (status, message) or (status, message, headers); a message may have {placeholders}
+    # filled by ChuteError. Clients retry 408, 423 and 429 (DESIGN §2), when Retry-After says.
     FILE_PART_NOT_LAST = (
         400,
         "With this server's storage, the file must be the last part of the form, after the "
@@ -24,6 +25,18 @@ class Problem(Enum):
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
     JOB_NOT_FOUND = (404, "Job not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
+    # The body stopped coming, or came too slowly: the answer closes the connection.
+    BODY_IDLE = (
+        408,
+        "No byte of the request body came for {seconds:g} seconds; nothing was kept, "
+        "send it again.",
+        {"Connection": "close"},
+    )
+    BODY_TOO_SLOW = (
+        408,
+        "The request body did not arrive within {seconds:g} seconds; send it again.",
+        {"Connection": "close"},
+    )
     NOT_ACCEPTING_DATA = (409, "This job is not accepting data (status: {status}).")
     UPLOAD_COMPLETE = (409, "The upload is complete and can no longer be discarded.")
     UPLOAD_REPLACED = (409, "The upload was discarded while this chunk was being sent.")
@@ -33,12 +46,12 @@ class Problem(Enum):
     )
     CHUNK_SIZE_DIFFERS = (409, "{what}")
     CHUNK_CONFLICT = (409, "Chunk {index} is already stored with different bytes.")
-    CHUNK_BUSY = (409, "Chunk {index} is being sent by another request; try again shortly.")
     JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
     NO_RESULT = (409, "The job has no result: it is {status}.")
     USER_EXISTS = (409, "A user with that name already exists.")
     CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")
     FILE_TOO_LARGE = (413, "The file is larger than the limit of {limit} bytes.")
+    BODY_TOO_LARGE = (413, "The request body is larger than the limit of {limit} bytes.")
     INVALID_FIELD = (422, "{what}")
     CHECKSUM_MISMATCH = (
         422,
@@ -57,7 +70,17 @@ class Problem(Enum):
     )
     NOT_CSV = (422, "This does not look like a CSV file: {why}")
     MALFORMED_FORM = (422, "The request body is not valid multipart/form-data: {why}")
-    TOO_MANY_UPLOADS = (429, "Too many uploads at once for this user; try again shortly.")
+    # 423, not 409: a client must retry it (the holder may be a request cut off unseen).
+    CHUNK_BUSY = (
+        423,
+        "Chunk {index} is being sent by another request; try again shortly.",
+        {"Retry-After": "5"},
+    )
+    TOO_MANY_UPLOADS = (
+        429,
+        "Too many uploads at once for this user; try again shortly.",
+        {"Retry-After": "2"},
+    )
     STORAGE_UNAVAILABLE = (
         503,
         "The server's storage did not answer as it should; send the chunk again shortly.",
@@ -72,13 +95,21 @@ class Problem(Enum):
     def message(self) -> str:
         return str(self.value[1])
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.value[2]) if len(self.value) > 2 else {}
+
 
 class ChuteError(Exception):
     """An error meant for the client: its text is safe to show."""
 
-    def __init__(self, problem: Problem, **details: Any) -> None:
+    def __init__(self, problem: Problem, *, retry_after: int | None = None, **details: Any) -> None:
         self.problem = problem
         self.detail = problem.message.format(**details) if details else problem.message
+        # The answer's headers: the problem's own, and a Retry-After of this instance.
+        self.headers = problem.headers
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
         super().__init__(self.detail)
 
     @property

@@ -5,21 +5,34 @@ the kernel spreads new connections over them. uvicorn's own `--workers` shares o
 listening socket, and the process that wakes first takes every connection waiting:
 three uploads started together then often all land in one process while the other
 idles.
+
+Slow clients (DESIGN §2): uvicorn has no deadline on request headers, and arms its
+keep-alive timer only after an answer, so a connection that sends nothing, or a header
+byte a second, stays open forever. `HeaderDeadline` adds both rules to uvicorn's own
+protocol; request bodies are limited in `chute.api.limits`, whatever the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import resource
 import signal
 import socket
 from types import FrameType
+from typing import ClassVar
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from chute.config import Settings
 
 _PR_SET_PDEATHSIG = 1
+# Open files an API process asks for: a connection is one.
+_MAX_OPEN_FILES = 65536
 
 
 def stop_with_parent() -> None:
@@ -28,14 +41,95 @@ def stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline on request headers and a cap on the
+    connections waiting for them, in this process.
+
+    A connection waits for headers from its start and again after each answer (unless a
+    pipelined request is already in); past `header_timeout` it is closed. When more than
+    `max_waiting` connections wait, the one waiting longest is closed: slow clients hold
+    old connections, while a real user's request has its headers in within milliseconds,
+    so it keeps getting through however many slow connections are opened.
+    """
+
+    header_timeout: ClassVar[float] = 30.0
+    max_waiting: ClassVar[int] = 1000
+    # This process's connections waiting for headers, longest waiting first.
+    waiting: ClassVar[dict[HeaderDeadline, None]] = {}
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._stop_waiting()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # A pipelined request waiting has its headers in already: it starts now.
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        self._deadline = self.loop.call_later(self.header_timeout, self._close)
+        self.waiting[self] = None
+        while len(self.waiting) > self.max_waiting:
+            next(iter(self.waiting))._close()
+
+    def _stop_waiting(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.waiting.pop(self, None)
+
+    def _close(self) -> None:
+        self._stop_waiting()
+        self.transport.close()
+
+
+def _protocol(settings: Settings) -> type[HeaderDeadline]:
+    """`HeaderDeadline` with this process's settings and a waiting list of its own."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    class Configured(HeaderDeadline):
+        header_timeout = settings.header_timeout
+        # Half the file limit at most: waiting connections must leave room for the rest.
+        max_waiting = max(1, min(settings.max_waiting_connections, soft // 2))
+        waiting: ClassVar[dict[HeaderDeadline, None]] = {}
+
+    return Configured
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (up to 65536): each
+    connection holds a file, and a low default (1024) is soon taken by slow clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MAX_OPEN_FILES)
+    if wanted > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _config(host: str, port: int) -> uvicorn.Config:
+    # The same environment as `app_from_env` reads in this process.
+    settings = Settings()
     return uvicorn.Config(
         "chute.app:app_from_env",
         factory=True,
         host=host,
         port=port,
-        http="httptools",
+        http=_protocol(settings),
         loop="uvloop",
+        timeout_keep_alive=settings.keepalive_timeout,
         # X-Forwarded-* are trusted only behind a proxy configured to set them.
         proxy_headers=False,
         log_level="info",
@@ -43,6 +137,8 @@ def _config(host: str, port: int) -> uvicorn.Config:
 
 
 def serve(host: str, port: int, processes: int) -> None:
+    # Before the API processes start: they inherit it.
+    raise_open_files_limit()
     if processes <= 1:
         uvicorn.Server(_config(host, port)).run()
         return

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
@@ -58,8 +59,14 @@ class Body:
         self._stream = stream
         self.exhausted = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def read(self, limit: int) -> AsyncIterator[bytes]:
+        """The body's pieces; 413 once more than `limit` bytes came, wherever they are in
+        the form (an epilogue after the closing boundary counts too)."""
+        seen = 0
         async for piece in self._stream:
+            seen += len(piece)
+            if seen > limit:
+                raise ChuteError(Problem.BODY_TOO_LARGE, limit=limit)
             yield piece
         self.exhausted = True
 
@@ -266,6 +273,8 @@ class ChunkReceiver:
         self.slots = slots
         self.user_id = user_id
         self.job_id = job_id
+        # The request's Content-Length: no chunk in it is larger.
+        self.declared: int | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
@@ -280,15 +289,16 @@ class ChunkReceiver:
         limit = self.settings.max_chunk_bytes + FORM_OVERHEAD
         if content_length is not None and content_length > limit:
             raise ChuteError(Problem.CHUNK_TOO_LARGE, limit=self.settings.max_chunk_bytes)
+        self.declared = content_length
         try:
             with self.slots.take(self.user_id):
-                return await self._receive(content_type, content_length, body)
+                return await self._receive(content_type, content_length, body, limit)
         except ChuteError:
             await body.drain(limit)
             raise
 
     async def _receive(
-        self, content_type: str | None, content_length: int | None, body: Body
+        self, content_type: str | None, content_length: int | None, body: Body, limit: int
     ) -> dict[str, Any]:
         fields: dict[str, str] = {}
         # A backend that needs a part's size before its bytes (S3) is told the file part's
@@ -298,7 +308,7 @@ class ChunkReceiver:
             stored: _Stored | None = None
             spool: _SpoolWriter | None = None
             file_name: str | None = None
-            events = iter_form(content_type, aiter(body), content_length)
+            events = iter_form(content_type, body.read(limit), content_length)
             async for event in events:
                 if isinstance(event, Field):
                     add_field(fields, event.name, event.value)
@@ -316,8 +326,12 @@ class ChunkReceiver:
                         stored = await self._store(stack, request, _file_bytes(events), size)
                     else:
                         # The seed's sample sends the file before the fields: keep the
-                        # bytes aside until the fields say where they go.
-                        spool = _SpoolWriter(self.settings.data_dir / "tmp")
+                        # bytes aside until the fields say where they go, once the job is
+                        # known to take them and the disk has room.
+                        await self._run(
+                            self._in_session, service.check_takes_data, self.user_id, self.job_id
+                        )
+                        spool = await self._run(self._open_spool)
                         stack.callback(spool.close)
                         spooled = _Pipeline(
                             self.settings.max_chunk_bytes,
@@ -408,13 +422,25 @@ class ChunkReceiver:
             return refused
         return None
 
+    def _open_spool(self) -> _SpoolWriter:
+        directory = self.settings.data_dir / "tmp"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._check_room(shutil.disk_usage(directory).free, self.settings.max_chunk_bytes, None)
+        return _SpoolWriter(directory)
+
+    def _check_room(self, free: int | None, most: int, size: int | None) -> None:
+        """507 unless a chunk of at most `most` bytes (exactly `size`, when known) leaves
+        CHUTE_MIN_FREE_BYTES free. The request's Content-Length bounds the chunk too: a
+        16 MiB chunk needs no room for the 256 MiB limit."""
+        need = min(n for n in (most, size, self.declared) if n is not None)
+        if free is not None and free - need < self.settings.min_free_bytes:
+            raise ChuteError(Problem.STORAGE_FULL)
+
     async def _open_writer(
         self, plan: service.ChunkPlan, request: ChunkRequest, size: int | None
     ) -> PartWriter:
         storage = self.rt.storage
-        free = await self._run(storage.free_bytes)
-        if free is not None and free - plan.limit < self.settings.min_free_bytes:
-            raise ChuteError(Problem.STORAGE_FULL)
+        self._check_room(await self._run(storage.free_bytes), plan.limit, size)
         with _storage_errors():
             return await self._run(
                 storage.open_part, plan.storage_id, request.index, plan.offset, plan.limit, size

@@ -314,6 +314,18 @@ def is_recorded_for(session: Session, user_id: int, req: ChunkRequest) -> bool:
     return is_recorded(session, req)
 
 
+def check_takes_data(session: Session, user_id: int, job_id: int) -> None:
+    """Refuse what `open_upload` refuses whatever the chunk's fields: a job that is not the
+    user's (404) or no longer takes data (409); a complete upload still takes re-sends.
+    For a file part sent before the fields, checked before any of its bytes is kept."""
+    job = get_owned_job(session, user_id, job_id)
+    if job.status in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
+        return
+    upload = session.get(Upload, job.id)
+    if upload is None or upload.completed_at is None:
+        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
+
+
 def upload_status(
     session: Session, user_id: int, job_id: int, expiry_seconds: int
 ) -> dict[str, Any]:
