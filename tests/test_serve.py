@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import itertools
+import select
+import socket
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import ServerFactory
 from tests.factories import csv_bytes, sha256, split
@@ -45,3 +55,150 @@ def test_two_api_processes_listen_each_on_its_own_socket(make_server: ServerFact
 def test_one_api_process_by_default(make_server: ServerFactory) -> None:
     server = make_server()
     assert listening_sockets(server.port) == 1
+
+
+# --- slow clients (DESIGN §2) -----------------------------------------------------------------
+
+
+class Slow:
+    """A raw connection to the server that sends its request head a byte at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.opened = time.monotonic()
+        self.closed_at: float | None = None
+        self.head = itertools.cycle(b"GET /api/config HTTP/1.1\r\nX-Slow: " + b"x" * 50)
+
+    def trickle(self) -> None:
+        """One more byte of the head; notes when the server has closed the connection."""
+        if self.closed_at is not None:
+            return
+        try:
+            self.sock.send(bytes([next(self.head)]))
+        except OSError:
+            self.closed_at = time.monotonic()
+            return
+        self.poll()
+
+    def poll(self) -> bool:
+        """True once the server has closed the connection (EOF or reset)."""
+        if self.closed_at is None:
+            try:
+                readable, _, _ = select.select([self.sock], [], [], 0)
+                if readable and not self.sock.recv(4096):
+                    self.closed_at = time.monotonic()
+            except OSError:
+                self.closed_at = time.monotonic()
+        return self.closed_at is not None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_closed(conn: Slow, within: float) -> float:
+    """Seconds from the connection's start until the server closed it, waiting `within`."""
+    deadline = time.monotonic() + within
+    while not conn.poll():
+        assert time.monotonic() < deadline, "the server kept the connection open"
+        time.sleep(0.02)
+    assert conn.closed_at is not None
+    return conn.closed_at - conn.opened
+
+
+def test_slow_headers_are_cut_off_while_others_get_through(make_server: ServerFactory) -> None:
+    server = make_server(CHUTE_HEADER_TIMEOUT="2")
+    slow = [Slow(server.port) for _ in range(200)]
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def real_user() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert http.get("/api/config").status_code == 200
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            user = pool.submit(real_user)
+            deadline = time.monotonic() + 8
+            # One byte per connection every 0.2 s, until the server closes them all.
+            while not all(c.closed_at for c in slow) and time.monotonic() < deadline:
+                for conn in slow:
+                    conn.trickle()
+                time.sleep(0.2)
+            stop.set()
+            user.result()
+        lasted = [c.closed_at - c.opened for c in slow if c.closed_at is not None]
+        assert len(lasted) == len(slow), f"{len(slow) - len(lasted)} slow connections still open"
+        assert min(lasted) > 1.8 and max(lasted) < 5, (min(lasted), max(lasted))
+        assert latencies and max(latencies) < 1, max(latencies)
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+def test_silent_and_idle_connections_are_closed(make_server: ServerFactory) -> None:
+    server = make_server(CHUTE_HEADER_TIMEOUT="2", CHUTE_KEEPALIVE_TIMEOUT="1")
+    silent, idle, slow_next = (Slow(server.port) for _ in range(3))
+    try:
+        for conn in (idle, slow_next):
+            conn.sock.sendall(b"GET /api/config HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = http.client.HTTPResponse(conn.sock)
+            answer.begin()
+            assert answer.status == 200
+            answer.read()
+            conn.opened = time.monotonic()
+        # After an answer a byte of the next request stops the keep-alive timer; the
+        # header deadline still holds.
+        slow_next.trickle()
+        assert 1.8 < wait_closed(silent, within=6) < 4
+        assert 0.8 < wait_closed(idle, within=6) < 2.5
+        assert 1.8 < wait_closed(slow_next, within=6) < 4
+    finally:
+        for conn in (silent, idle, slow_next):
+            conn.close()
+
+
+def test_past_the_cap_the_connection_waiting_longest_is_closed(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server(CHUTE_MAX_WAITING_CONNECTIONS="5")
+    slow = []
+    try:
+        for _ in range(5):
+            slow.append(Slow(server.port))
+            slow[-1].trickle()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert not any(c.poll() for c in slow)
+        slow.append(Slow(server.port))
+        wait_closed(slow[0], within=3)
+        assert not any(c.poll() for c in slow[1:])
+        # A real user's requests get through: the first one's connection, over the cap,
+        # closes the oldest waiting.
+        for _ in range(3):
+            assert httpx.get(f"{server.url}/api/config", timeout=5).status_code == 200
+        wait_closed(slow[1], within=3)
+        time.sleep(0.3)
+        assert not any(c.poll() for c in slow[2:])
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    script = (
+        "import resource\n"
+        "from chute.serve import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "raise_open_files_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], min(hard, 65536))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    raised, expected = result.stdout.split()
+    assert int(raised) == int(expected) > 256
