@@ -425,25 +425,32 @@ class ChunkReceiver:
     def _open_spool(self) -> _SpoolWriter:
         directory = self.settings.data_dir / "tmp"
         directory.mkdir(parents=True, exist_ok=True)
-        self._check_room(shutil.disk_usage(directory).free, self.settings.max_chunk_bytes, None)
+        self._check_room(shutil.disk_usage(directory).free, self._most(None, None))
         return _SpoolWriter(directory)
 
-    def _check_room(self, free: int | None, most: int, size: int | None) -> None:
-        """507 unless a chunk of at most `most` bytes (exactly `size`, when known) leaves
-        CHUTE_MIN_FREE_BYTES free. The request's Content-Length bounds the chunk too: a
-        16 MiB chunk needs no room for the 256 MiB limit."""
-        need = min(n for n in (most, size, self.declared) if n is not None)
-        if free is not None and free - need < self.settings.min_free_bytes:
+    def _most(self, limit: int | None, size: int | None) -> int:
+        """The most bytes the chunk can have: its exact size when known, else the least of
+        its limit and the request's Content-Length (a 16 MiB chunk needs no room for the
+        256 MiB limit)."""
+        if size is not None:
+            return size
+        bounds = (limit or self.settings.max_chunk_bytes, self.declared)
+        return min(n for n in bounds if n is not None)
+
+    def _check_room(self, free: int | None, most: int) -> None:
+        """507 unless `most` bytes more leave CHUTE_MIN_FREE_BYTES free."""
+        if free is not None and free - most < self.settings.min_free_bytes:
             raise ChuteError(Problem.STORAGE_FULL)
 
     async def _open_writer(
         self, plan: service.ChunkPlan, request: ChunkRequest, size: int | None
     ) -> PartWriter:
         storage = self.rt.storage
-        self._check_room(await self._run(storage.free_bytes), plan.limit, size)
+        most = self._most(plan.limit, size)
+        self._check_room(await self._run(storage.free_bytes), most)
         with _storage_errors():
             return await self._run(
-                storage.open_part, plan.storage_id, request.index, plan.offset, plan.limit, size
+                storage.open_part, plan.storage_id, request.index, plan.offset, most, size
             )
 
     async def _finish(self, stored: _Stored, request: ChunkRequest) -> dict[str, Any]:
