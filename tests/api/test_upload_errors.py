@@ -654,6 +654,81 @@ def test_body_that_is_not_multipart_is_422(
     assert_nothing_recorded(client, job_id)
 
 
+def named_file_form(
+    filename: str, fields: list[Part], data: bytes, *, file_first: bool
+) -> tuple[str, bytes]:
+    """A chunk's form whose file part carries `filename` as it is (httpx would escape it)."""
+    boundary = "chute-names-boundary"
+    file_part = (
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
+    field_parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields
+    )
+    parts = [file_part, field_parts] if file_first else [field_parts, file_part]
+    return f"multipart/form-data; boundary={boundary}", b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("file_first", [False, True], ids=["fields-first", "file-first"])
+@pytest.mark.parametrize(
+    ("filename", "why"),
+    [
+        pytest.param(
+            "a\x00b.csv", "must not hold control characters (character 2 is U+0000)", id="nul"
+        ),
+        pytest.param(
+            "\x1b[2Jx.csv", "must not hold control characters (character 1 is U+001B)", id="esc"
+        ),
+        # A CR or LF would end the part's header line: the form itself is malformed then.
+        pytest.param(
+            "a\tb.csv", "must not hold control characters (character 2 is U+0009)", id="tab"
+        ),
+        pytest.param(
+            "a\x7fb.csv", "must not hold control characters (character 2 is U+007F)", id="del"
+        ),
+        pytest.param(
+            "report\u202evsc.exe",
+            "must not hold control characters (character 7 is U+202E)",
+            id="bidi-override",
+        ),
+        pytest.param("x" * 197 + ".csv", "must be at most 200 characters, not 201", id="201-chars"),
+    ],
+)
+def test_file_name_with_control_characters_or_too_long_is_422(
+    server: Server, client: Client, chunks: list[bytes], filename: str, why: str, file_first: bool
+) -> None:
+    """PostgreSQL refuses NUL in text: without the check such a name is a 500 there."""
+    job_id = client.new_job()
+    content_type, body = named_file_form(
+        filename, fields(0, len(chunks), chunks[0]), chunks[0], file_first=file_first
+    )
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data", content=body, headers={"Content-Type": content_type}
+    )
+    assert_error(answer, 422, f"the file part's filename {why}")
+    assert_nothing_recorded(client, job_id)
+    assert client.job(job_id)["status"] == "awaiting_upload"
+    assert server.sql("SELECT count(*) FROM uploads WHERE job_id = :id", id=job_id) == [(0,)]
+    # A name of 200 characters is taken.
+    content_type, body = named_file_form(
+        "x" * 196 + ".csv", fields(0, len(chunks), chunks[0]), chunks[0], file_first=file_first
+    )
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data", content=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 200, answer.text
+    assert client.job(job_id)["upload"]["file_name"] == "x" * 196 + ".csv"
+
+
 def test_refused_first_chunk_binds_no_sizes(
     server: Server, client: Client, chunk: int, data: bytes, chunks: list[bytes]
 ) -> None:
