@@ -384,6 +384,18 @@ def record_chunk(
     return Recorded(False, completed_now, completed_now, expires_at(upload, settings.upload_expiry))
 
 
+def held_open(session: Session, job_id: int, storage_id: str) -> bool:
+    """Whether the database still holds the upload `storage_id` open.
+
+    Asked when the storage says such an upload does not exist. If the database no longer
+    holds it either, it was discarded (or replaced) while the chunk was sent: the client is
+    told so. If it still does, the storage lost it, or this API process stores elsewhere
+    than the one that began it (a CHUTE_STORAGE_URL that differs): a fault of the server.
+    """
+    upload = session.get(Upload, job_id)
+    return upload is not None and upload.storage_id == storage_id and upload.completed_at is None
+
+
 def started(upload: Upload | None) -> bool:
     """An upload shows once a chunk is recorded; before, it is only the server's bookkeeping."""
     return upload is not None and upload.chunks_received > 0
