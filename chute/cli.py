@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,6 +45,61 @@ def _prepare(settings: Settings) -> None:
     upgrade(settings.resolved_database_url)
 
 
+ADMIN_PASSWORD_FILE = "initial-admin-password"
+
+
+class _AdminPassword:
+    """Where the first admin's password goes: to the operator's terminal, else to a file.
+
+    `chute serve` usually runs under a supervisor (systemd, a container runtime) whose log
+    is read by others and kept for long; in the scale-out deployment, by whichever API
+    process migrates first. So the password is printed only when stdout is a terminal.
+    Otherwise it goes to `initial-admin-password` in the data dir, readable by the server's
+    account only (0600), and the output says where, never what.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.interactive = sys.stdout.isatty()
+        self.path = data_dir / ADMIN_PASSWORD_FILE
+        self._staged: Path | None = None
+        self._password = ""
+
+    def keep(self, password: str) -> None:
+        """Before the admin is committed: a file that cannot be written creates no admin."""
+        self._password = password
+        if self.interactive:
+            return
+        if self.path.is_dir():  # the one way the rename after the commit could fail
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(self.path))
+        staged = self.path.with_name(f".{ADMIN_PASSWORD_FILE}.{os.getpid()}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # also when a leftover of a crashed run was there
+            os.write(fd, f"{password}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._staged = staged
+
+    def announce(self, created: bool) -> None:
+        staged, self._staged = self._staged, None
+        if not created:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            return
+        if staged is None:
+            print(f"Created user 'admin' with password: {self._password}", flush=True)
+            print("It is shown only this once.", flush=True)
+            return
+        os.replace(staged, self.path)
+        print(
+            f"Created user 'admin'. Its password is in {self.path} on {socket.gethostname()}, "
+            "readable by this account only (it is printed only to a terminal). "
+            "Sign in with it, then delete the file.",
+            flush=True,
+        )
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from chute.auth.service import ensure_admin
     from chute.db.session import make_engine, make_sessionmaker
@@ -49,12 +107,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     _prepare(settings)
     engine = make_engine(settings.resolved_database_url)
-    with make_sessionmaker(engine)() as session:
-        password = ensure_admin(session)
-    engine.dispose()
-    if password is not None:
-        print(f"Created user 'admin' with password: {password}", flush=True)
-        print("It is shown only this once.", flush=True)
+    password = _AdminPassword(settings.data_dir)
+    created = False
+    try:
+        with make_sessionmaker(engine)() as session:
+            created = ensure_admin(session, password.keep)
+    except OSError as exc:
+        # Only the password file fails so (the database's errors are not OSError).
+        raise SystemExit(
+            f"chute: could not write the first admin's password to {password.path}: "
+            f"{exc.strerror or exc}; no user was created"
+        ) from None
+    finally:
+        engine.dispose()
+        password.announce(created)
     return 0
 
 

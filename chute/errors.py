@@ -45,6 +45,8 @@ class Problem(Enum):
         "total_chunks is {got}, but earlier chunks of this upload said {expected}.",
     )
     CHUNK_SIZE_DIFFERS = (409, "{what}")
+    # file_size against the chunks (DESIGN §2): {what} says which sizes disagree.
+    FILE_SIZE_DIFFERS = (409, "{what}")
     CHUNK_CONFLICT = (409, "Chunk {index} is already stored with different bytes.")
     JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
     NO_RESULT = (409, "The job has no result: it is {status}.")

@@ -1,14 +1,10 @@
-"""The `chute` command: `user add` and the admin that the first `serve` creates."""
+"""The `chute` command: `user add` (the first admin: tests/test_admin_password.py)."""
 
 from __future__ import annotations
 
-import re
-
 import httpx
 
-from tests.conftest import Server, ServerFactory
-
-ADMIN_LINE = re.compile(r"Created user 'admin' with password: (\S+)")
+from tests.conftest import Server
 
 
 def sign_in(server: Server, username: str, password: str) -> httpx.Response:
@@ -52,35 +48,3 @@ def test_user_add_refuses_a_blank_name(server: Server) -> None:
     assert result.returncode != 0
     assert "name" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_first_serve_prints_the_admin_password_once(
-    server: Server, make_server: ServerFactory
-) -> None:
-    srv = make_server()
-    found = ADMIN_LINE.findall(srv.log())
-    assert len(found) == 1, srv.log()
-    password = found[0]
-    assert srv.log().count(password) == 1
-    assert len(password) >= 16
-    assert sign_in(srv, "admin", password).status_code == 200
-    # Random per data dir: the module's other server has its own.
-    assert ADMIN_LINE.findall(server.log()) not in ([], [password])
-
-    srv.stop()
-    srv.start()  # the same data dir, a new port and so a new log file
-    second_log = srv.log()
-    assert "Application startup complete" in second_log
-    assert not ADMIN_LINE.search(second_log), second_log
-    assert "admin" not in second_log
-    # The password printed the first time still signs in: it was not replaced.
-    assert sign_in(srv, "admin", password).status_code == 200
-
-
-def test_no_admin_when_users_exist_before_the_first_serve(make_server: ServerFactory) -> None:
-    srv = make_server(start=False)
-    added = srv.cli("user", "add", "owner", stdin="owner-pw\n")
-    assert added.returncode == 0, added.stderr
-    srv.start()
-    assert not ADMIN_LINE.search(srv.log()), srv.log()
-    assert sign_in(srv, "owner", "owner-pw").status_code == 200

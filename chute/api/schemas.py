@@ -5,20 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from chute.db.models import Job, JobStatus, Upload
 from chute.jobs.service import expires_at
+from chute.names import NAME_MAX, name_problem
 from chute.upload.service import started
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=NAME_MAX)
     kind: str = Field("profile", min_length=1, max_length=100)
     # Checked against the kind's own params model, if it has one (see chute.jobs.kinds).
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if (problem := name_problem(name)) is not None:
+            raise PydanticCustomError("name", problem)
+        return name
 
 
 class UploadProgress(BaseModel):

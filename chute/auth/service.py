@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -45,17 +46,24 @@ def add_user(session: Session, username: str, password: str) -> User:
     return user
 
 
-def ensure_admin(session: Session) -> str | None:
-    """Create `admin` with a random password when there is no user; return that password."""
+def ensure_admin(session: Session, keep: Callable[[str], None]) -> bool:
+    """Create `admin` with a random password when there is no user; True if this call did.
+
+    `keep` is given the password before the user is committed, to put it where the operator
+    will find it. If it raises, no user is created: a password that could not be kept would
+    lock everyone out. If another process creates the first user meanwhile, this call
+    returns False, and what `keep` kept is not the admin's password.
+    """
     if session.scalar(select(User.id).limit(1)) is not None:
         session.rollback()
-        return None
+        return False
     password = random_password()
+    keep(password)
     try:
         add_user(session, "admin", password)
     except ChuteError:  # another process created it first
-        return None
-    return password
+        return False
+    return True
 
 
 def authenticate(session: Session, username: str, password: str) -> User:

@@ -82,15 +82,31 @@ def _storage_error(what: str, exc: BaseException) -> Exception:
     """Map a botocore error into the storage contract's exceptions, in plain words."""
     if isinstance(exc, ClientError):
         code = _code(exc)
+        bucket = exc.response.get("Error", {}).get("BucketName")
+        where = f" (bucket {bucket!r})" if bucket else ""
         if code in _NO_SUCH_UPLOAD:
-            return FileNotFoundError(f"{what}: the multipart upload does not exist")
+            # Whether the upload was discarded or the store lost it (or this API stores in
+            # another bucket than the one that began it), only the database can tell: the
+            # upload path asks it (chute.upload.service.held_open).
+            return FileNotFoundError(
+                f"{what}: the S3 store answered NoSuchUpload{where}: the multipart upload "
+                "does not exist there"
+            )
+        if code == "NoSuchBucket":
+            return StorageError(
+                f"{what}: the S3 store answered NoSuchBucket{where}: the bucket does not "
+                "exist; check CHUTE_STORAGE_URL"
+            )
         if code in _FULL:
             return StorageFull(f"{what}: {code}")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _CREDENTIALS or status == 403:
+            # AccessDenied is also what a store answers for a bucket that does not exist
+            # (S3 without ListBucket permission, SeaweedFS for a user who may not create it).
             return StorageError(
-                f"{what}: the S3 store refused the credentials ({code}); check "
-                "CHUTE_S3_ACCESS_KEY_ID, CHUTE_S3_SECRET_ACCESS_KEY and the bucket's permissions"
+                f"{what}: the S3 store refused the credentials ({code or status}){where}; check "
+                "CHUTE_S3_ACCESS_KEY_ID, CHUTE_S3_SECRET_ACCESS_KEY, the bucket named in "
+                "CHUTE_STORAGE_URL and its permissions"
             )
         message = exc.response.get("Error", {}).get("Message", "")
         return StorageError(f"{what}: the S3 store answered {code or status}: {message}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from chute.config import Settings
 from chute.errors import ChuteError, Problem, invalid
+from chute.names import name_problem
 
 # camelCase aliases keep the seed's sample client working unchanged.
 ALIASES = {"chunkIndex": "chunk_index", "totalChunks": "total_chunks"}
@@ -86,4 +87,7 @@ def parse_chunk_request(
             raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
         if total > file_size:
             raise invalid("total_chunks is larger than file_size: every chunk has a byte")
+    # No name (an empty filename) is allowed: the seed's sample may send a Blob unnamed.
+    if file_name and (problem := name_problem(file_name)) is not None:
+        raise invalid(f"the file part's filename {problem}")
     return ChunkRequest(job_id, index, total, sha, chunk_size, file_size, file_name or None)

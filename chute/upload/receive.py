@@ -105,13 +105,19 @@ class UploadSlots:
 
 
 @contextlib.contextmanager
-def _storage_errors() -> Iterator[None]:
-    """The storage contract's exceptions as the client's problems; the cause goes to the log."""
+def _storage_errors(held_open: Callable[[], bool] | None = None) -> Iterator[None]:
+    """The storage contract's exceptions as the client's problems; the cause goes to the log.
+
+    An upload the storage does not have was discarded meanwhile, unless `held_open` says
+    the database still holds it open: then the storage failed (`service.held_open`)."""
     try:
         yield
     except StorageFull:
         raise ChuteError(Problem.STORAGE_FULL) from None
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if held_open is not None and held_open():
+            log.error("storage: %s, yet the database holds this upload open", exc)
+            raise ChuteError(Problem.STORAGE_UNAVAILABLE) from None
         raise ChuteError(Problem.UPLOAD_REPLACED) from None
     except StorageError as exc:
         log.error("storage: %s", exc)
@@ -141,6 +147,7 @@ class _Pipeline:
         self.expected = expected
         self.size = 0
         self.hash = hashlib.sha256()
+        self.held_open: Callable[[], bool] | None = None
 
     def process(self, pieces: list[Buffer]) -> None:
         for piece in pieces:
@@ -156,7 +163,7 @@ class _Pipeline:
             if self.check is not None:
                 self.check.feed(bytes(piece))  # chunk 0 only; `in` needs bytes, not a view
             if self.writer is not None:
-                with _storage_errors():
+                with _storage_errors(self.held_open):
                     self.writer.write(piece)
 
     def wrong_size(self) -> ChuteError:
@@ -402,6 +409,9 @@ class ChunkReceiver:
                 stack.callback(writer.abort)
         check = CsvStartCheck(plan.params) if request.index == 0 and writer is not None else None
         pipeline = _Pipeline(plan.limit, plan.over_limit, writer, check, size)
+        pipeline.held_open = partial(
+            self._in_session, service.held_open, self.job_id, plan.storage_id
+        )
         await _pump(source, pipeline, self.executor)
         return _Stored(request, plan, pipeline, writer, lease)
 
@@ -469,7 +479,7 @@ class ChunkReceiver:
             if stored.lease is not None and stored.lease.lost.is_set():
                 # Another request took the part over meanwhile: its bytes must win whole.
                 raise ChuteError(Problem.CHUNK_BUSY, index=request.index)
-            with _storage_errors():
+            with _storage_errors(pipeline.held_open):
                 await self._run(stored.writer.commit)
         recorded = await self._run(
             self._in_session, service.record_chunk, self.settings, self.user_id, request,

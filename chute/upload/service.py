@@ -53,6 +53,17 @@ def _size_conflict(what: str) -> ChuteError:
     return ChuteError(Problem.CHUNK_SIZE_DIFFERS, what=what)
 
 
+def _file_size_conflict(what: str) -> ChuteError:
+    return ChuteError(Problem.FILE_SIZE_DIFFERS, what=what)
+
+
+def _file_size(upload: Upload, req: ChunkRequest) -> int | None:
+    """The file's size as far as it is known: as a recorded chunk said it, else as this
+    request says it. It binds the upload only once a chunk that carries it is recorded,
+    so a refused request that named a wrong file_size leaves nothing behind."""
+    return upload.file_size if upload.file_size is not None else req.file_size
+
+
 def _staged_last_size(session: Session, upload: Upload) -> int | None:
     return session.scalar(
         select(Chunk.size).where(
@@ -61,15 +72,41 @@ def _staged_last_size(session: Session, upload: Upload) -> int | None:
     )
 
 
-def _fix_chunk_size(session: Session, upload: Upload, chunk_size: int) -> None:
-    """Set the upload's chunk size, once, checking what is already recorded against it."""
+def _fix_chunk_size(
+    session: Session, upload: Upload, chunk_size: int, file_size: int | None
+) -> None:
+    """Set the upload's chunk size, once, checking what is already known against it."""
     last = _staged_last_size(session, upload)
     if last is not None and last > chunk_size:
         raise _size_conflict(
             f"chunk_size {chunk_size} is smaller than the last chunk already stored ({last} bytes)"
         )
-    _check_file_size(upload.file_size, chunk_size, upload.total_chunks)
+    _check_file_size(file_size, chunk_size, upload.total_chunks)
+    if last is not None and file_size is not None:
+        _check_last_chunk(file_size, chunk_size, upload.total_chunks, last)
     upload.chunk_size = chunk_size
+
+
+def _check_last_chunk(file_size: int, chunk_size: int, total: int, last: int) -> None:
+    made = (total - 1) * chunk_size + last
+    if made != file_size:
+        raise _file_size_conflict(
+            f"file_size is {file_size}, but {total - 1} chunks of {chunk_size} bytes and the "
+            f"last chunk already stored ({last} bytes) make a file of {made} bytes"
+        )
+
+
+def _check_new_file_size(session: Session, upload: Upload, file_size: int) -> None:
+    """Check a file_size that this upload had not been told against what it holds."""
+    _check_file_size(file_size, upload.chunk_size, upload.total_chunks)
+    if upload.bytes_received > file_size:
+        raise _file_size_conflict(
+            f"file_size is {file_size}, but the chunks already stored hold "
+            f"{upload.bytes_received} bytes"
+        )
+    last = _staged_last_size(session, upload)
+    if last is not None and upload.chunk_size is not None:
+        _check_last_chunk(file_size, upload.chunk_size, upload.total_chunks, last)
 
 
 def _check_file_size(file_size: int | None, chunk_size: int | None, total: int) -> None:
@@ -77,7 +114,7 @@ def _check_file_size(file_size: int | None, chunk_size: int | None, total: int) 
         return
     expected = -(-file_size // chunk_size)
     if expected != total:
-        raise _size_conflict(
+        raise _file_size_conflict(
             f"a file of {file_size} bytes in chunks of {chunk_size} bytes has {expected} chunks, "
             f"not total_chunks {total}"
         )
@@ -93,22 +130,31 @@ def _check_against_upload(upload: Upload, req: ChunkRequest) -> None:
             f"chunk_size is {req.chunk_size}, but this upload's chunk size is {upload.chunk_size}"
         )
     if req.file_size is not None and upload.file_size not in (None, req.file_size):
-        raise _size_conflict(
+        raise _file_size_conflict(
             f"file_size is {req.file_size}, but earlier chunks said {upload.file_size}"
         )
 
 
-def _expected_size(upload: Upload, index: int) -> tuple[int | None, int | None]:
-    """(exact size, most bytes) of chunk `index`, as far as the upload knows them."""
+def _expected_size(
+    upload: Upload, index: int, file_size: int | None
+) -> tuple[int | None, int | None]:
+    """(exact size, most bytes) of chunk `index` by the chunk size, as far as it is known."""
     cs = upload.chunk_size
     if cs is None:
         return None, None
     if index < upload.total_chunks - 1:
         return cs, cs
-    if upload.file_size is not None:
-        last = upload.file_size - (upload.total_chunks - 1) * cs
+    if file_size is not None:
+        last = file_size - (upload.total_chunks - 1) * cs
         return last, last
     return None, cs
+
+
+def _room_left(file_size: int, others: int, index: int) -> ChuteError:
+    return _file_size_conflict(
+        f"chunk {index} has more than the {file_size - others} bytes of the file "
+        f"(file_size {file_size}) that are not stored yet"
+    )
 
 
 def check_part_rules(storage: Storage, req: ChunkRequest, size: int | None) -> None:
@@ -132,6 +178,11 @@ def open_upload(
     upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
     if upload is not None and upload.completed_at is not None:
         _check_against_upload(upload, req)
+        if req.file_size is not None and req.file_size != upload.bytes_received:
+            raise _file_size_conflict(
+                f"file_size is {req.file_size}, but the upload is complete with "
+                f"{upload.bytes_received} bytes"
+            )
         session.commit()
         return ChunkPlan(
             upload.storage_id, None, settings.max_chunk_bytes,
@@ -163,31 +214,46 @@ def _plan(
     session: Session, settings: Settings, job: Job, upload: Upload, req: ChunkRequest
 ) -> ChunkPlan:
     _check_against_upload(upload, req)
+    file_size = _file_size(upload, req)
     if req.file_size is not None and upload.file_size is None:
-        _check_file_size(req.file_size, upload.chunk_size, upload.total_chunks)
-        upload.file_size = req.file_size
+        _check_new_file_size(session, upload, req.file_size)
     if req.chunk_size is not None and upload.chunk_size is None:
-        _fix_chunk_size(session, upload, req.chunk_size)
+        _fix_chunk_size(session, upload, req.chunk_size, file_size)
     if upload.chunk_size is not None and upload.chunk_size * (req.total_chunks - 1) >= (
         settings.max_file_bytes
     ):
         raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
-    exact, most = _expected_size(upload, req.index)
+    exact, most = _expected_size(upload, req.index, file_size)
+    limit = settings.max_chunk_bytes
+    over_limit = ChuteError(Problem.CHUNK_TOO_LARGE, limit=settings.max_chunk_bytes)
+    if most is not None:
+        named = f"file_size {file_size}, " if req.is_last and file_size is not None else ""
+        limit, over_limit = (
+            most,
+            _size_conflict(
+                f"chunk {req.index} is larger than the {exact or most} bytes it must have "
+                f"in this upload ({named}chunk size {upload.chunk_size})"
+            ),
+        )
+    elif file_size is not None:
+        # The chunk size is not known yet: the chunk may have what the file has left.
+        others = upload.bytes_received - _recorded_size(session, upload, req.index)
+        if file_size - others < limit:
+            limit, over_limit = file_size - others, _room_left(file_size, others, req.index)
     return ChunkPlan(
         storage_id=upload.storage_id,
         offset=None if upload.chunk_size is None else req.index * upload.chunk_size,
-        limit=most if most is not None else settings.max_chunk_bytes,
-        over_limit=(
-            ChuteError(Problem.CHUNK_TOO_LARGE, limit=settings.max_chunk_bytes)
-            if most is None
-            else _size_conflict(
-                f"chunk {req.index} is larger than the {exact or most} bytes it must have "
-                f"in this upload (chunk size {upload.chunk_size})"
-            )
-        ),
+        limit=limit,
+        over_limit=over_limit,
         complete=False,
         params=job.params,
     )
+
+
+def _recorded_size(session: Session, upload: Upload, index: int) -> int:
+    """The size of chunk `index` if it is recorded (a re-send is compared, not added), or 0."""
+    chunk = session.get(Chunk, (upload.job_id, index))
+    return 0 if chunk is None else chunk.size
 
 
 def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkRequest) -> Upload:
@@ -199,7 +265,6 @@ def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkReque
         file_name=req.file_name,
         total_chunks=req.total_chunks,
         chunk_size=req.chunk_size,
-        file_size=req.file_size,
     )
     # The job stays `awaiting_upload` until a chunk is recorded: a refused first chunk
     # changes nothing a client can see.
@@ -214,10 +279,8 @@ def _create_upload(session: Session, storage: Storage, job: Job, req: ChunkReque
 
 def _shape_differs(upload: Upload, req: ChunkRequest) -> bool:
     """The request contradicts what earlier requests said about the upload's sizes."""
-    return (
-        req.total_chunks != upload.total_chunks
-        or (req.chunk_size is not None and upload.chunk_size not in (None, req.chunk_size))
-        or (req.file_size is not None and upload.file_size not in (None, req.file_size))
+    return req.total_chunks != upload.total_chunks or (
+        req.chunk_size is not None and upload.chunk_size not in (None, req.chunk_size)
     )
 
 
@@ -235,7 +298,6 @@ def _start_over(storage: Storage, upload: Upload, req: ChunkRequest) -> str:
     upload.file_name = req.file_name
     upload.total_chunks = req.total_chunks
     upload.chunk_size = req.chunk_size
-    upload.file_size = req.file_size
     upload.touched_at = utcnow()
     return replaced
 
@@ -270,18 +332,41 @@ def record_chunk(
     if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
         raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
     _check_against_upload(upload, req)
+    file_size = _file_size(upload, req)
+    if req.file_size is not None and upload.file_size is None:
+        _check_new_file_size(session, upload, req.file_size)
     if not req.is_last and upload.chunk_size is None:
-        _fix_chunk_size(session, upload, size)
-    exact, most = _expected_size(upload, req.index)
+        _fix_chunk_size(session, upload, size, file_size)
+    exact, most = _expected_size(upload, req.index, file_size)
     if exact is not None and size != exact:
         raise _size_conflict(
             f"chunk {req.index} has {size} bytes, but it must have {exact} in this upload "
-            f"(chunk size {upload.chunk_size}; only the last chunk may be smaller)"
+            + (
+                f"(file_size {file_size}, chunk size {upload.chunk_size})"
+                if req.is_last
+                else f"(chunk size {upload.chunk_size}; only the last chunk may be smaller)"
+            )
         )
     if most is not None and size > most:
         raise _size_conflict(
             f"the last chunk has {size} bytes, more than the chunk size {upload.chunk_size}"
         )
+    completes = upload.chunks_received + 1 == upload.total_chunks
+    if file_size is not None:
+        stored = upload.bytes_received + size
+        if stored > file_size:
+            raise _file_size_conflict(
+                f"chunk {req.index} has {size} bytes, but only "
+                f"{file_size - upload.bytes_received} of the file's {file_size} bytes "
+                "(file_size) are not stored yet"
+            )
+        if completes and stored != file_size:
+            # With a chunk size the exact sizes above already add up to file_size; this is
+            # a single chunk shorter than it. DESIGN §2: 409, and the upload stays open.
+            raise _file_size_conflict(
+                f"the chunks add up to {stored} bytes, not the file_size {file_size}"
+            )
+        upload.file_size = file_size
     now = utcnow()
     transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
     session.add(Chunk(job_id=job.id, index=req.index, size=size, sha256=sha256, placed=placed))
@@ -289,7 +374,7 @@ def record_chunk(
     upload.bytes_received += size
     upload.touched_at = now
     completed_now = False
-    if upload.chunks_received == upload.total_chunks:
+    if completes:
         completed_now = transition(
             session, job.id, [JobStatus.UPLOADING], JobStatus.QUEUED, queued_at=now
         )
@@ -297,6 +382,18 @@ def record_chunk(
             upload.completed_at = now
     session.commit()
     return Recorded(False, completed_now, completed_now, expires_at(upload, settings.upload_expiry))
+
+
+def held_open(session: Session, job_id: int, storage_id: str) -> bool:
+    """Whether the database still holds the upload `storage_id` open.
+
+    Asked when the storage says such an upload does not exist. If the database no longer
+    holds it either, it was discarded (or replaced) while the chunk was sent: the client is
+    told so. If it still does, the storage lost it, or this API process stores elsewhere
+    than the one that began it (a CHUTE_STORAGE_URL that differs): a fault of the server.
+    """
+    upload = session.get(Upload, job_id)
+    return upload is not None and upload.storage_id == storage_id and upload.completed_at is None
 
 
 def started(upload: Upload | None) -> bool:

@@ -91,6 +91,51 @@ def test_bad_bodies_answer_422_with_plain_words(alice: Client, body: Any, mentio
     assert mentions in detail
 
 
+# Names with control characters (DESIGN §2): PostgreSQL refuses NUL in text, so without the
+# check a NUL is a 500 there; the others would reach terminals and pages as they are.
+@pytest.mark.parametrize(
+    ("name", "detail"),
+    [
+        pytest.param(
+            "a\x00b", "must not hold control characters (character 2 is U+0000)", id="nul"
+        ),
+        pytest.param(
+            "\x1b]0;pwned\x07", "must not hold control characters (character 1 is U+001B)", id="esc"
+        ),
+        pytest.param(
+            "two\r\nlines", "must not hold control characters (character 4 is U+000D)", id="crlf"
+        ),
+        pytest.param(
+            "in\u2028two", "must not hold control characters (character 3 is U+2028)", id="line-sep"
+        ),
+        pytest.param(
+            "report\u202egpj.exe",
+            "must not hold control characters (character 7 is U+202E)",
+            id="bidi-override",
+        ),
+        pytest.param("\x85", "must not hold control characters (character 1 is U+0085)", id="c1"),
+        pytest.param("x" * 201, "String should have at most 200 characters", id="201-chars"),
+        pytest.param("", "String should have at least 1 character", id="empty"),
+    ],
+)
+def test_a_name_with_control_characters_or_too_long_is_422(
+    server: Server, alice: Client, name: str, detail: str
+) -> None:
+    before = server.sql("SELECT count(*) FROM jobs")
+    answer = create(alice, {"name": name})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == f"name: {detail}"
+    assert server.sql("SELECT count(*) FROM jobs") == before
+
+
+def test_names_of_200_characters_with_any_printable_text_are_taken(alice: Client) -> None:
+    # Emoji joined by U+200D and a soft hyphen: format characters (Cf), allowed.
+    for name in ("x" * 200, "Zoë's 📈 Q3 👩\u200d💻 ventes été — ÖBB", "\u00adsoft"):
+        answer = create(alice, {"name": name})
+        assert answer.status_code == 201, answer.text
+        assert alice.job(answer.json()["id"])["name"] == name
+
+
 def test_a_body_that_is_not_json_answers_422(alice: Client) -> None:
     answer = alice.http.post(
         "/api/job", content=b"name=x", headers={"Content-Type": "application/json"}

@@ -297,10 +297,22 @@ def test_file_size_is_checked_against_the_chunks(
         409,
         f"a file of {2 * chunk} bytes in chunks of {chunk} bytes has 2 chunks, not total_chunks 3",
     )
+    answer = client.send_chunk(job_id, 0, 3, chunks[0], chunk_size=chunk, file_size=3 * chunk + 1)
+    assert_error(
+        answer,
+        409,
+        f"a file of {3 * chunk + 1} bytes in chunks of {chunk} bytes has 4 chunks, "
+        "not total_chunks 3",
+    )
     assert_error(
         client.send_chunk(job_id, 0, 3, chunks[0], file_size=2),
         422,
         "total_chunks is larger than file_size: every chunk has a byte",
+    )
+    assert_error(
+        client.send_chunk(job_id, 0, 3, chunks[0], file_size="5e3"),
+        422,
+        "the field file_size must be a whole number, not '5e3'",
     )
     assert_nothing_recorded(client, job_id)
 
@@ -314,12 +326,104 @@ def test_file_size_is_checked_against_the_chunks(
     short = chunks[-1][:-1]
     answer = client.send_chunk(job_id, total - 1, total, short)
     assert answer.status_code == 409, answer.text
-    assert answer.json()["detail"].startswith(
-        f"chunk {total - 1} has {len(short)} bytes, but it must have {len(chunks[-1])}"
+    assert answer.json()["detail"] == (
+        f"chunk {total - 1} has {len(short)} bytes, but it must have {len(chunks[-1])} "
+        f"in this upload (file_size {size}, chunk size {chunk})"
     )
     assert upload_status(client, job_id) == before
     answers = [client.send_chunk(job_id, i, total, c) for i, c in enumerate(chunks)]
     assert answers[-1].json()["message"] == COMPLETE
+    assert_succeeded_with(client, job_id, data)
+
+
+def test_file_size_must_be_the_size_of_a_single_chunk(client: Client) -> None:
+    """A chunk over file_size is refused as it streams; one under it cannot complete."""
+    data = csv_of_size(128)
+    job_id = client.new_job()
+    answer = client.send_chunk(job_id, 0, 1, data, file_size=5)
+    assert_error(
+        answer,
+        409,
+        "chunk 0 has more than the 5 bytes of the file (file_size 5) that are not stored yet",
+    )
+    assert_nothing_recorded(client, job_id)
+    answer = client.send_chunk(job_id, 0, 1, data, file_size=len(data) + 10)
+    assert_error(
+        answer, 409, f"the chunks add up to {len(data)} bytes, not the file_size {len(data) + 10}"
+    )
+    assert_nothing_recorded(client, job_id)
+    # Not queued, and the upload is open: the right size completes it.
+    assert client.job(job_id)["status"] == "awaiting_upload"
+    answer = client.send_chunk(job_id, 0, 1, data, file_size=len(data))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"] == COMPLETE
+    assert_succeeded_with(client, job_id, data)
+
+
+def test_wrong_file_size_never_completes_an_upload(
+    client: Client, chunk: int, data: bytes, chunks: list[bytes]
+) -> None:
+    size, total, last = len(data), len(chunks), len(chunks[-1])
+    job_id = client.new_job()
+    # Before the chunk size is known, a chunk may have what file_size leaves: no more.
+    answer = client.send_chunk(job_id, total - 1, total, chunks[-1], file_size=last - 1)
+    assert_error(
+        answer,
+        409,
+        f"chunk {total - 1} has more than the {last - 1} bytes of the file "
+        f"(file_size {last - 1}) that are not stored yet",
+    )
+    assert_nothing_recorded(client, job_id)
+
+    # The last chunk first, with a file_size one byte too large: nothing can tell yet.
+    answer = client.send_chunk(job_id, total - 1, total, chunks[-1], file_size=size + 1)
+    assert answer.status_code == 200, answer.text
+    before = upload_status(client, job_id)
+    # The chunk that fixes the chunk size tells: 2 chunks of `chunk` bytes and the last.
+    detail = (
+        f"file_size is {size + 1}, but {total - 1} chunks of {chunk} bytes and the last "
+        f"chunk already stored ({last} bytes) make a file of {size} bytes"
+    )
+    for index in range(total - 1):
+        assert_error(client.send_chunk(job_id, index, total, chunks[index]), 409, detail)
+    assert upload_status(client, job_id) == before
+    assert client.job(job_id)["status"] == "uploading"
+    # A later chunk that names another file_size is refused as well.
+    answer = client.send_chunk(job_id, 0, total, chunks[0], file_size=size)
+    assert_error(answer, 409, f"file_size is {size}, but earlier chunks said {size + 1}")
+
+    # Discarded, the upload starts again with the right file_size, and completes.
+    assert client.http.delete(f"/api/job/{job_id}/upload-data").status_code == 204
+    answers = [client.send_chunk(job_id, i, total, c, file_size=size) for i, c in enumerate(chunks)]
+    assert [a.status_code for a in answers] == [200] * total, [a.text for a in answers]
+    assert answers[-1].json()["message"] == COMPLETE
+    assert_succeeded_with(client, job_id, data)
+
+
+def test_a_refused_chunk_binds_no_file_size(
+    client: Client, data: bytes, chunks: list[bytes]
+) -> None:
+    size, total = len(data), len(chunks)
+    job_id = client.new_job()
+    assert client.send_chunk(job_id, 0, total, chunks[0]).status_code == 200
+    # A wrong file_size on a chunk refused for its checksum is forgotten with it.
+    answer = client.send_chunk(
+        job_id, total - 1, total, chunks[-1], file_size=size + 1, chunk_sha256="0" * 64
+    )
+    assert answer.status_code == 422, answer.text
+    assert upload_status(client, job_id)["file_size"] is None
+    answer = client.send_chunk(job_id, total - 1, total, chunks[-1], file_size=size)
+    assert answer.status_code == 200, answer.text
+    assert upload_status(client, job_id)["file_size"] == size
+    answer = client.send_chunk(job_id, 1, total, chunks[1])
+    assert answer.json()["message"] == COMPLETE
+    # After completion a file_size that is not the file's is refused, the right one taken.
+    assert_error(
+        client.send_chunk(job_id, 1, total, chunks[1], file_size=size + 1),
+        409,
+        f"file_size is {size + 1}, but earlier chunks said {size}",
+    )
+    assert client.send_chunk(job_id, 1, total, chunks[1], file_size=size).status_code == 200
     assert_succeeded_with(client, job_id, data)
 
 
@@ -652,6 +756,81 @@ def test_body_that_is_not_multipart_is_422(
     else:
         assert answer.json()["detail"] == MALFORMED + detail
     assert_nothing_recorded(client, job_id)
+
+
+def named_file_form(
+    filename: str, fields: list[Part], data: bytes, *, file_first: bool
+) -> tuple[str, bytes]:
+    """A chunk's form whose file part carries `filename` as it is (httpx would escape it)."""
+    boundary = "chute-names-boundary"
+    file_part = (
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
+    field_parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields
+    )
+    parts = [file_part, field_parts] if file_first else [field_parts, file_part]
+    return f"multipart/form-data; boundary={boundary}", b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("file_first", [False, True], ids=["fields-first", "file-first"])
+@pytest.mark.parametrize(
+    ("filename", "why"),
+    [
+        pytest.param(
+            "a\x00b.csv", "must not hold control characters (character 2 is U+0000)", id="nul"
+        ),
+        pytest.param(
+            "\x1b[2Jx.csv", "must not hold control characters (character 1 is U+001B)", id="esc"
+        ),
+        # A CR or LF would end the part's header line: the form itself is malformed then.
+        pytest.param(
+            "a\tb.csv", "must not hold control characters (character 2 is U+0009)", id="tab"
+        ),
+        pytest.param(
+            "a\x7fb.csv", "must not hold control characters (character 2 is U+007F)", id="del"
+        ),
+        pytest.param(
+            "report\u202evsc.exe",
+            "must not hold control characters (character 7 is U+202E)",
+            id="bidi-override",
+        ),
+        pytest.param("x" * 197 + ".csv", "must be at most 200 characters, not 201", id="201-chars"),
+    ],
+)
+def test_file_name_with_control_characters_or_too_long_is_422(
+    server: Server, client: Client, chunks: list[bytes], filename: str, why: str, file_first: bool
+) -> None:
+    """PostgreSQL refuses NUL in text: without the check such a name is a 500 there."""
+    job_id = client.new_job()
+    content_type, body = named_file_form(
+        filename, fields(0, len(chunks), chunks[0]), chunks[0], file_first=file_first
+    )
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data", content=body, headers={"Content-Type": content_type}
+    )
+    assert_error(answer, 422, f"the file part's filename {why}")
+    assert_nothing_recorded(client, job_id)
+    assert client.job(job_id)["status"] == "awaiting_upload"
+    assert server.sql("SELECT count(*) FROM uploads WHERE job_id = :id", id=job_id) == [(0,)]
+    # A name of 200 characters is taken.
+    content_type, body = named_file_form(
+        "x" * 196 + ".csv", fields(0, len(chunks), chunks[0]), chunks[0], file_first=file_first
+    )
+    answer = client.http.post(
+        f"/api/job/{job_id}/upload-data", content=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 200, answer.text
+    assert client.job(job_id)["upload"]["file_name"] == "x" * 196 + ".csv"
 
 
 def test_refused_first_chunk_binds_no_sizes(

@@ -241,6 +241,23 @@ def test_an_unreachable_store_gives_a_clear_error(s3_bucket: str, seaweedfs: Sea
         gone.begin(KEY)
 
 
+def test_the_stores_answer_is_named_in_the_error(storage: S3Storage, seaweedfs: SeaweedFS) -> None:
+    """What the server's log shows when a part cannot be stored: the store's error code."""
+    upload_id = storage.begin(KEY)
+    missing = storage_for(seaweedfs, "chute-no-such-bucket", "chute")
+    with pytest.raises(StorageError) as caught:
+        put(missing, upload_id, 0, b"id,name\n1,a\n")
+    assert str(caught.value) == (
+        f"upload of part 1 to 'chute/{KEY}': the S3 store answered NoSuchBucket "
+        "(bucket 'chute-no-such-bucket'): the bucket does not exist; check CHUTE_STORAGE_URL"
+    )
+    # A discarded upload: the storage contract's FileNotFoundError, which the upload path
+    # checks against the database before it tells the client "discarded".
+    storage.abort(upload_id)
+    with pytest.raises(FileNotFoundError, match="the S3 store answered NoSuchUpload"):
+        put(storage, upload_id, 0, b"id,name\n1,a\n")
+
+
 def test_the_store_refuses_small_parts_but_the_last(storage: S3Storage) -> None:
     # Why the upload service checks the part size early: the store says it only at the end.
     upload_id = storage.begin(KEY)

@@ -183,3 +183,31 @@ def test_file_size_checks(settings: Settings) -> None:
     assert fewer_bytes_than_chunks.status == 422
     parse(settings, chunk_index="0", total_chunks="5", file_size="5")
     parse(settings, chunk_index="0", total_chunks="2", file_size="100000")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a\x00b", "must not hold control characters (character 2 is U+0000)"),
+        ("\x1b[31m", "must not hold control characters (character 1 is U+001B)"),
+        ("a\r\nb", "must not hold control characters (character 2 is U+000D)"),
+        ("a\x9bb", "must not hold control characters (character 2 is U+009B)"),
+        ("a\u2029b", "must not hold control characters (character 2 is U+2029)"),
+        ("\u2066x", "must not hold control characters (character 1 is U+2066)"),
+        ("x" * 201, "must be at most 200 characters, not 201"),
+    ],
+)
+def test_a_file_name_with_control_characters_is_refused(
+    settings: Settings, name: str, why: str
+) -> None:
+    fields = fields_of(("chunk_index", "0"), ("total_chunks", "1"))
+    with pytest.raises(ChuteError) as caught:
+        parse_chunk_request(7, fields, name, settings)
+    assert caught.value.problem is Problem.INVALID_FIELD
+    assert caught.value.detail == f"the file part's filename {why}"
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "Zoë 📈 👩\u200d💻.csv", "", None])
+def test_plain_file_names_are_taken(settings: Settings, name: str | None) -> None:
+    fields = fields_of(("chunk_index", "0"), ("total_chunks", "1"))
+    assert parse_chunk_request(7, fields, name, settings).file_name == (name or None)
