@@ -572,6 +572,8 @@ def _reason(errors: list[tuple[Any, ...]]) -> str:
     """One line's errors in a few words. A wrong number of fields comes first: the type
     errors of such a line only follow from its fields being shifted."""
     for _, _, kind, message, _ in errors:
+        if kind == "LINE SIZE OVER MAXIMUM":
+            return f"the line is longer than {MAX_LINE_BYTES:,} bytes, the longest Chute reads"
         if kind in ("TOO MANY COLUMNS", "MISSING COLUMNS"):
             found = _FIELD_COUNT.search(str(message))
             if found:
