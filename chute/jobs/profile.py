@@ -539,13 +539,15 @@ def _json_value(value: Any) -> Any:
 def _rejects(con: duckdb.DuckDBPyConnection, source: Path) -> dict[str, Any]:
     """The rejected rows: their total, and the first ones with line number and reason."""
     count = con.execute("SELECT count(DISTINCT line) FROM reject_errors").fetchone()
-    # A rejected line may be megabytes, and each of its errors repeats it: fetch only
-    # what the result keeps (the message's start and end hold the column and the type).
+    # A rejected line may be megabytes, and each of its errors repeats it and its value:
+    # fetch only what the result keeps, the parts of a type error taken out by DuckDB.
+    cast = [
+        f"left(regexp_extract(error_message, {_literal(_CAST)}, {group}), 61)" for group in (1, 2)
+    ]
     errors = con.execute(
-        "SELECT line, line_byte_position, error_type, "
-        "CASE WHEN length(error_message) <= 2000 THEN error_message "
-        "ELSE left(error_message, 1000) || '…' || right(error_message, 1000) END, "
-        f"left(csv_line, {MAX_TEXT + 1}) "
+        "SELECT line, line_byte_position, error_type, left(error_message, 1000), "
+        f"left(csv_line, {MAX_TEXT + 1}), {', '.join(cast)}, "
+        f"regexp_extract(error_message, {_literal(_CAST)}, 3) "
         "FROM reject_errors WHERE line IN "
         f"(SELECT DISTINCT line FROM reject_errors ORDER BY line LIMIT {REJECT_ROWS}) "
         "ORDER BY line, column_idx NULLS FIRST"
@@ -565,13 +567,14 @@ def _rejects(con: duckdb.DuckDBPyConnection, source: Path) -> dict[str, Any]:
 
 
 _FIELD_COUNT = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
-_CAST = re.compile(r'converting column "(.*)"\. Could not convert string "(.*)" to \'(\w+)\'')
+# DuckDB's words for a value that is not of its column's type (RE2 and Python alike).
+_CAST = r'(?s)converting column "(.*)"\. Could not convert string "(.*)" to \'(\w+)\''
 
 
 def _reason(errors: list[tuple[Any, ...]]) -> str:
     """One line's errors in a few words. A wrong number of fields comes first: the type
     errors of such a line only follow from its fields being shifted."""
-    for _, _, kind, message, _ in errors:
+    for _, _, kind, message, *_ in errors:
         if kind == "LINE SIZE OVER MAXIMUM":
             return f"the line is longer than {MAX_LINE_BYTES:,} bytes, the longest Chute reads"
         if kind in ("TOO MANY COLUMNS", "MISSING COLUMNS"):
@@ -580,10 +583,9 @@ def _reason(errors: list[tuple[Any, ...]]) -> str:
                 return f"expected {found[1]} fields, found {found[2]}"
             return str(message)
     reasons = []
-    for _, _, _, message, _ in errors:
-        cast = _CAST.search(str(message))
-        if cast:  # the value cut short, so that the reason still ends with the type
-            text = f'column "{cut_text(cast[1], 60)}": "{cut_text(cast[2], 60)}" is not a {cast[3]}'
+    for _, _, _, message, _, column, value, type_ in errors:
+        if type_:  # column and value cut short, so that the reason still ends with the type
+            text = f'column "{cut_text(column, 60)}": "{cut_text(value, 60)}" is not a {type_}'
         else:
             text = str(message)
         if text not in reasons:
