@@ -31,7 +31,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from chute.jobs.kinds import JobCancelled, JobFailed, load_kinds
+from chute.jobs.kinds import MAX_ERROR, JobCancelled, JobFailed, cut_text, cut_texts, load_kinds
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +194,13 @@ def _child(percent: Any, cancel: Event, tasks: Connection, send: Connection) -> 
         result = kind.run(input_path, params, progress, **extras)
         if not isinstance(result, dict):
             raise TypeError(f"job kind {kind_name!r} returned {type(result).__name__}, not a dict")
+        result = cut_texts(result)
         json.dumps(result)  # it is stored as JSON: fail here, in plain sight, if it is not
         send.send(("ok", result, _usage()))
     except JobCancelled:
         send.send(("cancelled", None, _usage()))
     except JobFailed as exc:
-        send.send(("failed", str(exc), _usage()))
+        send.send(("failed", cut_text(str(exc), MAX_ERROR), _usage()))
     except Exception:
         log.exception("job kind %r failed", kind_name)
         send.send(("error", None, _usage()))

@@ -13,7 +13,10 @@ Each entry point maps a kind's name to a function::
 - Raise `JobFailed("plain words")` to fail the job with a message its user will read.
   Any other exception fails it too, with a generic message; the worker's log keeps the
   traceback.
-- The returned dict (JSON-able) becomes the job's `result`.
+- The returned dict (JSON-able) becomes the job's `result`. Every text in it (values
+  and keys, at any depth) is cut to `MAX_TEXT` characters, the last one then "…", so a
+  job's JSON stays small whatever its file holds; a `JobFailed` message is cut to
+  `MAX_ERROR` characters.
 
 A function may also declare any of these keyword parameters, and then gets them:
 - `outputs: Path`, an empty folder: files left in it become the job's downloads, at
@@ -41,6 +44,10 @@ GROUP = "chute.jobs"
 EXTRAS = ("outputs", "scratch", "settings")
 
 Progress = Callable[[float], None]
+
+# Longest text a result holds (DESIGN §2), and longest error message.
+MAX_TEXT = 200
+MAX_ERROR = 1000
 
 
 class JobCancelled(Exception):
@@ -86,3 +93,23 @@ def load_kinds() -> dict[str, Kind]:
         except Exception:
             log.exception("job kind %r (%s) could not be loaded", entry.name, entry.value)
     return kinds
+
+
+def cut_text(text: str, limit: int = MAX_TEXT) -> str:
+    """`text`, or its start and "…" when it is longer than `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cut_texts(value: Any, limit: int = MAX_TEXT) -> Any:
+    """A JSON-able value with every text in it, keys included, cut to `limit` characters.
+
+    The one place a result's texts are bounded, whichever kind made it: column names,
+    values, reject reasons and lines of a CSV all come from the user's file.
+    """
+    if isinstance(value, str):
+        return cut_text(value, limit)
+    if isinstance(value, dict):
+        return {cut_texts(k, limit): cut_texts(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [cut_texts(v, limit) for v in value]
+    return value

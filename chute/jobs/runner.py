@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
+from chute.config import Settings
 from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
@@ -52,7 +53,7 @@ def run_job(rt: Runtime, job_id: int) -> None:
     claim = _claim(rt, job_id)
     if claim is None:
         return  # claimed by another worker, cancelled or deleted
-    scratch = rt.settings.data_dir.resolve() / "scratch" / f"{job_id}-{claim.token}"
+    scratch = scratch_root(rt.settings) / f"{job_id}-{claim.token}"
     for stale in scratch.parent.glob(f"{job_id}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by an earlier run that died
     (scratch / "outputs").mkdir(parents=True)
@@ -63,6 +64,11 @@ def run_job(rt: Runtime, job_id: int) -> None:
     finally:
         heartbeat.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def scratch_root(settings: Settings) -> Path:
+    """Where runs keep their scratch folders, one per run, named `{job id}-{claim}`."""
+    return settings.data_dir.resolve() / "scratch"
 
 
 def _run(rt: Runtime, claim: Claim, heartbeat: Heartbeat, scratch: Path) -> None:

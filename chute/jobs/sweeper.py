@@ -1,5 +1,6 @@
 """Periodic repairs: expire abandoned uploads, re-enqueue jobs whose enqueue was lost,
-and take back running jobs whose worker stopped heartbeating.
+take back running jobs whose worker stopped heartbeating, and remove the scratch folders
+that runs which ended without cleaning up (a worker killed mid-job) left behind.
 
 Any number of sweepers may run at once (one per `chute worker`, on any host). A sweep
 first lists candidates without locking anything, then changes each in a transaction of
@@ -13,6 +14,8 @@ also means two sweepers never hold locks on several rows, which could deadlock.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import threading
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from chute.db.models import Job, JobStatus, utcnow
 from chute.db.session import in_transaction
+from chute.jobs.runner import scratch_root
 from chute.upload.service import expire_upload, stale_uploads
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
     for job_id in _lost_running(rt, now):
         log.info("job %s lost its worker; enqueueing it again", job_id)
         rt.queue.enqueue(job_id)
+    remove_stale_scratch(rt)
 
 
 def _expire_uploads(rt: Runtime, now: datetime) -> int:
@@ -139,6 +144,52 @@ def _take_back(
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+_SCRATCH_NAME = re.compile(r"(\d+)-([0-9a-f]+)")
+
+
+def remove_stale_scratch(rt: Runtime) -> int:
+    """Remove every scratch folder whose run is over; returns how many were removed.
+
+    A run's folder is `{job id}-{claim}` and is made after its claim is committed. The
+    run is live exactly while the database has its job `running` under that claim: the
+    claim ends when the run finishes (it then removes the folder itself), or when the
+    job is cancelled, deleted, or taken back by the sweeper after `heartbeat_timeout`
+    without a heartbeat (its worker died, and its copy of the input is left). So a
+    folder whose claim is no longer its job's running claim is stale, whichever process
+    made it: workers sharing a data dir (several on one host) keep each other's live
+    folders. Folders are listed before the database is read, so a run that starts in
+    between is not listed. A run that lost its claim while still alive stops at its next
+    heartbeat; it may find its folder gone first, which changes nothing it could store.
+    """
+    root = scratch_root(rt.settings)
+    runs: dict[str, tuple[int, str]] = {}
+    if root.is_dir():
+        for path in root.iterdir():
+            named = _SCRATCH_NAME.fullmatch(path.name)
+            if named and path.is_dir():  # anything else there is not ours to remove
+                runs[path.name] = (int(named[1]), named[2])
+    if not runs:
+        return 0
+    ids = sorted({job_id for job_id, _ in runs.values()})
+    live: set[tuple[int, str | None]] = set()
+    with rt.sessions() as session:
+        for start in range(0, len(ids), 500):
+            live.update(
+                (job_id, claim)
+                for job_id, claim in session.execute(
+                    select(Job.id, Job.claim).where(
+                        Job.id.in_(ids[start : start + 500]), Job.status == JobStatus.RUNNING
+                    )
+                )
+            )
+    stale = [name for name, run in runs.items() if run not in live]
+    for name in stale:
+        shutil.rmtree(root / name, ignore_errors=True)
+    if stale:
+        log.info("removed %d scratch folders of runs that ended: %s", len(stale), ", ".join(stale))
+    return len(stale)
 
 
 class Sweeper(threading.Thread):

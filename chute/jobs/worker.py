@@ -8,13 +8,19 @@ from huey.consumer import Consumer
 
 from chute.config import Settings
 from chute.jobs.isolation import start_spare
-from chute.jobs.sweeper import Sweeper
+from chute.jobs.sweeper import Sweeper, remove_stale_scratch
 from chute.runtime import build_runtime
 
 
 def run_worker(settings: Settings, threads: int = 2) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rt = build_runtime(settings)
+    # What runs of a worker that was killed left here (a whole copy of a job's input,
+    # maybe); folders of runs live in other workers sharing this data dir are kept.
+    try:
+        remove_stale_scratch(rt)
+    except Exception:  # the sweeper tries again; this is no reason not to start
+        logging.getLogger(__name__).exception("removing stale scratch folders failed")
     start_spare()  # the first job's process, started while the worker waits
     sweeper = Sweeper(rt)
     sweeper.start()

@@ -28,6 +28,44 @@ _BOMS = [
     (codecs.BOM_UTF16_BE, "utf-16"),
 ]
 _CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r", "\f", "\v"}
+# Text codecs (str to bytes) that are not the character encoding of a file: they rewrite
+# the text (backslash escapes; UTF-7's "+" starts base64), encode domain names, or decode
+# nothing at all. Python's other text codecs map bytes to characters, which is what a
+# CSV file's encoding means. Names as `codecs.lookup` gives them.
+_NOT_FILE_ENCODINGS = frozenset(
+    {"undefined", "punycode", "idna", "unicode-escape", "raw-unicode-escape", "utf-7"}
+)
+_PROBE = 'id,name\r\n1,"a b"\n'
+
+
+def check_encoding(name: str) -> str:
+    """`name` if it names the text encoding of a file, else ValueError saying why.
+
+    Bytes-to-bytes codecs (base64, hex, quopri, uu, zlib, bz2) and rot13 are not text
+    encodings: decoding with them gives bytes, or inflates what an attacker sent. The
+    rule is Python's own flag for text encodings, less the codecs above, and a probe:
+    a short CSV, encoded and then decoded a byte at a time as a file is read in blocks,
+    must come back unchanged.
+    """
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError):
+        raise ValueError(f"unknown encoding {name!r}") from None
+    usable = info._is_text_encoding and info.name not in _NOT_FILE_ENCODINGS
+    if usable:
+        try:
+            data = _PROBE.encode(info.name)
+            decoder = info.incrementaldecoder()
+            text = "".join(decoder.decode(data[i : i + 1]) for i in range(len(data)))
+            usable = text + decoder.decode(b"", final=True) == _PROBE
+        except Exception:  # the codec is third-party, or broken: refuse it
+            usable = False
+    if not usable:
+        raise ValueError(
+            f"{name!r} is not the character encoding of a text file "
+            "(use one such as utf-8, latin-1, cp1252 or utf-16)"
+        )
+    return name
 
 
 def bom_encoding(head: bytes) -> str | None:
@@ -85,7 +123,14 @@ class CsvStartCheck:
         for magic, why in _MAGIC.items():
             if head.startswith(magic):
                 raise not_csv(why)
-        if self.encoding is None:
+        if self.encoding is not None:
+            # Checked when the job was created; again here, so that a job stored before
+            # that check (or by other means) gets a 422, never a decoder's exception.
+            try:
+                check_encoding(self.encoding)
+            except ValueError as exc:
+                raise not_csv(f"the job's encoding param: {exc}") from None
+        else:
             self.encoding = bom_encoding(head)
         # UTF-16 and UTF-32 text is full of NUL bytes.
         self._nul_ok = self.encoding is not None and self.encoding.replace("-", "").lower()[:5] in (
@@ -113,10 +158,8 @@ class CsvStartCheck:
         if self.encoding is not None:
             try:
                 return codecs.getincrementaldecoder(self.encoding)().decode(head, final)
-            except UnicodeDecodeError:
+            except UnicodeError:
                 raise not_csv(f"it is not valid {self.encoding} text") from None
-            except LookupError:
-                raise not_csv(f"the encoding {self.encoding!r} is unknown") from None
         try:
             return codecs.getincrementaldecoder("utf-8")().decode(head, final)
         except UnicodeDecodeError:

@@ -157,6 +157,127 @@ def test_kind_and_params_are_checked_when_the_job_is_created(client: Client) -> 
     assert client.http.get("/api/job").json()["total"] == before
 
 
+# Python codecs that are not a text file's encoding: with them chunk 0 answered 500 for
+# good (base64 ... undefined), or the API inflated what was sent (zlib, bz2).
+NOT_TEXT_ENCODINGS = [
+    "base64",
+    "hex",
+    "rot13",
+    "quopri",
+    "uu",
+    "punycode",
+    "undefined",
+    "zlib",
+    "bz2",
+]
+
+
+def test_params_encoding_takes_only_text_encodings(client: Client) -> None:
+    before = client.http.get("/api/job").json()["total"]
+    for encoding in NOT_TEXT_ENCODINGS:
+        answer = client.http.post(
+            "/api/job", json={"name": "bad", "params": {"encoding": encoding}}
+        )
+        assert answer.status_code == 422, (encoding, answer.text)
+        assert answer.json() == {
+            "detail": f"params.encoding: Value error, {encoding!r} is not the character "
+            "encoding of a text file (use one such as utf-8, latin-1, cp1252 or utf-16)"
+        }
+    assert client.http.get("/api/job").json()["total"] == before
+    text = "name,city\nJosé,Zürich\n"
+    for encoding in ("latin-1", "utf-16", "cp1252"):
+        job_id = client.new_job(params={"encoding": encoding})
+        client.upload(job_id, text.encode(encoding))
+        job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+        assert job["status"] == "succeeded", job
+        assert job["result"]["preview"]["rows"] == [["José", "Zürich"]]
+
+
+def test_a_stored_job_with_a_bad_encoding_gets_422_on_chunk_0(
+    server: Server, client: Client
+) -> None:
+    # Jobs stored before the check (or written by other means) must not make chunk 0 fail
+    # with a 500: the check of chunk 0 refuses the encoding too.
+    from sqlalchemy import create_engine, update
+
+    from chute.db.models import Job
+
+    engine = create_engine(server.database_url)
+    try:
+        for encoding in NOT_TEXT_ENCODINGS:
+            job_id = client.new_job()
+            with engine.begin() as conn:
+                conn.execute(
+                    update(Job).where(Job.id == job_id).values(params={"encoding": encoding})
+                )
+            answer = client.send_chunk(job_id, 0, 1, b"aWQsbmFtZQoxLDIK\n")
+            assert answer.status_code == 422, (encoding, answer.text)
+            assert answer.json()["detail"] == (
+                "This does not look like a CSV file: the job's encoding param: "
+                f"{encoding!r} is not the character encoding of a text file "
+                "(use one such as utf-8, latin-1, cp1252 or utf-16)"
+            )
+            held = client.http.get(f"/api/job/{job_id}/upload-data").json()
+            assert (held["chunks"], held["bytes_received"]) == ([], 0)
+            assert client.job(job_id)["status"] == "awaiting_upload"
+    finally:
+        engine.dispose()
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every text in a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+def test_a_result_holds_no_text_over_200_characters(client: Client) -> None:
+    # 20 rows with 300 KB of text each in a BIGINT column (after the rows the types are
+    # sniffed from): their reasons and lines were kept whole, megabytes in every answer
+    # and event carrying the job. Also a long column name and long values in the preview.
+    long_name = "n" * 5000
+    lines = [f"id,{long_name},note"]
+    lines += [f"{i},{i},{'y' * 100_000 if i < 3 else 'short'}" for i in range(21_000)]
+    lines += [f"{i},{chr(97 + i % 26) * 300_000},late" for i in range(20)]
+    data = ("\n".join(lines) + "\n").encode()
+    assert len(data) > 6_000_000
+    job_id = client.new_job()
+    client.upload(job_id, data)
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=120)
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["rows"] == 21_000 and result["rejects"]["count"] == 20
+    assert [c["type"] for c in result["columns"]] == ["BIGINT", "BIGINT", "VARCHAR"]
+    reason = result["rejects"]["rows"][0]["reason"]
+    assert reason.startswith('column "nnnn') and reason.endswith('…" is not a BIGINT'), reason
+    for path in (f"/api/job/{job_id}", "/api/job", f"/api/job/{job_id}/result"):
+        answer = client.http.get(path)
+        assert answer.status_code == 200
+        assert len(answer.content) < 200_000, (path, len(answer.content))
+        longest = max(strings(answer.json()), key=len)
+        assert len(longest) <= 200, (path, longest[:300])
+    assert result["columns"][1]["name"] == "n" * 199 + "…"
+    assert result["preview"]["rows"][0][2] == "y" * 199 + "…"
+
+
+def test_a_file_too_wide_to_profile_fails_in_plain_words(client: Client) -> None:
+    # 100,000 columns in 2.4 MB ran DuckDB out of memory: "could not be read as CSV".
+    data = "".join(",".join(str((r + c) % 10) for c in range(100_000)) + "\n" for r in range(12))
+    job_id = client.new_job(params={"header": False})
+    client.upload(job_id, data.encode())
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+    assert (job["status"], job["error"]) == (
+        "failed",
+        "The file has 100,000 columns; Chute profiles at most 10,000.",
+    )
+
+
 # --- plugins and events --------------------------------------------------------------------
 
 

@@ -14,7 +14,14 @@ import pytest
 
 from chute.config import Settings
 from chute.jobs.kinds import JobCancelled, JobFailed
-from chute.jobs.profile import PREVIEW_ROWS, REJECT_ROWS, _line_numbers, profile
+from chute.jobs.profile import (
+    MAX_COLUMNS,
+    MAX_LINE_BYTES,
+    PREVIEW_ROWS,
+    REJECT_ROWS,
+    _line_numbers,
+    profile,
+)
 
 # Quoted fields with commas, quotes and a newline inside, a BOM, a column of mixed
 # types (amount), an empty value, and three malformed rows: lines 7 and 9 in the head,
@@ -262,3 +269,64 @@ def test_wide_encodings_are_read(tmp_path: Path, encoding: str) -> None:
     text = "name,city\nJosé,Zürich\n"
     result = run(tmp_path, text.encode(encoding), encoding=encoding)
     assert result["preview"]["rows"] == [["José", "Zürich"]]
+
+
+def test_a_file_too_wide_to_profile_fails_saying_so(tmp_path: Path) -> None:
+    # 100,000 columns in 2.4 MB: DuckDB ran out of memory on it, which read as "could not
+    # be read as CSV". The header may be absent: the first line is counted either way.
+    columns = 100_000
+    data = "".join(",".join(str((r + c) % 10) for c in range(columns)) + "\n" for r in range(12))
+    assert 2_000_000 < len(data) < 3_000_000
+    with pytest.raises(JobFailed) as failed:
+        run(tmp_path, data.encode(), header=False)
+    assert str(failed.value) == (
+        f"The file has 100,000 columns; Chute profiles at most {MAX_COLUMNS:,}."
+    )
+
+
+def test_a_header_longer_than_a_line_may_be_fails_saying_so(tmp_path: Path) -> None:
+    data = ("name" + "x" * MAX_LINE_BYTES + ",b\n1,2\n").encode()
+    with pytest.raises(JobFailed) as failed:
+        run(tmp_path, data)
+    assert str(failed.value).startswith(
+        f"The file's first line, its header, is longer than {MAX_LINE_BYTES:,} bytes"
+    )
+
+
+@pytest.mark.parametrize("where", [50, 30_000], ids=["in-the-sniff-sample", "after-it"])
+def test_a_line_too_long_is_a_rejected_row_wherever_it_is(tmp_path: Path, where: int) -> None:
+    lines = ["id,name,when"] + [f"{i},n{i},2024-01-{i % 28 + 1:02d}" for i in range(40_000)]
+    lines[where] = f"{where}," + "x" * (MAX_LINE_BYTES + 10) + ",2024-01-01"
+    result = run(tmp_path, ("\n".join(lines) + "\n").encode())
+    assert result["rows"] == 40_000 - 1
+    assert [c["type"] for c in result["columns"]] == ["BIGINT", "VARCHAR", "DATE"]
+    assert result["rejects"]["count"] == 1
+    rejected = result["rejects"]["rows"][0]
+    assert rejected["line"] == where + 1
+    assert rejected["reason"] == (
+        f"the line is longer than {MAX_LINE_BYTES:,} bytes, the longest Chute reads"
+    )
+    assert rejected["text"].startswith(f"{where},xxx")
+    assert result["dialect"]["delimiter"] == "," and result["dialect"]["header"] is True
+
+
+def test_distinct_is_never_above_the_values_there_are(tmp_path: Path) -> None:
+    # HyperLogLog said 81,943 distinct values for a column of 80,000 unique ones.
+    rows = 80_000
+    lines = ["id,half,flag,empty,one"]
+    lines += [f"{i},{i % 40_000},{i % 2 == 0},,{'x' if i == 7 else ''}" for i in range(rows)]
+    result = run(tmp_path, ("\n".join(lines) + "\n").encode())
+    columns = {c["name"]: c for c in result["columns"]}
+    for column in columns.values():
+        assert column["distinct"] <= rows - column["nulls"], column
+    # DuckDB's estimate for 0..79,999 is 80,398: shown as the count of values there are.
+    assert columns["id"]["distinct"] == rows
+    assert columns["half"]["distinct"] == pytest.approx(40_000, rel=0.03)
+    assert (columns["id"]["distinct_approximate"], columns["half"]["distinct_approximate"]) == (
+        True,
+        True,
+    )
+    # Exact where it is known without a pass: booleans, at most one value.
+    assert (columns["flag"]["distinct"], columns["flag"]["distinct_approximate"]) == (2, False)
+    assert (columns["empty"]["distinct"], columns["empty"]["distinct_approximate"]) == (0, False)
+    assert (columns["one"]["distinct"], columns["one"]["distinct_approximate"]) == (1, False)

@@ -141,3 +141,47 @@ def test_sweepers_at_once_act_on_each_job_once(runtimes: list[Runtime]) -> None:
     assert {status[i] for i in ids["stale_upload"]} == {JobStatus.UPLOAD_EXPIRED}
     assert {attempts[i] for i in ids["lost"]} == {1}  # the sweeper never counts a start
     assert (uploads, chunks) == ([], [])
+
+
+def test_a_sweep_removes_scratch_folders_of_runs_that_are_over(runtimes: list[Runtime]) -> None:
+    rt = runtimes[0]
+    rt.queue = Recorder()  # type: ignore[assignment]
+    with rt.sessions() as session:
+        user = User(username="scratch-test", password_hash="x")
+        session.add(user)
+        session.flush()
+        jobs = {}
+        for what, status, claim in [
+            ("running", JobStatus.RUNNING, "aa11"),
+            ("succeeded", JobStatus.SUCCEEDED, None),
+            ("queued", JobStatus.QUEUED, None),  # taken back from a dead worker
+        ]:
+            job = Job(
+                user_id=user.id,
+                name=what,
+                kind="profile",
+                params={},
+                status=status,
+                claim=claim,
+                heartbeat_at=utcnow() if claim else None,
+            )
+            session.add(job)
+            session.flush()
+            jobs[what] = job.id
+        session.commit()
+    scratch = rt.settings.data_dir.resolve() / "scratch"
+    live = scratch / f"{jobs['running']}-aa11"
+    stale = [
+        scratch / f"{jobs['running']}-bb22",  # an earlier run of the running job
+        scratch / f"{jobs['succeeded']}-cc33",
+        scratch / f"{jobs['queued']}-dd44",
+        scratch / "987654-ee55",  # a job since deleted
+    ]
+    other = scratch / "not-a-run"
+    for folder in [live, *stale, other]:
+        (folder / "duckdb").mkdir(parents=True)
+        (folder / "input.csv").write_bytes(b"a,b\n" * 1000)
+
+    sweep(rt)
+    assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, other.name])
+    assert (live / "input.csv").exists()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chute.errors import ChuteError
-from chute.upload.csvcheck import HEAD_BYTES, CsvStartCheck
+from chute.upload.csvcheck import HEAD_BYTES, CsvStartCheck, check_encoding
 
 TEXT = "id,name,city\n1,Zoë,Kraków\n2,Ærøskøbing,Malmö\n"
 
@@ -157,3 +157,47 @@ def test_a_multibyte_character_cut_at_the_chunk_end_is_fine() -> None:
     check([data], {"encoding": "utf-8"})
     # ... unless the file ends there too.
     assert "utf-8" in refused([data], {"encoding": "utf-8"}, whole_file=True)
+
+
+# Python codecs that are not the encoding of a text file: bytes-to-bytes or str-to-str
+# codecs, and text codecs that rewrite text, encode domain names or decode nothing.
+NOT_FILE_ENCODINGS = [
+    "base64",
+    "hex",
+    "rot13",
+    "quopri",
+    "uu",
+    "zlib",
+    "bz2",
+    "punycode",
+    "undefined",
+    "idna",
+    "unicode_escape",
+    "raw_unicode_escape",
+    "utf-7",
+]
+
+
+@pytest.mark.parametrize("encoding", NOT_FILE_ENCODINGS)
+def test_check_encoding_refuses_codecs_that_are_not_text_encodings(encoding: str) -> None:
+    with pytest.raises(ValueError, match="is not the character encoding of a text file"):
+        check_encoding(encoding)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["utf-8", "UTF8", "latin-1", "cp1252", "utf-16", "utf-32-le", "shift_jis", "gb18030", "cp037"],
+)
+def test_check_encoding_takes_text_encodings(encoding: str) -> None:
+    assert check_encoding(encoding) == encoding
+
+
+@pytest.mark.parametrize("encoding", [*NOT_FILE_ENCODINGS, "klingon", 42])
+@pytest.mark.parametrize("whole_file", [False, True])
+def test_a_stored_job_with_such_an_encoding_gets_a_422_not_an_exception(
+    encoding: Any, whole_file: bool
+) -> None:
+    # Jobs are checked when created; chunk 0 checks again, for a job stored before that.
+    for data in (TEXT.encode(), b"aWQsbmFtZQoxLDIK\n", b"x\x9c" + b"\x00" * 100):
+        detail = refused([data], {"encoding": encoding}, whole_file=whole_file)
+        assert "the job's encoding param" in detail, detail
