@@ -9,10 +9,14 @@ import signal
 import stat
 import subprocess
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import text as sql_text
 
+from tests.client.faulty_proxy import PASS, STALL, Answer, FaultyProxy, Verdict
 from tests.client_support import (
     KiB,
     chunk_posts,
@@ -24,7 +28,7 @@ from tests.client_support import (
     user_env,
 )
 from tests.conftest import Client, Server, ServerFactory
-from tests.factories import csv_bytes, split
+from tests.factories import csv_bytes, csv_of_size, split
 
 CHUNK = 64 * KiB
 
@@ -309,3 +313,119 @@ def test_a_changed_file_gets_a_new_job(server: Server, tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "new" in second.stderr
     assert len(user.http.get("/api/job").json()["items"]) == 2
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J"
+MARKUP = "[bold red]x[/]"
+
+
+def _set_job(server: Server, job_id: int, **columns: str) -> None:
+    """Write a job's columns as a server before the name rules, or a buggy one, would."""
+    engine = create_engine(server.database_url)
+    try:
+        with engine.begin() as conn:
+            for column, value in columns.items():
+                conn.execute(
+                    sql_text(f"UPDATE jobs SET {column} = :value WHERE id = :id"),
+                    {"value": value, "id": job_id},
+                )
+    finally:
+        engine.dispose()
+
+
+def _no_control_characters(output: str) -> None:
+    bad = sorted({hex(ord(c)) for c in output if c != "\n" and unicodedata.category(c) == "Cc"})
+    assert not bad, f"control characters reach the terminal: {bad}\n{output!r}"
+
+
+def test_the_servers_data_never_drives_the_terminal(server: Server, tmp_path: Path) -> None:
+    """Names, values, column names, rejected rows and errors with escape sequences and
+    rich markup are printed as visible text: nothing the terminal would act on."""
+    user = server.client()
+    data = (
+        f'id,"col{HOSTILE}{MARKUP}",amount\n'
+        f'1,"{HOSTILE}{MARKUP}",2.5\n'
+        f"2,plain,3.5\n"
+        f'3,"{HOSTILE}",4.5,"{HOSTILE}extra"\n'  # one field too many: a rejected row
+    ).encode()
+    job_id = user.new_job("hostile")
+    user.upload(job_id, data)
+    assert user.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
+    _set_job(server, job_id, name=f"{HOSTILE}{MARKUP}name")
+    failed_id = user.new_job("broken")
+    _set_job(server, failed_id, status="failed", error=f"{HOSTILE}{MARKUP}bad")
+    env = user_env(server, tmp_path / "home", token_of(user))
+
+    for args in (
+        ("jobs",),
+        ("status", str(job_id)),
+        ("status", str(job_id), "--wait"),
+        ("status", str(failed_id)),
+        ("status", str(failed_id), "--wait"),
+    ):
+        result = run_chute(env, *args)
+        assert result.returncode in (0, 1), result.stderr
+        _no_control_characters(result.stdout)
+        _no_control_characters(result.stderr)
+        # The escape shows as text, and the markup as written: rich did not read it.
+        assert "\\x1b]0;pwned\\x07\\x1b[2J" in result.stdout, (args, result.stdout)
+        assert MARKUP in result.stdout, (args, result.stdout)
+    shown = run_chute(env, "status", str(job_id)).stdout
+    assert f"\\x1b]0;pwned\\x07\\x1b[2J{MARKUP}name" in shown
+    assert f"col\\x1b]0;pwned\\x07\\x1b[2J{MARKUP}" in shown  # a column's name
+    assert shown.count("\\x1b]0;pwned") >= 4  # name, column, value, rejected row
+
+
+class _Rule:
+    """A faulty proxy's rule from a dict: chunk request n → verdict, else pass."""
+
+    def __init__(self, verdicts: dict[int, Verdict]) -> None:
+        self.verdicts = verdicts
+
+    def __call__(self, n: int) -> Verdict:
+        return self.verdicts.get(n, PASS)
+
+
+def test_upload_rides_out_423_and_a_stalled_chunk(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A chunk held (423 with Retry-After), then the same chunk stalled mid-body: `chute
+    upload` waits as told, cuts the stalled request off after --stall-timeout, sends it
+    again and finishes."""
+    chunk = 8 * 1024 * KiB  # more than the kernel buffers: a stalled body blocks its writes
+    server = make_server(CHUTE_CHUNK_SIZE=str(chunk), CHUTE_MAX_CHUNK_BYTES=str(2 * chunk))
+    user = server.client()
+    data = csv_of_size(chunk + 64 * KiB, seed=4)
+    path = tmp_path / "big.csv"
+    path.write_bytes(data)
+    rule = _Rule({0: Answer(423, retry_after=1, detail="Chunk 0 is held."), 1: STALL})
+    with FaultyProxy(("127.0.0.1", server.port), rule) as proxy:
+        env = {**user_env(server, tmp_path / "home", token_of(user)), "CHUTE_SERVER": proxy.url}
+        result = run_chute(
+            env,
+            "upload",
+            str(path),
+            "--new",
+            "held",
+            "--parallel",
+            "1",
+            "--stall-timeout",
+            "1",
+        )
+        seen = proxy.chunk_requests()
+    assert result.returncode == 0, result.stderr
+    assert "Chunk 0 is held. (HTTP 423)" in result.stderr
+    assert "2 retried" in result.stderr
+    assert [s.verdict for s in seen] == [rule.verdicts[0], STALL, PASS, PASS]
+    assert [s.index for s in seen[:3]] == [0, 0, 0]
+    assert seen[0].answered_at is not None and seen[1].at - seen[0].answered_at >= 1.0
+    assert seen[2].at - seen[1].at >= 1.0
+    job_id = only_job(user)
+    assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_stall_timeout_must_be_a_number_of_seconds(signed_in_env: dict[str, str]) -> None:
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        result = run_chute(signed_in_env, "upload", "x.csv", "--stall-timeout", bad)
+        assert result.returncode == 2
+        assert "not a number of seconds" in result.stderr

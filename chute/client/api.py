@@ -22,14 +22,17 @@ from chute.client import sse
 from chute.client.errors import ApiError, ChuteClientError, detail_of
 from chute.client.models import Job, ServerConfig, UploadStatus
 from chute.client.progress import ProgressCallback
-from chute.client.retry import RetryPolicy, retry_after, retryable_status
+from chute.client.retry import GaveUp, RetryPolicy
+from chute.client.stall import STALL_TIMEOUT, socket_options
 from chute.client.upload import UploadSummary, upload_file
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-# A chunk's answer comes after the server's fdatasync and commit: allow for a slow disk.
 # Before opening a job's event stream again after it was cut off.
 RECONNECT_SECONDS = 0.5
-TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=300.0)
+CONNECT_TIMEOUT = 10.0
+# A chunk's answer comes after the server's fdatasync and commit: allow for a slow disk.
+# A dead link is noticed sooner than this, by the stall watches (`stall.py`).
+READ_TIMEOUT = 300.0
 
 
 class Client:
@@ -51,23 +54,35 @@ class Client:
         on_retry: Callable[[str], None] | None = None,
         transport: httpx.BaseTransport | None = None,
         zero_copy: bool = True,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         """`on_retry`, when given, hears of every failed try that will be tried again, in
         plain words; it may be called from the upload's sender threads. `zero_copy`:
         chunk bytes go from the file to the socket by sendfile where that is possible
-        (`zero_copy_address`); False sends them through httpx always."""
+        (`zero_copy_address`); False sends them through httpx always. `stall_timeout`:
+        a request whose bytes stop moving for this many seconds, with no answer, is
+        cut off and sent again (`stall.py`)."""
+        if stall_timeout <= 0:
+            raise ValueError("the stall timeout must be more than 0 seconds")
         self.server = server.rstrip("/")
+        self.stall_timeout = stall_timeout
         self.zero_copy = zero_copy and transport is None
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if transport is None:
+            transport = httpx.HTTPTransport(
+                # Chunks in flight each need a connection of their own.
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                socket_options=socket_options(stall_timeout),
+            )
         self.http = httpx.Client(
             base_url=self.server,
             headers=headers,
-            timeout=TIMEOUT,
+            timeout=httpx.Timeout(
+                60.0, connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=stall_timeout
+            ),
             transport=transport,
-            # Chunks in flight each need a connection of their own.
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
         self._config: ServerConfig | None = None
 
@@ -112,31 +127,27 @@ class Client:
         self, method: str, path: str, *, safe_to_repeat: bool = True, **kwargs: Any
     ) -> httpx.Response:
         """One API call, retried as the module says; an error answer raises `ApiError`."""
-        delays = self.retry.delays()
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if not (safe_to_repeat or isinstance(exc, httpx.ConnectError)):
-                    raise ChuteClientError(
-                        f"{method} {path}: the connection failed ({exc}); "
-                        "the server may or may not have done it"
-                    ) from exc
-                failure: Exception = exc
-                wait = next(delays, None)
-            else:
-                if response.is_success:
-                    return response
-                if not (safe_to_repeat and retryable_status(response.status_code)):
-                    raise ApiError(response.status_code, detail_of(response))
-                failure = ApiError(response.status_code, detail_of(response))
-                wait = next(delays, None)
-                if wait is not None:
-                    wait = max(wait, retry_after(response) or 0.0)
-            if wait is None:
-                raise _gave_up(self.server, failure)
-            self.retrying(f"{method} {path}", failure, wait)
-            time.sleep(wait)
+
+        def may_repeat(failure: httpx.Response | httpx.TransportError) -> bool:
+            # A request that may have been done is repeated only if it never left.
+            return safe_to_repeat or isinstance(failure, httpx.ConnectError)
+
+        try:
+            response = self.retry.run(
+                lambda: self.http.request(method, path, **kwargs),
+                on_retry=lambda failure, wait: self.retrying(f"{method} {path}", failure, wait),
+                may_repeat=may_repeat,
+            )
+        except httpx.TransportError as exc:
+            raise ChuteClientError(
+                f"{method} {path}: the connection failed ({exc}); "
+                "the server may or may not have done it"
+            ) from exc
+        except GaveUp as exc:
+            raise _gave_up(self.server, exc.failure) from None
+        if not response.is_success:
+            raise ApiError(response.status_code, detail_of(response))
+        return response
 
     def retrying(self, what: str, failure: Exception, wait: float) -> None:
         if self.on_retry is not None:

@@ -33,6 +33,7 @@ from chute.client.api import DEFAULT_SERVER, Client
 from chute.client.errors import ApiError, ChuteClientError
 from chute.client.models import ACCEPTING_STATUSES, Job
 from chute.client.progress import Progress as UploadProgress
+from chute.client.stall import STALL_TIMEOUT
 from chute.client.state import Credentials, UploadRecords
 from chute.client.units import parse_size
 
@@ -70,6 +71,16 @@ def _count_arg(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
 def _job_id_arg(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a positive integer)")
@@ -92,7 +103,7 @@ def _client(args: argparse.Namespace, err: Console | None = None) -> Client:
     err = err or _console(stderr=True)
 
     def say_retry(message: str) -> None:
-        err.print(message, style="yellow", markup=False, highlight=False)
+        err.print(render.clean(message), style="yellow", markup=False, highlight=False)
 
     server = _server(args)
     token = os.environ.get("CHUTE_TOKEN") or Credentials().token(server)
@@ -100,22 +111,25 @@ def _client(args: argparse.Namespace, err: Console | None = None) -> Client:
         raise ChuteClientError(
             f"not signed in to {server}: run `chute login --server {server}` or set CHUTE_TOKEN"
         )
-    return Client(server, token, on_retry=say_retry)
+    stall = getattr(args, "stall_timeout", None)
+    return Client(server, token, on_retry=say_retry, stall_timeout=stall or STALL_TIMEOUT)
 
 
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command, turning what it raises into a message and an exit status."""
+    """Run a command, turning what it raises into a message and an exit status.
+    Messages may hold the server's words or a file's name: they are `clean`ed."""
     try:
         return command(args)
     except UsageError as exc:
-        print(f"chute: {exc}", file=sys.stderr)
+        print(f"chute: {render.clean(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except ApiError as exc:
         hint = " Run `chute login` again, or set CHUTE_TOKEN." if exc.status == 401 else ""
-        print(f"chute: the server said: {exc.detail} (HTTP {exc.status}).{hint}", file=sys.stderr)
+        detail = render.clean(exc.detail)
+        print(f"chute: the server said: {detail} (HTTP {exc.status}).{hint}", file=sys.stderr)
         return EXIT_FAILED
     except ChuteClientError as exc:
-        print(f"chute: {exc}", file=sys.stderr)
+        print(f"chute: {render.clean(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("chute: interrupted.", file=sys.stderr)
@@ -212,7 +226,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     with _client(args, err) as client:
         job, how = _job_for_file(client, args, path.resolve())
         if job.status in ACCEPTING_STATUSES:
-            err.print(f"Job {job.id} ({job.name}), {how}: sending {path.name}")
+            err.print(
+                f"Job {job.id} ({render.clean(job.name)}), {how}: sending {render.clean(path.name)}"
+            )
             bar = _Bar(err)
             try:
                 with bar.progress:
@@ -243,9 +259,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 + "."
             )
         else:
-            err.print(f"Job {job.id} ({job.name}), {how}: already uploaded ({job.status}).")
+            err.print(
+                f"Job {job.id} ({render.clean(job.name)}), {how}: "
+                f"already uploaded ({render.clean(job.status)})."
+            )
         if not args.wait:
-            out.print(f"job {job.id}: {client.job(job.id).status}")
+            out.print(f"job {job.id}: {render.clean(client.job(job.id).status)}")
             return 0
         return _wait(client, job.id, out, err)
 
@@ -257,11 +276,12 @@ def _wait(client: Client, job_id: int, out: Console, err: Console) -> int:
     with err.status(f"job {job_id}: waiting") as spinner:
 
         def show(job: Job) -> None:
-            if not seen or seen[-1] != job.status:
-                seen.append(job.status)
-                err.print(f"job {job.id}: {job.status}")
+            status = render.clean(job.status)
+            if not seen or seen[-1] != status:
+                seen.append(status)
+                err.print(f"job {job.id}: {status}")
             percent = f" {job.progress:.0f} %" if job.progress is not None else ""
-            spinner.update(f"job {job.id}: {job.status}{percent}")
+            spinner.update(f"job {job.id}: {status}{percent}")
 
         try:
             job = client.wait(job_id, on_update=show)
@@ -284,6 +304,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.wait:
+            return _wait(client, args.id, _console(), _console(stderr=True))
         job = client.job(args.id)
     _console().print(render.job_view(job))
     return 0
@@ -321,6 +343,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     upload.add_argument(
         "--wait", action="store_true", help="then wait for the job and show its result"
     )
+    upload.add_argument(
+        "--stall-timeout",
+        type=_seconds_arg,
+        metavar="SECONDS",
+        help=f"send a chunk again when it has moved no byte for this long "
+        f"(default: {STALL_TIMEOUT:g})",
+    )
     upload.set_defaults(func=lambda a: _run(cmd_upload, a))
 
     jobs = commands.add_parser("jobs", help="list your jobs, newest first")
@@ -331,4 +360,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status = commands.add_parser("status", help="one job, with its result when it has one")
     status.add_argument("id", type=_job_id_arg)
     status.add_argument("--server", help=server_help)
+    status.add_argument(
+        "--wait", action="store_true", help="follow the job until it ends, then show it"
+    )
     status.set_defaults(func=lambda a: _run(cmd_status, a))

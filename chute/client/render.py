@@ -3,11 +3,17 @@
 The `profile` kind's result gets tables: a summary, the columns, a preview and the
 rejected rows. Keys this module does not know, or a result of another kind, are
 shown as plain key/value lines, so a newer server never breaks an older client.
+
+Everything from the server is data, never instructions to the terminal: job names,
+file names, errors, column names and values go through `clean` (their control
+characters, which start every escape sequence, shown as escapes such as `\x1b`) and
+into `Text`, which rich never reads as markup. The CLI's messages use `clean` too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -19,6 +25,27 @@ from chute.client.models import Job
 PROFILE_KEYS = {"rows", "columns", "preview", "rejects", "dialect", "input", "parquet"}
 PREVIEW_ROWS = 10
 REJECT_ROWS = 10
+
+
+# C0 (with tab and newline: a value is one cell, a name one line), DEL, C1, and the
+# bidirectional overrides, which reorder what follows them on the line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def clean(value: object) -> str:
+    """`value` as text safe to print on a terminal: control characters escaped."""
+    return _CONTROL.sub(_escape, str(value))
+
+
+def _text(value: Any) -> Text:
+    return Text(clean(_cell(value)))
 
 
 def size_text(n: float) -> str:
@@ -46,14 +73,22 @@ def _pairs(title: str | None, pairs: list[tuple[str, Any]]) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for key, value in pairs:
-        grid.add_row(key, _cell(value))
+        grid.add_row(_text(key), _text(value))
     return grid
 
 
+def _table(headers: list[Any], title: str | None = None, **options: Any) -> Table:
+    table = Table(title=title, **options)
+    for header in headers:
+        table.add_column(_text(header))
+    return table
+
+
 def jobs_table(jobs: list[Job]) -> Table:
-    table = Table("id", "name", "kind", "status", "upload", "created", box=None)
+    table = _table(["id", "name", "kind", "status", "upload", "created"], box=None)
     for job in jobs:
-        table.add_row(str(job.id), job.name, job.kind, job.status, upload_text(job), job.created_at)
+        cells = (job.id, job.name, job.kind, job.status, upload_text(job), job.created_at)
+        table.add_row(*(_text(value) for value in cells))
     return table
 
 
@@ -114,27 +149,31 @@ def result_view(result: dict[str, Any]) -> RenderableType:
 
     columns = result.get("columns")
     if isinstance(columns, list) and columns:
-        table = Table("column", "type", "nulls", "distinct", "min", "max", "mean", title="columns")
+        columns = [column for column in columns if isinstance(column, dict)]
+        # The server's distinct count is an estimate (clamped to the non-null count).
+        approximate = any(column.get("distinct_approximate") for column in columns)
+        distinct = "distinct (approx.)" if approximate else "distinct"
+        headers = ["column", "type", "nulls", distinct, "min", "max", "mean"]
+        table = _table(headers, title="columns")
         for column in columns:
-            if isinstance(column, dict):
-                table.add_row(
-                    *(
-                        _cell(column.get(key))
-                        for key in ("name", "type", "nulls", "distinct", "min", "max", "mean")
-                    )
+            table.add_row(
+                *(
+                    _text(column.get(key))
+                    for key in ("name", "type", "nulls", "distinct", "min", "max", "mean")
                 )
+            )
         parts.append(table)
 
     preview = result.get("preview")
     if isinstance(preview, dict) and preview.get("columns"):
-        table = Table(*[str(name) for name in preview["columns"]], title="first rows")
+        table = _table(list(preview["columns"]), title="first rows")
         for row in (preview.get("rows") or [])[:PREVIEW_ROWS]:
-            table.add_row(*(_cell(value) for value in row))
+            table.add_row(*(_text(value) for value in row))
         parts.append(table)
 
     if isinstance(rejects, dict) and rejects.get("rows"):
-        table = Table("line", "reason", "text", title="rejected rows")
+        table = _table(["line", "reason", "text"], title="rejected rows")
         for row in rejects["rows"][:REJECT_ROWS]:
-            table.add_row(*(_cell(row.get(key)) for key in ("line", "reason", "text")))
+            table.add_row(*(_text(row.get(key)) for key in ("line", "reason", "text")))
         parts.append(table)
     return Group(*parts)

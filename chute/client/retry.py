@@ -1,20 +1,27 @@
-"""When to try a request again, and how long to wait before it.
+"""When to try a request again, how long to wait before it, and the one loop that does.
 
-Network errors, 5xx, 429 and 507 are worth another try: the server is restarting,
-overloaded, or short of disk for a while. Every other 4xx is an answer about the
-request itself, and sending it again would get the same answer.
+Network errors (a stalled request cut off included), 5xx, 408, 423, 429 and 507 are
+worth another try: the server is restarting, overloaded, short of disk for a while,
+cut off a request whose body stopped coming (408), or still holds the chunk for a
+request that died (423). Every other 4xx is an answer about the request itself, and
+sending it again would get the same answer: a 409 for a chunk whose bytes differ
+from those the server holds stays final.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 
-RETRY_STATUSES = frozenset({429, 507})
+from chute.client.errors import ApiError, detail_of
+
+# 408: the server cut off a request whose body went quiet (DESIGN §2), 423: the part is
+# still held by a request the server has not yet cut off; both say "send it again".
+RETRY_STATUSES = frozenset({408, 423, 429, 507})
 
 
 def retryable_status(status: int) -> bool:
@@ -28,6 +35,19 @@ def retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class Aborted(Exception):
+    """Sending stopped on purpose: another chunk failed, or the user interrupted."""
+
+
+class GaveUp(Exception):
+    """Every try the policy allows failed; `failure` is the last one's error."""
+
+    def __init__(self, failure: Exception, tries: int) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.tries = tries
 
 
 @dataclass(frozen=True)
@@ -54,3 +74,44 @@ class RetryPolicy:
             threading.Event().wait(delay)
             return True
         return not stop.wait(delay)
+
+    def run(
+        self,
+        send: Callable[[], httpx.Response],
+        *,
+        on_retry: Callable[[Exception, float], None],
+        may_repeat: Callable[[httpx.Response | httpx.TransportError], bool] = lambda _: True,
+        stop: threading.Event | None = None,
+    ) -> httpx.Response:
+        """Call `send` until it gets an answer not worth another try, and return it
+        (a success, or an error answer for the caller to raise).
+
+        A failure `may_repeat` refuses is not tried again: a network error is raised as
+        it is, an error answer returned. Between tries,
+        `on_retry(failure, wait)` is told, then the wait is the larger of the backoff's
+        and the server's Retry-After. Raises `GaveUp` when the tries run out, and
+        `Aborted` when `stop` is set during a wait.
+        """
+        delays = self.delays()
+        tries = 0
+        while True:
+            tries += 1
+            floor = 0.0
+            try:
+                response = send()
+            except httpx.TransportError as exc:
+                if not may_repeat(exc):
+                    raise
+                failure: Exception = exc
+            else:
+                if not (retryable_status(response.status_code) and may_repeat(response)):
+                    return response
+                failure = ApiError(response.status_code, detail_of(response))
+                floor = retry_after(response) or 0.0
+            wait = next(delays, None)
+            if wait is None:
+                raise GaveUp(failure, tries)
+            wait = max(wait, floor)
+            on_retry(failure, wait)
+            if not self.pause(wait, stop):
+                raise Aborted

@@ -24,9 +24,11 @@ senders start beside it. Should the local check be impossible (the job's setting
 unknown), chunk 0 goes alone and the others wait for the server's answer to it, so
 a wrong file is refused after one chunk, not after one per sender.
 
-Retries: a chunk that fails on the network, or gets 5xx, 429 or 507, is sent again
-after a backoff with jitter (`retry.py`); it is idempotent on the server. Any other
-4xx stops every chunk in flight and raises `ApiError` with the server's detail.
+Retries: a chunk that fails on the network, stalls (no byte moved and no answer for
+the client's stall timeout, `stall.py`), or gets 5xx, 408, 423, 429 or 507, is sent
+again on a new connection after a backoff with jitter, and at least the server's
+Retry-After (`retry.py`); it is idempotent on the server. Any other 4xx stops every
+chunk in flight and raises `ApiError` with the server's detail.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from chute.client.errors import ApiError, ChuteClientError, UploadError, detail_
 from chute.client.models import HeldChunk, ServerConfig, UploadStatus
 from chute.client.multipart import ChunkForm
 from chute.client.progress import ProgressCallback, Tracker
-from chute.client.retry import retry_after, retryable_status
+from chute.client.retry import Aborted, GaveUp
+from chute.client.stall import socket_options
 from chute.client.throttle import Throttle
 from chute.client.zerocopy import SENDFILE_BLOCK, ChunkConnection, FileRegion
 from chute.errors import ChuteError
@@ -87,10 +90,6 @@ class Piece:
     index: int
     offset: int
     size: int
-
-
-class Aborted(Exception):
-    """Sending stopped on purpose: another chunk failed, or the user interrupted."""
 
 
 def plan(file_size: int, chunk_size: int) -> list[Piece]:
@@ -336,12 +335,14 @@ class Sender:
         # With sendfile where it can be used (zerocopy.py): one connection per sender.
         address = self.client.zero_copy_address()
         timeout = self.client.http.timeout
+        stall = self.client.stall_timeout
         connection = (
             ChunkConnection(
                 *address,
                 connect=timeout.connect or 10.0,
-                write=timeout.write or 60.0,
+                write=stall,
                 read=timeout.read or 300.0,
+                options=socket_options(stall),
             )
             if address
             else None
@@ -415,35 +416,31 @@ class Sender:
             ) from None
 
     def _send(self, fd: int, piece: Piece, sha256: str, connection: ChunkConnection | None) -> None:
-        delays = self.client.retry.delays()
-        while True:
+        def attempt() -> httpx.Response:
             streamed = [0]
             try:
                 response = self._post(fd, piece, sha256, streamed, connection)
-            except httpx.TransportError as exc:
-                failure: Exception = exc
-                wait = next(delays, None)
-            else:
-                if response.status_code == 200:
-                    self._confirmed(response.json())
-                    return
-                failure = ApiError(response.status_code, detail_of(response))
-                if not retryable_status(response.status_code):
-                    raise failure
-                wait = next(delays, None)
-                if wait is not None:
-                    wait = max(wait, retry_after(response) or 0.0)
-            self.tracker.rewound(streamed[0])
-            if wait is None:
-                raise ChuteClientError(
-                    f"chunk {piece.index} could not be sent after "
-                    f"{self.client.retry.attempts} tries: {failure}"
-                )
+            except BaseException:
+                self.tracker.rewound(streamed[0])
+                raise
+            if response.status_code != 200:
+                self.tracker.rewound(streamed[0])
+            return response
+
+        def retrying(failure: Exception, wait: float) -> None:
             with self._lock:
                 self.retries += 1
             self.client.retrying(f"chunk {piece.index}", failure, wait)
-            if not self.client.retry.pause(wait, self.stop):
-                raise Aborted
+
+        try:
+            response = self.client.retry.run(attempt, on_retry=retrying, stop=self.stop)
+        except GaveUp as exc:
+            raise ChuteClientError(
+                f"chunk {piece.index} could not be sent after {exc.tries} tries: {exc.failure}"
+            ) from None
+        if response.status_code != 200:
+            raise ApiError(response.status_code, detail_of(response))
+        self._confirmed(response.json())
 
     def _confirmed(self, answer: dict[str, Any]) -> None:
         if answer.get("message") == COMPLETING_MESSAGE:
@@ -482,11 +479,7 @@ class Sender:
                 self.tracker.streamed(len(block))
             yield form.tail
 
-        try:
-            return self.client.http.post(target, content=body(), headers=headers)
-        except Aborted:
-            self.tracker.rewound(streamed[0])
-            raise
+        return self.client.http.post(target, content=body(), headers=headers)
 
     def _post_zero_copy(
         self,
@@ -513,17 +506,13 @@ class Sender:
             "Content-Type": form.content_type,
             **{k: v for k, v in self.client.http.headers.items() if k.lower() == "authorization"},
         }
-        try:
-            return connection.post(
-                target,
-                headers,
-                form.head,
-                FileRegion(fd, piece.offset, piece.size),
-                form.tail,
-                block_size=self.throttle.block_size if self.throttle else SENDFILE_BLOCK,
-                before_block=before_block,
-                after_block=after_block,
-            )
-        except Aborted:
-            self.tracker.rewound(streamed[0])
-            raise
+        return connection.post(
+            target,
+            headers,
+            form.head,
+            FileRegion(fd, piece.offset, piece.size),
+            form.tail,
+            block_size=self.throttle.block_size if self.throttle else SENDFILE_BLOCK,
+            before_block=before_block,
+            after_block=after_block,
+        )

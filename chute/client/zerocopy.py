@@ -27,11 +27,13 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import h11
 import httpx
+
+from chute.client.stall import SocketOption
 
 # Bytes handed to sendfile at a time: between two, progress is reported, the rate
 # limit is taken, and a stop (Ctrl-C) is noticed; 1024 system calls per GiB.
@@ -56,9 +58,21 @@ class FileRegion:
 class ChunkConnection:
     """One keep-alive HTTP/1.1 connection, used by one thread at a time."""
 
-    def __init__(self, host: str, port: int, *, connect: float, write: float, read: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect: float,
+        write: float,
+        read: float,
+        options: Sequence[SocketOption] = (),
+    ) -> None:
+        """`write`: the longest a write may move no byte (the stall timeout, `stall.py`);
+        `read`: the longest wait for the answer; `options`: set on each new socket."""
         self.host, self.port = host, port
         self.connect_timeout, self.write_timeout, self.read_timeout = connect, write, read
+        self.options = tuple(options)
         self._sock: socket.socket | None = None
         self._h11: h11.Connection | None = None
         self._lock = threading.Lock()
@@ -109,7 +123,8 @@ class ChunkConnection:
         except OSError as exc:
             raise httpx.ConnectError(f"connecting to {self.host}:{self.port}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.read_timeout)
+        for level, name, value in self.options:
+            sock.setsockopt(level, name, value)
         self._sock, self._h11 = sock, h11.Connection(h11.CLIENT)
         return sock, self._h11
 
@@ -141,6 +156,7 @@ class ChunkConnection:
             ],
         )
         try:
+            sock.settimeout(self.write_timeout)
             sock.sendall(_bytes(conn.send(request)) + _bytes(conn.send(h11.Data(data=head))))
             # h11 types body parts as bytes; any object with a length passes through.
             parts: list[object] = list(
@@ -162,6 +178,7 @@ class ChunkConnection:
             if answer is not None:
                 return answer
             raise _network_error(exc, reading=False) from exc
+        sock.settimeout(self.read_timeout)
         return self._answer(sock, conn)
 
     def _sendfile(
@@ -203,7 +220,7 @@ class ChunkConnection:
 
     def _early_answer(self, sock: socket.socket, conn: h11.Connection) -> httpx.Response | None:
         try:
-            sock.settimeout(EARLY_ANSWER_WAIT)
+            sock.settimeout(min(EARLY_ANSWER_WAIT, self.write_timeout))
             status, headers, body = _read_answer(sock, conn)
         except (OSError, h11.ProtocolError):
             return None
@@ -231,7 +248,7 @@ def _sendfile_some(out: int, fd: int, offset: int, count: int, timeout: float | 
         except BlockingIOError:
             _, writable, _ = select.select([], [out], [], timeout)
             if not writable:
-                raise TimeoutError("the server took no bytes for too long") from None
+                raise TimeoutError(f"no byte could be sent for {timeout:g} s") from None
 
 
 def _read_answer(

@@ -20,6 +20,12 @@
 
 /** Retry policy: exponential backoff with jitter, per chunk and per status request. */
 export const DEFAULT_RETRY = Object.freeze({ maxRetries: 10, baseDelay: 500, maxDelay: 30_000 });
+// A chunk request that moves no byte and gets no answer for this long is cut off and
+// sent again: the network dropped it silently (a laptop slept, Wi-Fi changed; no FIN,
+// no RST), and without this it would wait forever. Longer than the server's idle
+// timeout (30 s, after which it releases the chunk) and its wait for a held chunk,
+// so a re-send is never cut off while the server waits for the dead one.
+export const DEFAULT_STALL_TIMEOUT = 60_000;
 
 const PROGRESS_EVERY_MS = 200; // at most this often from transport events
 const TICK_MS = 1000; // at least this often while running, even with no bytes moving
@@ -49,9 +55,13 @@ function aborted() {
   return new DOMException("The upload was stopped.", "AbortError");
 }
 
-/** Statuses worth sending again: none (network), server errors, too busy, storage full. */
+/**
+ * Statuses worth sending again: none (network), server errors, too busy, storage full,
+ * a body cut off for going quiet (408), a chunk still held by a dead request (423).
+ * A 409 (say, other bytes for a chunk the server holds) is final.
+ */
 export function isRetryable(status) {
-  return status === 0 || status === 429 || status === 507 || status >= 500;
+  return status === 0 || [408, 423, 429, 507].includes(status) || status >= 500;
 }
 
 /** Milliseconds to wait before retry number `attempt + 1`: "equal jitter" backoff. */
@@ -101,14 +111,16 @@ function describe(status, body, fallback) {
 }
 
 // ---------------------------------------------------------------------------
-// Transports: send({url, form, headers, signal, onProgress(loaded, total)})
+// Transports: send({url, form, headers, signal, onProgress(loaded, total), onAlive()})
 //   → Promise<{status, body, retryAfter}>; rejects with NetworkError when no answer
-//   came, with an AbortError when `signal` stopped it.
+//   came, with an AbortError when `signal` stopped it. `onProgress` as the body's bytes
+//   go out, `onAlive` on any other sign of the server (the answer's head, its body):
+//   the uploader's stall watch cuts off a request that hears neither for a while.
 
 /** XMLHttpRequest: the only browser API that reports upload progress inside a request. */
 export function xhrTransport() {
   return {
-    send({ url, form, headers = {}, signal, onProgress }) {
+    send({ url, form, headers = {}, signal, onProgress, onAlive }) {
       return new Promise((resolve, reject) => {
         const xhr = new XMLHttpRequest();
         const onAbort = () => xhr.abort();
@@ -120,6 +132,10 @@ export function xhrTransport() {
         for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
         if (onProgress) {
           xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : 0);
+        }
+        if (onAlive) {
+          xhr.onreadystatechange = () => onAlive();
+          xhr.onprogress = () => onAlive();
         }
         xhr.onload = () =>
           settle(resolve, {
@@ -138,19 +154,30 @@ export function xhrTransport() {
   };
 }
 
-/** fetch: no progress inside a chunk (fetch cannot report it); for Node and workers. */
-export function fetchTransport(fetchImpl = globalThis.fetch.bind(globalThis)) {
+/**
+ * fetch, for Node and workers. With `stream` (the default in Node), the form goes out
+ * as a stream of known length, and the bytes the connection takes from it are its
+ * progress. Without it (browsers send a stream body only over HTTP/2), fetch reports
+ * nothing inside a chunk: the stall watch then bounds each whole request, so give
+ * `stallTimeout` room for a chunk at the slowest expected speed.
+ */
+export function fetchTransport(
+  fetchImpl = globalThis.fetch.bind(globalThis),
+  { stream = Boolean(globalThis.process?.versions?.node) } = {},
+) {
   return {
     async send({ url, form, headers = {}, signal, onProgress }) {
       let response;
       let text;
       try {
+        const body = stream ? streamedForm(form, onProgress) : { body: form, headers: {} };
         response = await fetchImpl(url, {
           method: "POST",
-          body: form,
-          headers,
+          body: body.body,
+          headers: { ...headers, ...body.headers },
           signal,
           credentials: "same-origin",
+          ...(stream ? { duplex: "half" } : {}),
         });
         text = await response.text();
       } catch (error) {
@@ -164,6 +191,64 @@ export function fetchTransport(fetchImpl = globalThis.fetch.bind(globalThis)) {
         retryAfter: response.headers.get("Retry-After"),
       };
     },
+  };
+}
+
+/** A FormData as multipart/form-data: a stream of known length, counting what is read. */
+function streamedForm(form, onProgress) {
+  const boundary = `chute-${Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  const encoder = new TextEncoder();
+  const quote = (value) => value.replace(/"/g, "%22").replace(/[\r\n]/g, "");
+  const parts = [];
+  for (const [name, value] of form.entries()) {
+    if (typeof value === "string") {
+      parts.push(encoder.encode(`--${boundary}\r\nContent-Disposition: form-data; name="${quote(name)}"\r\n\r\n${value}\r\n`));
+    } else {
+      const type = value.type || "application/octet-stream";
+      parts.push(
+        encoder.encode(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${quote(name)}"; filename="${quote(value.name || "blob")}"\r\n` +
+            `Content-Type: ${type}\r\n\r\n`,
+        ),
+        value,
+        encoder.encode("\r\n"),
+      );
+    }
+  }
+  parts.push(encoder.encode(`--${boundary}--\r\n`));
+  const total = parts.reduce((sum, part) => sum + (part.size ?? part.byteLength), 0);
+  let sent = 0;
+  let index = 0;
+  let reader = null;
+  const body = new ReadableStream(
+    {
+      async pull(controller) {
+        for (;;) {
+          if (reader) {
+            const { done, value } = await reader.read();
+            if (!done) return take(controller, value);
+            reader = null;
+          }
+          if (index >= parts.length) return controller.close();
+          const part = parts[index++];
+          if (part instanceof Uint8Array) return take(controller, part);
+          reader = part.stream().getReader();
+        }
+      },
+      cancel() {
+        reader?.cancel();
+      },
+    },
+    { highWaterMark: 0 }, // read only what the connection asks for: that is progress
+  );
+  function take(controller, bytes) {
+    controller.enqueue(bytes);
+    sent += bytes.byteLength;
+    onProgress?.(sent, total);
+  }
+  return {
+    body,
+    headers: { "Content-Type": `multipart/form-data; boundary=${boundary}`, "Content-Length": String(total) },
   };
 }
 
@@ -309,7 +394,9 @@ export async function inspectCsv(file, { maxFileBytes = Infinity } = {}) {
  * Options: baseUrl (""), headers ({}; a bearer token for scripts), fetch, transport,
  * chunkSize and parallel (default: the server's /api/config), retry (DEFAULT_RETRY),
  * memory (an UploadMemory), verifyHeld (true: hash the chunks the server already holds
- * and refuse to mix files), random (Math.random, for jitter).
+ * and refuse to mix files), random (Math.random, for jitter), stallTimeout (ms,
+ * DEFAULT_STALL_TIMEOUT: a chunk request with no progress and no answer for this long
+ * is cut off and sent again).
  */
 export class Uploader extends EventTarget {
   #file;
@@ -318,6 +405,7 @@ export class Uploader extends EventTarget {
   #fetch;
   #transport;
   #retry;
+  #stallTimeout;
   #state = "idle";
   #run = null; // the current attempt at sending: {controller, inflight}
   #hashQueue = Promise.resolve();
@@ -341,6 +429,7 @@ export class Uploader extends EventTarget {
     this.#fetch = options.fetch || globalThis.fetch.bind(globalThis);
     this.#transport = options.transport || defaultTransport(this.#fetch);
     this.#retry = { ...DEFAULT_RETRY, ...(options.retry || {}) };
+    this.#stallTimeout = options.stallTimeout || DEFAULT_STALL_TIMEOUT;
     this.#finished = new Promise((resolve) => {
       this.#settle = resolve;
     });
@@ -541,14 +630,13 @@ export class Uploader extends EventTarget {
     return this.#file.slice(start, Math.min(this.#file.size, start + shape.chunkSize));
   }
 
-  /** One chunk, retried on network errors, 5xx, 429 and 507; the server's answer. */
+  /** One chunk, retried as `isRetryable` says (a stalled request too); the server's answer. */
   async #sendChunk(index, shape, run) {
     const signal = run.controller.signal;
     const blob = this.#slice(index, shape);
     const sha = await this.#digest(blob, signal);
     const url = this.#url("upload-data");
-    for (let attempt = 0; ; attempt++) {
-      if (signal.aborted) throw aborted();
+    const result = await this.#retrying(signal, index, async () => {
       const form = new FormData();
       // Fields before the file part: the server then streams the chunk straight into place.
       form.append("chunk_index", String(index));
@@ -557,49 +645,79 @@ export class Uploader extends EventTarget {
       form.append("file_size", String(this.#file.size));
       form.append("chunk_sha256", sha);
       form.append("file", blob, this.#file.name);
-      let result = null;
-      let failure = null;
       run.inflight.set(index, 0);
       try {
-        result = await this.#transport.send({
-          url,
-          form,
-          headers: this.#opts.headers,
-          signal,
-          onProgress: (loaded, total) => this.#onProgress(run, index, blob.size, loaded, total),
-        });
-      } catch (error) {
-        if (signal.aborted) throw aborted();
-        failure = error;
+        return await this.#watched(signal, (attempt, alive) =>
+          this.#transport.send({
+            url,
+            form,
+            headers: this.#opts.headers,
+            signal: attempt,
+            onProgress: (loaded, total) => {
+              alive();
+              this.#onProgress(run, index, blob.size, loaded, total);
+            },
+            onAlive: alive,
+          }),
+        );
       } finally {
         run.inflight.delete(index);
       }
-      const status = result ? result.status : 0;
-      if (status >= 200 && status < 300) {
-        this.#verified.add(index);
-        this.#confirmed += blob.size;
-        this.#chunksDone += 1;
-        this.#emit("chunkdone", { index, size: blob.size, answer: result.body });
-        this.#emitProgress(true);
-        return result.body;
+    });
+    this.#verified.add(index);
+    this.#confirmed += blob.size;
+    this.#chunksDone += 1;
+    this.#emit("chunkdone", { index, size: blob.size, answer: result.body });
+    this.#emitProgress(true);
+    return result.body;
+  }
+
+  /**
+   * `send(signal, alive)` under the stall watch: cut off (a NetworkError, so it is sent
+   * again) when `alive()` is not called for `stallTimeout` ms; stopped with `signal`.
+   */
+  async #watched(signal, send) {
+    const attempt = new AbortController();
+    const stop = () => attempt.abort();
+    signal.addEventListener("abort", stop, { once: true });
+    let stalled = false;
+    let timer = null;
+    const alive = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        stalled = true;
+        attempt.abort();
+      }, this.#stallTimeout);
+    };
+    alive();
+    try {
+      return await send(attempt.signal, alive);
+    } catch (error) {
+      if (signal.aborted) throw aborted();
+      if (stalled) {
+        throw new NetworkError(
+          `Nothing moved for ${this.#stallTimeout / 1000} s: the connection was presumed lost.`,
+        );
       }
-      const reason = describe(status, result?.body, failure?.message);
-      if (!isRetryable(status)) throw new UploadError(reason, { status, index });
-      if (attempt >= this.#retry.maxRetries) {
-        throw new UploadError(`Chunk ${index + 1} failed ${attempt + 1} times; last: ${reason}`, {
-          status,
-          index,
-          code: "gave-up",
-        });
-      }
-      const delay = this.#delay(attempt, result?.retryAfter);
-      this.#emit("retrying", { index, attempt: attempt + 1, delay, status, reason });
-      await sleep(delay, signal);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", stop);
     }
   }
 
+  /** A status request, retried as `isRetryable` says; the answer's body. */
   async #withRetries(call, signal) {
+    return (await this.#retrying(signal, null, call)).body;
+  }
+
+  /**
+   * The one retry loop: `call()` until a 2xx (returned) or a final answer (thrown as an
+   * UploadError), waiting between tries as `#delay` says; `index` is the chunk's, or null.
+   */
+  async #retrying(signal, index, call) {
     for (let attempt = 0; ; attempt++) {
+      if (signal.aborted) throw aborted();
       let result = null;
       let failure = null;
       try {
@@ -609,14 +727,18 @@ export class Uploader extends EventTarget {
         failure = error;
       }
       const status = result ? result.status : 0;
-      if (status >= 200 && status < 300) return result.body;
+      if (status >= 200 && status < 300) return result;
       const reason = describe(status, result?.body, failure?.message);
-      if (!isRetryable(status)) throw new UploadError(reason, { status });
+      if (!isRetryable(status)) throw new UploadError(reason, { status, index });
       if (attempt >= this.#retry.maxRetries) {
-        throw new UploadError(`The server could not be reached: ${reason}`, { status, code: "gave-up" });
+        const message =
+          index === null
+            ? `The server could not be reached: ${reason}`
+            : `Chunk ${index + 1} failed ${attempt + 1} times; last: ${reason}`;
+        throw new UploadError(message, { status, index, code: "gave-up" });
       }
       const delay = this.#delay(attempt, result?.retryAfter);
-      this.#emit("retrying", { index: null, attempt: attempt + 1, delay, status, reason });
+      this.#emit("retrying", { index, attempt: attempt + 1, delay, status, reason });
       await sleep(delay, signal);
     }
   }

@@ -76,3 +76,36 @@ def test_sizes_read_as_people_write_them() -> None:
         "1.2 MB",
         "5.0 TB",
     ]
+
+
+def test_control_characters_are_shown_as_escapes() -> None:
+    assert render.clean("a\x1b]0;t\x07b") == "a\\x1b]0;t\\x07b"
+    assert render.clean("tab\there\nnew\r\x7f\x9b\u202eend") == (
+        "tab\\there\\nnew\\r\\x7f\\x9b\\u202eend"
+    )
+    assert render.clean("Zürich — 東京 ✓") == "Zürich — 東京 ✓"
+    assert render.clean(None) == "None"
+
+
+def test_data_is_never_read_as_markup_or_escape_sequences() -> None:
+    hostile = "\x1b[2J[bold red]x[/]"
+    result = {
+        "rows": 1,
+        "columns": [{"name": hostile, "type": "VARCHAR", "distinct": 1}],
+        "preview": {"columns": [hostile], "rows": [[hostile]]},
+        "rejects": {"count": 1, "rows": [{"line": 2, "reason": hostile, "text": hostile}]},
+        hostile: hostile,
+    }
+    # A console that reads markup, as a library user's might.
+    shown = text(render.job_view(job(name=hostile, error=hostile, result=result)))
+    assert "\x1b[2J" not in shown
+    # name, error, a key and its value, a column, a preview header and cell, reason, text
+    assert shown.count("\\x1b[2J[bold red]x[/]") == 9
+
+
+def test_an_approximate_distinct_count_says_so() -> None:
+    exact = text(render.result_view(PROFILE))
+    assert "distinct" in exact and "approx" not in exact
+    columns = [{**column, "distinct_approximate": True} for column in PROFILE["columns"]]
+    approximate = text(render.result_view({**PROFILE, "columns": columns}))
+    assert "distinct (approx.)" in approximate

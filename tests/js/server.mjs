@@ -11,6 +11,21 @@ import { fileURLToPath } from "node:url";
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const PYTHON = process.env.CHUTE_PYTHON || path.join(ROOT, ".venv/bin/python");
 
+/**
+ * fetch, sent again when the server closed a kept-alive connection just as it was
+ * reused ("other side closed": a race between the server's idle timeout and the
+ * connection pool, seen under load). Only for the tests' own requests, which may repeat.
+ */
+async function fetchAgain(url, init) {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await fetch(url, init);
+    } catch (error) {
+      if (tries >= 3 || error.cause?.code !== "UND_ERR_SOCKET") throw error;
+    }
+  }
+}
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const probe = net.createServer();
@@ -91,7 +106,7 @@ export class ChuteServer {
       input: `${password}\n`,
     });
     if (added.status !== 0) throw new Error(`user add failed: ${added.stderr}`);
-    const answer = await fetch(`${this.url}/api/auth/token`, {
+    const answer = await fetchAgain(`${this.url}/api/auth/token`, {
       method: "POST",
       body: new URLSearchParams({ username: name, password }),
     });
@@ -101,7 +116,7 @@ export class ChuteServer {
   }
 
   async api(user, method, route, body) {
-    const answer = await fetch(`${this.url}${route}`, {
+    const answer = await fetchAgain(`${this.url}${route}`, {
       method,
       headers: { ...user.headers, ...(body ? { "Content-Type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
@@ -135,13 +150,17 @@ export class ChuteServer {
 
 /**
  * A proxy in front of a server that can misbehave on chunk uploads: `rule(n, req)`
- * returns "pass", "drop" (connection closed, no answer) or a status to answer with.
+ * returns "pass", "drop" (connection closed, no answer), "stall" (the body is left
+ * unread and no answer comes: a silent network drop as the client sees it), a status
+ * to answer with, or {status, retryAfter} to answer with a Retry-After header too.
+ * `seen` lists the chunk requests: {at, verdict, answeredAt}.
  */
 export class FaultyProxy {
   constructor(target, rule) {
     this.target = target;
     this.rule = rule;
     this.chunkRequests = 0;
+    this.seen = [];
     this.server = http.createServer((req, res) => this.#handle(req, res));
   }
 
@@ -158,15 +177,25 @@ export class FaultyProxy {
   #handle(req, res) {
     const isChunk = req.method === "POST" && req.url.endsWith("/upload-data");
     const verdict = isChunk ? this.rule(this.chunkRequests++, req) : "pass";
+    const seen = { at: Date.now(), verdict, answeredAt: null };
+    if (isChunk) this.seen.push(seen);
     if (verdict === "drop") {
       req.socket.destroy();
       return;
     }
-    if (typeof verdict === "number") {
+    if (verdict === "stall") {
+      req.pause(); // nothing more is read, nothing is answered, until close()
+      return;
+    }
+    if (typeof verdict === "number" || typeof verdict === "object") {
+      const { status, retryAfter } = typeof verdict === "number" ? { status: verdict } : verdict;
       req.resume();
       req.on("end", () => {
-        res.writeHead(verdict, { "Content-Type": "application/json", Connection: "close" });
-        res.end(JSON.stringify({ detail: `The proxy answered ${verdict}.` }));
+        const headers = { "Content-Type": "application/json", Connection: "close" };
+        if (retryAfter !== undefined) headers["Retry-After"] = String(retryAfter);
+        res.writeHead(status, headers);
+        res.end(JSON.stringify({ detail: `The proxy answered ${status}.` }));
+        seen.answeredAt = Date.now();
       });
       return;
     }

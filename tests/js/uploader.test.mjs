@@ -349,6 +349,127 @@ describe("failures", () => {
   });
 });
 
+describe("held, cut off and stalled chunks", () => {
+  test("423 and 408 are sent again, after the server's Retry-After", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const file = csvFile(300);
+    const proxy = new FaultyProxy(server.url, (n) => ({ 0: { status: 423, retryAfter: 1 }, 1: 408 })[n] ?? "pass");
+    await proxy.listen();
+    try {
+      const up = new Uploader(file, job, {
+        baseUrl: proxy.url,
+        headers: user.headers,
+        retry: { maxRetries: 4, baseDelay: 20, maxDelay: 2000 },
+        parallel: 1,
+      });
+      const seen = collect(up, "retrying", "error");
+      const outcome = await up.start();
+      assert.equal(outcome.outcome, "complete", outcome.error?.message);
+      assert.deepEqual(
+        seen.retrying.map((r) => [r.index, r.status]),
+        [
+          [0, 423],
+          [0, 408],
+        ],
+      );
+      assert.equal(seen.retrying[0].delay, 1000);
+      assert.ok(proxy.seen[1].at - proxy.seen[0].answeredAt >= 1000, "Retry-After was waited for");
+      await assertJobGot(user, job, file);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a 409 stays final", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const proxy = new FaultyProxy(server.url, () => 409);
+    await proxy.listen();
+    try {
+      const up = new Uploader(csvFile(10), job, { baseUrl: proxy.url, headers: user.headers, retry: FAST_RETRY });
+      const outcome = await up.start();
+      assert.equal(outcome.outcome, "failed");
+      assert.equal(outcome.error.status, 409);
+      assert.equal(proxy.chunkRequests, 1);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a chunk that stalls is cut off after stallTimeout and sent again", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const file = csvFile(300);
+    const proxy = new FaultyProxy(server.url, (n) => (n === 0 ? "stall" : "pass"));
+    await proxy.listen();
+    try {
+      const up = new Uploader(file, job, {
+        baseUrl: proxy.url,
+        headers: user.headers,
+        retry: FAST_RETRY,
+        stallTimeout: 500,
+      });
+      const seen = collect(up, "retrying", "error");
+      const outcome = await up.start();
+      assert.equal(outcome.outcome, "complete", outcome.error?.message);
+      assert.equal(seen.retrying.length, 1);
+      assert.equal(seen.retrying[0].index, 0);
+      assert.equal(seen.retrying[0].status, 0);
+      assert.match(seen.retrying[0].reason, /Nothing moved for 0.5 s/);
+      const gap = proxy.seen[1].at - proxy.seen[0].at;
+      assert.ok(gap >= 500 && gap < 5000, `sent again after ${gap} ms`);
+      await assertJobGot(user, job, file);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a chunk that keeps moving is never cut off, however long it takes", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const base = fetchTransport();
+    const transport = {
+      async send(request) {
+        // 1.5 s of progress every 100 ms, three times the stall timeout, then the request.
+        for (let i = 1; i <= 15; i++) {
+          await new Promise((r) => setTimeout(r, 100));
+          if (request.signal.aborted) throw new DOMException("stopped", "AbortError");
+          request.onProgress(i, 100);
+        }
+        return base.send(request);
+      },
+    };
+    const up = uploader(user, csvFile(3), job, { transport, stallTimeout: 500 });
+    const seen = collect(up, "retrying");
+    const outcome = await up.start();
+    assert.equal(outcome.outcome, "complete", outcome.error?.message);
+    assert.deepEqual(seen.retrying, []);
+  });
+
+  test("fetchTransport reports the body's bytes as they go out", async () => {
+    const user = await server.user();
+    const job = await server.newJob(user);
+    const file = csvFile(3000);
+    const reports = [];
+    const base = fetchTransport();
+    const transport = {
+      send(request) {
+        const onProgress = (loaded, total) => {
+          reports.push([loaded, total]);
+          request.onProgress(loaded, total);
+        };
+        return base.send({ ...request, onProgress });
+      },
+    };
+    const outcome = await uploader(user, file, job, { transport, parallel: 1 }).start();
+    assert.equal(outcome.outcome, "complete", outcome.error?.message);
+    const partial = reports.filter(([loaded, total]) => total > CHUNK && loaded < total);
+    assert.ok(partial.length > 0, "progress inside a chunk");
+    await assertJobGot(user, job, file);
+  });
+});
+
 describe("cancel and memory", () => {
   test("cancel discards the server's upload and forgets the file", async () => {
     const user = await server.user();
@@ -438,7 +559,7 @@ describe("checks before sending", () => {
 
 describe("retry policy", () => {
   test("which statuses are retried", () => {
-    for (const status of [0, 429, 500, 502, 503, 507]) assert.ok(isRetryable(status), status);
+    for (const status of [0, 408, 423, 429, 500, 502, 503, 507]) assert.ok(isRetryable(status), status);
     for (const status of [400, 401, 403, 404, 409, 413, 422]) assert.ok(!isRetryable(status), status);
   });
 
