@@ -456,7 +456,22 @@ def upload_posts(log: str, job_id: int) -> list[int]:
     return [int(status) for status in line.findall(log)]
 
 
-@pytest.fixture(scope="module")
+# The server's chunk size, which the web uploader takes: small enough that the drop test's
+# files are a few chunks, big enough that a chunk takes seconds on its 80 Mbit/s link.
+# The throttled test asks for 100 MiB chunks itself.
+SERVER_CHUNK = 8 * 1024 * 1024
+
+
+# Package-scoped: one pair of namespaces and one server for the package's tests (a server
+# takes seconds to start). Each test shapes the link itself and uses users of its own.
+@pytest.fixture(scope="package")
 def link() -> Iterator[Link]:
     with network() as made:
         yield made
+
+
+@pytest.fixture(scope="package")
+def net_server(link: Link, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetServer]:
+    base = tmp_path_factory.mktemp("chute-net")
+    with net_serving(base, link, CHUTE_CHUNK_SIZE=str(SERVER_CHUNK)) as server:
+        yield server

@@ -29,7 +29,6 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ from tests.net.conftest import (
     client_env,
     csv_file,
     file_sha256,
-    net_serving,
     running,
     upload_posts,
 )
@@ -56,9 +54,8 @@ pytestmark = pytest.mark.net
 
 MiB = 1024 * 1024
 RATE = "80mbit"  # 10 MB/s shared by both clients' chunks: each chunk takes a few seconds
-CHUNK = 8 * MiB  # the server's chunk size, which both clients take
-# Three chunks in flight (the server's default) of four or six. The browser's file is
-# bigger: it starts first, and is still sending when `chute upload` has started.
+# The server's 8 MiB chunks, three in flight (its default): four or six of them. The
+# browser's file is bigger: it starts first, and still sends once `chute upload` has started.
 CLI_BYTES = 28 * MiB
 WEB_BYTES = 48 * MiB
 DROP = 45.0  # seconds the link is down: past the server's 30 s body idle timeout
@@ -66,13 +63,6 @@ PASSWORD = "pw-for-tests"
 BROWSER_SCRIPT = Path(__file__).with_name("browser_upload.py")
 # Seconds the clients get once the link is back, to send the rest of both files.
 RECOVERY = 90.0
-
-
-@pytest.fixture(scope="module")
-def net_server(link: Link, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetServer]:
-    base = tmp_path_factory.mktemp("chute-net-drop")
-    with net_serving(base, link, CHUTE_CHUNK_SIZE=str(CHUNK)) as server:
-        yield server
 
 
 @dataclass
@@ -213,8 +203,9 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
 
     cli_job = outcome(net_server, cli_user, job_of(cli_user), cli_file)
     web_job = outcome(net_server, web_user, web_found.get("job"), web_file)
+    locks = net_server.held_lock_files()
     report = (
-        f"in {took:.0f} s; drop: {drop}\n"
+        f"in {took:.0f} s; part locks still held: {locks}; drop: {drop}\n"
         f"chute upload: exit {cli_status}, server side {cli_job}\n{cli_output[-2000:]}\n"
         f"browser: exit {web_status}, page {web_found}, server side {web_job}\n"
         f"server log, last lines:\n{net_server.log()[-3000:]}"
@@ -238,4 +229,4 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
     assert web_found.get("page_errors") == [], report
 
     # No part lock is held: every chunk request has ended and released its part.
-    assert net_server.held_lock_files() == [], report
+    assert locks == [], report
