@@ -8,10 +8,13 @@ these kernels) and taken down for a while: a silent drop.
                                                     │ (mgmt_srv)
     the test process (root namespace) ── mgmt_root ─┘
 
-The test process reaches the server over a second veth pair, the management link, which
-is never shaped nor taken down: through it the tests make users, read an upload's state
-and a job's result while the test link is down. Shaping applies to what the client sends
-(the upload direction); the server's answers are a few hundred bytes.
+The test link is 169.254.N.0/29 (server .1, client .2, or .3 once renumbered), N drawn
+per run. The test process reaches the server over a second veth pair, the management
+link (169.254.N.8/30), which is never shaped nor taken down: through it the tests make
+users, read an upload's state and a job's result while the test link is down. Shaping
+applies to what the client sends (the upload direction); the server's answers are a few
+hundred bytes. After each test the link is up and unshaped again, and nothing of the
+test still runs in the client's namespace.
 
 A drop takes the server's end of the test link down. Neither side then receives a
 packet, so no RST or FIN reaches either: the server's route to the client is gone (what
@@ -19,8 +22,9 @@ it sends is dropped before the wire) and the client's end has no carrier (what i
 is counted as dropped by its own end). To the client it is a black hole, as when a
 laptop sleeps or a NAT on the way forgets it; `Link.counters` lets a test check it.
 
-Needs root, iproute2 (`ip`, `tc`, `ss`) and the tbf qdisc. Without them these tests
-skip with the reason; with CI set they fail instead, as `require_services` does.
+The tests are marked `net` (`pytest -m net` runs only them) and run in the normal suite.
+They need root, iproute2 (`ip`, `tc`, `ss`) and the tbf qdisc. Without them they skip
+with the reason; with CI set they fail instead, as `require_services` does.
 Names are unique per run (`chnet-<pid>-<hex>-cli`) and a run first removes the
 namespaces of earlier runs whose test process is gone, with what still runs in them.
 """
@@ -475,3 +479,13 @@ def net_server(link: Link, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     base = tmp_path_factory.mktemp("chute-net")
     with net_serving(base, link, CHUTE_CHUNK_SIZE=str(SERVER_CHUNK)) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def link_reset(link: Link) -> Iterator[None]:
+    """After each test, even a failed one: the link up and unshaped, and whatever the test
+    started in the client's namespace gone (a browser a killed script left, say)."""
+    yield
+    _kill_inside(link.cli_ns)
+    link.up()
+    link.unshape()

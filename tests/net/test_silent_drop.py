@@ -83,10 +83,12 @@ def sender_of(connection: Connection, cli: Process) -> str:
     return "cli" if connection.pid == cli.pid else "web"
 
 
-def wait_mid_chunk(link: Link, processes: dict[str, Process], timeout: float = 60) -> None:
+def wait_mid_chunk(
+    link: Link, processes: dict[str, Process], least: int = MiB, timeout: float = 60
+) -> None:
     """Until each of `processes` ("cli" and/or "web") is in the middle of a chunk: has a
-    connection to the server with some bytes of it received by the server and more still
-    to go."""
+    connection to the server that has carried at least `least` bytes and has more to go
+    (a chunk request: the other requests are a few hundred bytes)."""
     cli_pid = processes["cli"].pid if "cli" in processes else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,7 +98,7 @@ def wait_mid_chunk(link: Link, processes: dict[str, Process], timeout: float = 6
         midway = {
             "cli" if c.pid == cli_pid else "web"
             for c in link.connections("cli")
-            if c.state == "ESTAB" and c.send_q > 0 and c.bytes_acked >= MiB
+            if c.state == "ESTAB" and c.send_q > 0 and c.bytes_acked >= least
         }
         if midway >= set(processes):
             return
@@ -186,8 +188,9 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
         running(browse, env, tmp_path / "web.log") as web,
         contextlib.ExitStack() as stack,
     ):
-        # The browser takes seconds to start, `chute upload` one: it starts second.
-        wait_mid_chunk(link, {"web": web})
+        # The browser takes seconds to start, `chute upload` one: it starts once the
+        # browser sends its first chunk, so both are mid-chunk soon after.
+        wait_mid_chunk(link, {"web": web}, least=256 * 1024)
         cli = stack.enter_context(running(upload, env, tmp_path / "cli.log"))
         wait_mid_chunk(link, {"cli": cli, "web": web})
         drop = drop_link(link, cli)
@@ -199,7 +202,6 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
             (tmp_path / "stop").touch()
             web.wait(10)
         cli_output, web_found = cli.output(), web_result(web)
-    link.unshape()
 
     cli_job = outcome(net_server, cli_user, job_of(cli_user), cli_file)
     web_job = outcome(net_server, web_user, web_found.get("job"), web_file)

@@ -154,7 +154,6 @@ def test_slow_but_moving_chunks_are_never_cut(
     started = time.monotonic()
     run = run_on_terminal(upload, env, TIMEOUT)
     took = time.monotonic() - started
-    link.unshape()
 
     output = run.text
     jobs = user.http.get("/api/job").json()["items"]
