@@ -58,6 +58,8 @@ class Problem(Enum):
     NOT_CSV = (422, "This does not look like a CSV file: {why}")
     MALFORMED_FORM = (422, "The request body is not valid multipart/form-data: {why}")
     TOO_MANY_UPLOADS = (429, "Too many uploads at once for this user; try again shortly.")
+    # The same words whether or not the user exists; Retry-After says how long to wait.
+    SIGNIN_THROTTLED = (429, "Too many failed sign-ins; try again later.")
     STORAGE_UNAVAILABLE = (
         503,
         "The server's storage did not answer as it should; send the chunk again shortly.",
@@ -76,8 +78,12 @@ class Problem(Enum):
 class ChuteError(Exception):
     """An error meant for the client: its text is safe to show."""
 
-    def __init__(self, problem: Problem, **details: Any) -> None:
+    def __init__(
+        self, problem: Problem, *, headers: Mapping[str, str] | None = None, **details: Any
+    ) -> None:
         self.problem = problem
+        # Headers the answer carries, like a 429's Retry-After.
+        self.headers = dict(headers or {})
         self.detail = problem.message.format(**details) if details else problem.message
         super().__init__(self.detail)
 
