@@ -65,6 +65,8 @@ def authenticate(session: Session, username: str, password: str) -> User:
     # but its password is still checked against the dummy hash, to take as long.
     if len(username) <= USERNAME_MAX and username.isprintable():
         user = session.scalar(select(User).where(User.username == username))
+    # End the read before the slow hash: on SQLite every transaction holds the write lock.
+    session.commit()
     if not verify_password(user.password_hash if user else None, password) or user is None:
         raise ChuteError(Problem.BAD_CREDENTIALS)
     return user
