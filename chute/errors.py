@@ -74,17 +74,21 @@ class Problem(Enum):
     def message(self) -> str:
         return str(self.value[1])
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.value[2]) if len(self.value) > 2 else {}
+
 
 class ChuteError(Exception):
     """An error meant for the client: its text is safe to show."""
 
-    def __init__(
-        self, problem: Problem, *, headers: Mapping[str, str] | None = None, **details: Any
-    ) -> None:
+    def __init__(self, problem: Problem, *, retry_after: int | None = None, **details: Any) -> None:
         self.problem = problem
-        # Headers the answer carries, like a 429's Retry-After.
-        self.headers = dict(headers or {})
         self.detail = problem.message.format(**details) if details else problem.message
+        # The answer's headers: the problem's own, and a Retry-After of this instance.
+        self.headers = problem.headers
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
         super().__init__(self.detail)
 
     @property

@@ -100,7 +100,7 @@ def count_attempt(
     if blocked:
         session.rollback()
         wait = math.ceil((max(blocked) - now).total_seconds())
-        raise ChuteError(Problem.SIGNIN_THROTTLED, headers={"Retry-After": str(wait)})
+        raise ChuteError(Problem.SIGNIN_THROTTLED, retry_after=wait)
     for row in rows:
         _count(row, limits, now)
     session.commit()
