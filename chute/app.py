@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 class _ChuteApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        # Outside Starlette's error middleware, so a 500's answer carries them too.
+        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
         return SecurityHeaders(super().build_middleware_stack())
 
 

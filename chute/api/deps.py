@@ -54,8 +54,8 @@ def credential(request: Request) -> tuple[str, TokenKind] | None:
 
 
 def client_address(request: Request) -> str | None:
-    """The socket's peer, or what a trusted proxy says in X-Forwarded-For: the app's
-    proxy-headers middleware has already put it in the scope (`chute.api.proxy`)."""
+    """The socket's peer, or the client a trusted proxy names in X-Forwarded-For: the
+    proxy-headers middleware (`chute.app`, CHUTE_FORWARDED_ALLOW_IPS) put it in the scope."""
     return request.client.host if request.client else None
 
 
