@@ -12,8 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, events, jobs, results, uploads, web
+from chute.api import auth, config, docs, events, jobs, results, uploads, web
+from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
@@ -38,11 +41,21 @@ def create_app(settings: Settings) -> FastAPI:
             executor.shutdown(wait=True, cancel_futures=True)
             runtime.close()
 
-    app = FastAPI(title="Chute", lifespan=lifespan)
+    # No redirect_slashes: Starlette's redirect names the host of the request's Host
+    # header, so `GET /api/job/` with `Host: evil.example` would send the client there.
+    # A path with a stray slash is a 404 instead. The docs pages are ours (offline).
+    app = _ChuteApp(
+        title="Chute", lifespan=lifespan, redirect_slashes=False, docs_url=None, redoc_url=None
+    )
+    if settings.trusted_proxies:
+        # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
+        # address and scheme in the scope for everything after (sign-in limits, cookies).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     for module in (auth, jobs, uploads, results, events, config):
         app.include_router(module.router)
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
+    docs.mount(app)
     _install_error_handlers(app)
     app.add_middleware(
         BodyLimits,
@@ -50,6 +63,12 @@ def create_app(settings: Settings) -> FastAPI:
         idle_timeout=settings.body_idle_timeout,
     )
     return app
+
+
+class _ChuteApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _install_error_handlers(app: FastAPI) -> None:

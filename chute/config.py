@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -63,6 +65,23 @@ class Settings(BaseSettings):
     token_ttl: int = Field(24 * 3600, ge=60)
     session_ttl: int = Field(14 * 24 * 3600, ge=60)
 
+    # Behind a TLS proxy (DESIGN §2). The address browsers use, e.g. https://chute.example.com:
+    # when set it is the only origin a cookie-authenticated write may come from, and the
+    # session cookie is `Secure` if it is https. Empty: the request's own scheme and Host.
+    public_url: str = ""
+    # Comma-separated IPs or CIDRs of the proxies whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed (the client's address for the sign-in limits, https
+    # for the cookie). Empty: nothing is trusted, whoever sends those headers.
+    forwarded_allow_ips: str = ""
+    # Sign-in limits: `signin_max_failures` failures for one user name or one client
+    # address within `signin_window` seconds block it for `signin_block` seconds; each
+    # further failure before the streak is forgotten doubles the block, up to
+    # `signin_max_block`. A success forgets the failures of its name and address.
+    signin_max_failures: int = Field(5, ge=1)
+    signin_window: int = Field(15 * 60, ge=1)
+    signin_block: int = Field(60, ge=1)
+    signin_max_block: int = Field(3600, ge=1)
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -99,8 +118,20 @@ class Settings(BaseSettings):
     # S3's least size of every part but the last; some compatible stores allow less.
     s3_min_part_size: int = Field(5 * MiB, ge=1)
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        return public_origin(value) if value.strip() else ""
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        return ",".join(trusted_proxies(value))
+
     @model_validator(mode="after")
     def _check_sizes(self) -> Self:
+        if self.signin_block > self.signin_max_block:
+            raise ValueError("CHUTE_SIGNIN_BLOCK must not exceed CHUTE_SIGNIN_MAX_BLOCK")
         if self.chunk_size > self.max_chunk_bytes:
             raise ValueError("CHUTE_CHUNK_SIZE must not exceed CHUTE_MAX_CHUNK_BYTES")
         if self.queue_url and not self.queue_url.startswith(("sqlite://", "redis://")):
@@ -113,6 +144,10 @@ class Settings(BaseSettings):
                 "or a slow heartbeat would hand a live job to a second worker"
             )
         return self
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return trusted_proxies(self.forwarded_allow_ips)
 
     @property
     def resolved_database_url(self) -> str:
@@ -130,3 +165,45 @@ class Settings(BaseSettings):
     def embedded_queue(self) -> bool:
         """The queue lives in the data dir (SQLite): `chute serve` runs its worker itself."""
         return not self.resolved_queue_url.startswith("redis://")
+
+
+def public_origin(url: str) -> str:
+    """`https://Chute.example.com:443/` as a browser's Origin names it: `https://chute.example.com`."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or port == -1
+    ):
+        raise ValueError(
+            "CHUTE_PUBLIC_URL must be an http or https address with a host and nothing after "
+            "it, like https://chute.example.com"
+        )
+    host = parts.hostname  # lowercased; IPv6 without its brackets
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def trusted_proxies(value: str) -> list[str]:
+    """CHUTE_FORWARDED_ALLOW_IPS as networks: `10.0.0.1, 10.1.0.0/16` -> ['10.0.0.1/32', ...]."""
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"CHUTE_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network"
+            ) from None
+    return networks

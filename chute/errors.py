@@ -83,6 +83,8 @@ class Problem(Enum):
         "Too many uploads at once for this user; try again shortly.",
         {"Retry-After": "2"},
     )
+    # The same words whether or not the user exists; Retry-After says how long to wait.
+    SIGNIN_THROTTLED = (429, "Too many failed sign-ins; try again later.")
     STORAGE_UNAVAILABLE = (
         503,
         "The server's storage did not answer as it should; send the chunk again shortly.",

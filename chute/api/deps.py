@@ -44,8 +44,32 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _same_origin(request: Request) -> bool:
-    """Cookie-authenticated writes must name this site in Origin (or, lacking it, Referer)."""
+def credential(request: Request) -> tuple[str, TokenKind] | None:
+    """The secret the request signs in with, and its kind: a bearer token wins over a cookie."""
+    token = bearer_token(request)
+    if token is not None:
+        return token, TokenKind.BEARER
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (cookie, TokenKind.SESSION) if cookie else None
+
+
+def client_address(request: Request) -> str | None:
+    """The socket's peer, or the client a trusted proxy names in X-Forwarded-For: the
+    proxy-headers middleware (`chute.app`, CHUTE_FORWARDED_ALLOW_IPS) put it in the scope."""
+    return request.client.host if request.client else None
+
+
+def is_https(request: Request, public_url: str) -> bool:
+    """Whether browsers reach us over https: CHUTE_PUBLIC_URL says so, or the request's
+    scheme does (https from a trusted proxy's X-Forwarded-Proto counts)."""
+    return public_url.startswith("https://") or request.url.scheme == "https"
+
+
+def _same_origin(request: Request, public_url: str) -> bool:
+    """Cookie-authenticated writes must name this site in Origin (or, lacking it, Referer).
+
+    This site is CHUTE_PUBLIC_URL when set; otherwise the request's scheme and Host.
+    """
     claimed = request.headers.get("origin")
     if claimed is None or claimed == "null":
         referer = request.headers.get("referer")
@@ -53,6 +77,8 @@ def _same_origin(request: Request) -> bool:
             return False
         parts = urlsplit(referer)
         claimed = f"{parts.scheme}://{parts.netloc}"
+    if public_url:
+        return claimed.lower() == public_url
     host = request.headers.get("host")
     return host is not None and claimed.lower() == f"{request.url.scheme}://{host}".lower()
 
@@ -66,13 +92,10 @@ class Principal:
 
 
 def current_user(request: Request, rt: RuntimeDep) -> Principal:
-    token = bearer_token(request)
-    kind = TokenKind.BEARER
-    if token is None:
-        token = request.cookies.get(SESSION_COOKIE)
-        kind = TokenKind.SESSION
-    if not token:
+    signed_in = credential(request)
+    if signed_in is None:
         raise ChuteError(Problem.NOT_AUTHENTICATED)
+    token, kind = signed_in
     # A session of its own, closed here: the upload route must not hold a
     # transaction open while a chunk streams in.
     with rt.sessions() as session:
@@ -83,7 +106,7 @@ def current_user(request: Request, rt: RuntimeDep) -> Principal:
     if (
         kind is TokenKind.SESSION
         and request.method not in SAFE_METHODS
-        and not _same_origin(request)
+        and not _same_origin(request, rt.settings.public_url)
     ):
         raise ChuteError(Problem.FOREIGN_ORIGIN)
     return principal

@@ -1,7 +1,8 @@
 """The web page: `/` is the app's one HTML document, `/static/` its scripts and styles.
 
 Everything is served from the package (`chute/web/`), as written: no build step and
-nothing fetched from elsewhere at run time.
+nothing fetched from elsewhere at run time. `nosniff` is added to every answer by
+`chute.api.headers`; the API docs pages' scripts are under `/static/vendor/`.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ def mount(app: FastAPI) -> None:
             headers={
                 **NO_STALE,
                 "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "same-origin",
             },
         )
 
 
 class _StaticFiles(StaticFiles):
-    """StaticFiles with `no-cache` (revalidate by ETag) and `nosniff` on every answer."""
+    """StaticFiles with `no-cache` (revalidate by ETag) on every answer."""
 
     def file_response(
         self,
@@ -54,5 +54,5 @@ class _StaticFiles(StaticFiles):
         status_code: int = 200,
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update({**NO_STALE, "X-Content-Type-Options": "nosniff"})
+        response.headers.update(NO_STALE)
         return response

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from chute.auth import throttle
 from chute.auth.passwords import hash_password, random_password, verify_password
 from chute.db.models import AuthToken, TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
@@ -67,9 +68,33 @@ def ensure_admin(session: Session, keep: Callable[[str], None]) -> bool:
 
 
 def authenticate(session: Session, username: str, password: str) -> User:
-    user = session.scalar(select(User).where(User.username == username))
+    user = None
+    # A name no user can have is not looked up (PostgreSQL refuses a NUL in a query),
+    # but its password is still checked against the dummy hash, to take as long.
+    if len(username) <= USERNAME_MAX and username.isprintable():
+        user = session.scalar(select(User).where(User.username == username))
+    # End the read before the slow hash: on SQLite every transaction holds the write lock.
+    session.commit()
     if not verify_password(user.password_hash if user else None, password) or user is None:
         raise ChuteError(Problem.BAD_CREDENTIALS)
+    return user
+
+
+def sign_in(
+    session: Session,
+    username: str,
+    password: str,
+    *,
+    address: str | None,
+    limits: throttle.SigninLimits,
+    now: datetime,
+) -> User:
+    """`authenticate`, within the limits on guesses: 429 (before any hash) while the name
+    or the address is blocked, 401 for a wrong name or password."""
+    keys = throttle.keys_for(username, address)
+    throttle.count_attempt(session, keys, limits, now)
+    user = authenticate(session, username, password)
+    throttle.forgive(session, keys)
     return user
 
 
@@ -99,6 +124,16 @@ def user_for_token(session: Session, secret: str, kind: TokenKind, now: datetime
     )
 
 
-def revoke_token(session: Session, secret: str) -> None:
-    session.execute(delete(AuthToken).where(AuthToken.token_hash == _digest(secret)))
+def revoke_token(session: Session, secret: str, kind: TokenKind) -> None:
+    session.execute(
+        delete(AuthToken).where(AuthToken.token_hash == _digest(secret), AuthToken.kind == kind)
+    )
     session.commit()
+
+
+def purge_expired(session: Session, limits: throttle.SigninLimits, now: datetime) -> int:
+    """Delete expired tokens and sessions, and sign-in failures that no longer count.
+    Returns how many rows went. Commits."""
+    tokens = session.execute(delete(AuthToken).where(AuthToken.expires_at <= now))
+    session.commit()
+    return int(tokens.rowcount) + throttle.purge(session, limits, now)  # type: ignore[attr-defined]

@@ -184,3 +184,23 @@ class PartLease(Base):
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str] = mapped_column(String(32))
     renewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SigninFailures(Base):
+    """Recent failed sign-ins of one user name or one client address (`chute.auth.throttle`).
+
+    Kept in the database so the limits hold across API processes and hosts.
+    """
+
+    __tablename__ = "signin_failures"
+
+    # SHA-256 of "name:<user name>" or "address:<client address>": a fixed size whatever
+    # was typed, and no name or address kept in clear.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    # When the failures being counted began; they are forgotten `signin_window` after it.
+    window_start: Mapped[datetime] = mapped_column(default=utcnow)
+    # Sign-ins are refused until then; each block is twice the last one.
+    blocked_until: Mapped[datetime | None]
+    block_seconds: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,6 +1,7 @@
 """Periodic repairs: expire abandoned uploads, re-enqueue jobs whose enqueue was lost,
-take back running jobs whose worker stopped heartbeating, and remove the scratch folders
-that runs which ended without cleaning up (a worker killed mid-job) left behind.
+take back running jobs whose worker stopped heartbeating, remove the scratch folders
+that runs which ended without cleaning up (a worker killed mid-job) left behind, and
+delete expired tokens, sessions and sign-in failures.
 
 Any number of sweepers may run at once (one per `chute worker`, on any host). A sweep
 first lists candidates without locking anything, then changes each in a transaction of
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from chute.auth.service import purge_expired
+from chute.auth.throttle import SigninLimits
 from chute.db.models import Job, JobStatus, utcnow
 from chute.db.session import in_transaction
 from chute.jobs.runner import scratch_root
@@ -43,6 +46,9 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
     stale = rt.part_leases.remove_stale(4 * rt.settings.part_lease_seconds)
     if stale:
         log.info("removed %d part leases whose holders stopped", stale)
+    purged = _purge_auth(rt, now)
+    if purged:
+        log.info("removed %d expired tokens, sessions and old sign-in failures", purged)
     for job_id in _stale_queued(rt, now):
         log.info("job %s was queued but not claimed; enqueueing it again", job_id)
         rt.queue.enqueue(job_id)
@@ -63,6 +69,12 @@ def _expire_uploads(rt: Runtime, now: datetime) -> int:
             rt.storage.abort(storage_id)
             removed += 1
     return removed
+
+
+def _purge_auth(rt: Runtime, now: datetime) -> int:
+    # Plain DELETEs of rows that no longer count: two sweepers at once just split them.
+    with rt.sessions() as session:
+        return purge_expired(session, SigninLimits.of(rt.settings), now)
 
 
 def _stale_queued(rt: Runtime, now: datetime) -> list[int]:

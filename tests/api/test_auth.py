@@ -269,3 +269,25 @@ def test_an_expired_token_or_session_no_longer_signs_in(
             assert changed == 1
     assert http.get("/api/auth/me", headers=bearer).status_code == 401
     assert http.get("/api/auth/me", headers=cookie(session)).status_code == 401
+
+
+def test_logout_with_a_bearer_token_revokes_that_token(
+    server: Server, http: httpx.Client, account: str
+) -> None:
+    token = get_token(http, account, PASSWORD).json()["access_token"]
+    other = get_token(http, account, PASSWORD).json()["access_token"]
+    session = login(http, account, PASSWORD)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert http.get("/api/auth/me", headers=bearer).status_code == 200
+
+    answer = http.post("/api/auth/logout", headers=bearer)
+    assert answer.status_code == 204, answer.text
+    assert "set-cookie" not in answer.headers  # a script has no cookie to forget
+    assert http.get("/api/auth/me", headers=bearer).status_code == 401
+    assert http.post("/api/job", json={"name": "after logout"}, headers=bearer).status_code == 401
+    assert http.post("/api/auth/logout", headers=bearer).status_code == 401
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert server.sql("SELECT id FROM auth_tokens WHERE token_hash = :h", h=digest) == []
+    # Only that token ended: the user's other token and session still sign in.
+    assert http.get("/api/auth/me", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    assert http.get("/api/auth/me", headers=cookie(session)).status_code == 200

@@ -3,6 +3,7 @@ transition: each stale job is re-queued, failed or expired once, and enqueued on
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from chute.auth.service import add_user, issue_token
 from chute.config import Settings
 from chute.db.migrate import upgrade
-from chute.db.models import Chunk, Job, JobStatus, Upload, User, utcnow
+from chute.db.models import AuthToken, Chunk, Job, JobStatus, TokenKind, Upload, User, utcnow
 from chute.jobs.sweeper import sweep
 from chute.runtime import Runtime, build_runtime
 from tests.conftest import postgres_database, require_services
@@ -185,3 +187,31 @@ def test_a_sweep_removes_scratch_folders_of_runs_that_are_over(runtimes: list[Ru
     sweep(rt)
     assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, other.name])
     assert (live / "input.csv").exists()
+
+
+def test_a_sweep_deletes_expired_tokens_and_sessions(tmp_path: Path) -> None:
+    """The sweep calls the auth purge: expired rows go, live ones stay (real SQLite)."""
+    url = f"sqlite:///{tmp_path / 'chute.db'}"
+    upgrade(url)
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", database_url=url))
+    try:
+        with rt.sessions() as session:
+            user = add_user(session, "sweep-auth", "pw")
+            live = issue_token(session, user, TokenKind.BEARER, 3600)
+            expired = [issue_token(session, user, kind, 60) for kind in TokenKind]
+            session.execute(
+                update(AuthToken)
+                .where(AuthToken.token_hash.in_([digest(s) for s in expired]))
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+            session.commit()
+        sweep(rt)
+        with rt.sessions() as session:
+            hashes = set(session.scalars(select(AuthToken.token_hash)))
+        assert hashes == {digest(live)}
+    finally:
+        rt.close()
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -24,6 +24,11 @@ else:
             connection=connection,
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            # One transaction from reading the version to the last migration, on SQLite
+            # too (Alembic's default there is one per migration, after reading the version
+            # outside them, so two processes starting at once could both run the same
+            # step). SQLite's DDL is transactional, and BEGIN IMMEDIATE serializes them.
+            transactional_ddl=True,
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
