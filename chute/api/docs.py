@@ -2,9 +2,9 @@
 
 FastAPI's own pages load their scripts from a public CDN, so they are blank without the
 internet and trust a third party with the page. These are the same pages (FastAPI's
-`get_swagger_ui_html` / `get_redoc_html`) pointed at copies of the scripts inside the
-package (`chute/web/vendor/`, served under `/static/`), with a policy that lets the
-browser load nothing from anywhere else.
+`get_swagger_ui_html` / `get_redoc_html`) pointed at the scripts that the pinned
+`fastapi-offline` package ships (served under `/docs-assets/`), with a policy that lets
+the browser load nothing from anywhere else.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-SWAGGER = "/static/vendor/swagger-ui"
-REDOC = "/static/vendor/redoc"
+ASSETS = "/docs-assets"
 
 # Both pages style themselves at run time (Swagger UI's React, ReDoc's styled-components),
 # hence 'unsafe-inline' for styles; scripts are only our own files and, on /docs, the
@@ -34,15 +35,18 @@ _POLICY = (
 
 def mount(app: FastAPI) -> None:
     """Add the pages; the app must be made with `docs_url=None, redoc_url=None`."""
+    app.mount(
+        ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets"
+    )
     openapi_url = app.openapi_url or "/openapi.json"
     title = f"{app.title} API"
     swagger = _page(
         get_swagger_ui_html(
             openapi_url=openapi_url,
             title=title,
-            swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
-            swagger_css_url=f"{SWAGGER}/swagger-ui.css",
-            swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon.png",
             # Its default sends the document's address to a public validator.
             swagger_ui_parameters={"validatorUrl": None},
         )
@@ -51,8 +55,8 @@ def mount(app: FastAPI) -> None:
         get_redoc_html(
             openapi_url=openapi_url,
             title=title,
-            redoc_js_url=f"{REDOC}/redoc.standalone.js",
-            redoc_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS}/favicon.png",
             with_google_fonts=False,
         )
     )

@@ -2,7 +2,7 @@
 
 Everything is served from the package (`chute/web/`), as written: no build step and
 nothing fetched from elsewhere at run time. `nosniff` is added to every answer by
-`chute.api.headers`; the API docs pages' scripts are under `/static/vendor/`.
+`chute.api.headers`; the API docs pages' scripts are under `/docs-assets/`.
 """
 
 from __future__ import annotations
