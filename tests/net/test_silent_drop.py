@@ -56,8 +56,8 @@ MiB = 1024 * 1024
 RATE = "80mbit"  # 10 MB/s shared by both clients' chunks: each chunk takes a few seconds
 # The server's 8 MiB chunks, three in flight (its default): four or six of them. The
 # browser's file is bigger: it starts first, and still sends once `chute upload` has started.
-CLI_BYTES = 28 * MiB
-WEB_BYTES = 48 * MiB
+CLI_BYTES = 24 * MiB
+WEB_BYTES = 40 * MiB
 DROP = 45.0  # seconds the link is down: past the server's 30 s body idle timeout
 PASSWORD = "pw-for-tests"
 BROWSER_SCRIPT = Path(__file__).with_name("browser_upload.py")
@@ -144,9 +144,9 @@ def web_result(web: Process) -> dict[str, Any]:
     return result
 
 
-def job_of(user: Client) -> int | None:
+def job_named(user: Client, name: str) -> int | None:
     items = user.http.get("/api/job").json()["items"]
-    return int(items[0]["id"]) if items else None
+    return next((int(job["id"]) for job in items if job["name"] == name), None)
 
 
 def outcome(server: NetServer, user: Client, job_id: int | None, path: Path) -> dict[str, Any]:
@@ -173,14 +173,14 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
     link: Link, net_server: NetServer, tmp_path: Path
 ) -> None:
     link.shape(RATE)
-    cli_user = net_server.client()
-    web_user = net_server.client(None, PASSWORD)
+    # One user for both clients: making a user takes seconds (`chute user add`).
+    user = net_server.client(None, PASSWORD)
     cli_file = csv_file(tmp_path / "cli.csv", CLI_BYTES, seed=1)
     web_file = csv_file(tmp_path / "web.csv", WEB_BYTES, seed=2)
-    env = client_env(net_server, tmp_path / "home", token_of(cli_user))
+    env = client_env(net_server, tmp_path / "home", token_of(user))
     upload = chute_in_client(link, "upload", str(cli_file), "--new", "through a drop")
     browse = link.in_client(
-        sys.executable, str(BROWSER_SCRIPT), net_server.link_url, web_user.username,
+        sys.executable, str(BROWSER_SCRIPT), net_server.link_url, user.username,
         PASSWORD, str(web_file), str(DROP + RECOVERY + 60), str(tmp_path / "stop"),
     )  # fmt: skip
     started = time.monotonic()
@@ -203,8 +203,8 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
             web.wait(10)
         cli_output, web_found = cli.output(), web_result(web)
 
-    cli_job = outcome(net_server, cli_user, job_of(cli_user), cli_file)
-    web_job = outcome(net_server, web_user, web_found.get("job"), web_file)
+    cli_job = outcome(net_server, user, job_named(user, "through a drop"), cli_file)
+    web_job = outcome(net_server, user, web_found.get("job"), web_file)
     locks = net_server.held_lock_files()
     report = (
         f"in {took:.0f} s; part locks still held: {locks}; drop: {drop}\n"
