@@ -7,7 +7,7 @@ import json
 import unicodedata
 from typing import Any
 
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 from sqlalchemy import create_engine
 from sqlalchemy import text as sql_text
 
@@ -79,3 +79,42 @@ def test_names_values_and_errors_are_shown_as_text(web: Server, people: People) 
     expect(row).to_contain_text(f"\\x1b]0;pwned\\x07\\x1b[2J{HTML}name")
     no_control_characters(page.evaluate("document.body.innerText"))
     assert page.locator("img").count() == 0
+
+
+def test_the_browsers_uploader_cuts_off_a_stalled_chunk_and_sends_it_again(
+    web: Server, people: People
+) -> None:
+    """XMLHttpRequest under the stall watch: the first chunk request gets no answer (held
+    by the test, as a silent network drop would leave it); after `stallTimeout` the
+    uploader aborts it and sends the chunk again, and the upload completes."""
+    alice = people(web)
+    job_id = alice.api.new_job("stalled")
+    page = alice.page
+    held: list[Route] = []
+
+    def chunks(route: Route) -> None:
+        if route.request.method == "POST" and not held:
+            held.append(route)  # never answered
+        else:
+            route.continue_()
+
+    page.route("**/upload-data", chunks)
+    outcome = page.evaluate(
+        """async (jobId) => {
+            const { Uploader } = await import("/static/uploader.js");
+            const file = new File(["id,name\\n1,a\\n2,b\\n"], "small.csv", { type: "text/csv" });
+            const up = new Uploader(file, jobId, { stallTimeout: 1000, retry: { baseDelay: 10 } });
+            const retries = [];
+            up.addEventListener("retrying", (e) => retries.push(e.detail));
+            const started = Date.now();
+            const outcome = await up.start();
+            return { outcome: outcome.outcome, retries, took: Date.now() - started };
+        }""",
+        job_id,
+    )
+    assert len(held) == 1
+    assert outcome["outcome"] == "complete", outcome
+    assert [(r["index"], r["status"]) for r in outcome["retries"]] == [(0, 0)]
+    assert "Nothing moved for 1 s" in outcome["retries"][0]["reason"]
+    assert 1000 <= outcome["took"] < 20_000
+    assert alice.api.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
