@@ -1,7 +1,7 @@
 """`Client`: Chute's HTTP API as typed Python calls, on one httpx connection pool.
 
 Every call that reads, and every call that cannot do harm when repeated, is retried
-on network errors, 5xx, 429 and 507 (see `retry.py`). Creating a job is retried
+on network errors, 5xx, 408, 423, 429 and 507 (see `retry.py`). Creating a job is retried
 only when the request never reached the server, so a lost answer cannot make two
 jobs. Any other error answer raises `ApiError` with the server's `detail`.
 """

@@ -98,8 +98,26 @@ function statusText(status) {
   return STATUS_WORDS[status] || status;
 }
 
-function cell(tag, text) {
+// C0 (tab and newline too: a value is one cell), DEL, C1, and the bidirectional
+// overrides, which reorder what follows them.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+const NAMED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+
+/**
+ * Text from the server (or a file) as shown: its control characters as visible escapes
+ * (`\x1b`), as the CLI shows them. All text reaches the page through textContent, never
+ * as HTML; this keeps invisible characters from hiding or reordering what is shown.
+ */
+function clean(text) {
+  return String(text).replace(CONTROL, (c) => {
+    const code = c.charCodeAt(0);
+    return NAMED[c] || (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16)}`);
+  });
+}
+
+function cell(tag, value) {
   const el = document.createElement(tag);
+  const text = clean(value);
   el.textContent = text;
   // A hash or other long unbroken value may break anywhere; words keep whole.
   if (/^\S{25,}$/.test(text)) el.className = "long";
@@ -117,7 +135,7 @@ function show(value) {
 
 function notice(message) {
   const el = $("notice");
-  el.textContent = message || "";
+  el.textContent = clean(message || "");
   el.hidden = !message;
 }
 
@@ -147,7 +165,7 @@ async function route() {
 function signedIn(me) {
   state.me = me;
   state.memory = new UploadMemory(localStorage, `user-${me.id}`);
-  $("who-name").textContent = `Signed in as ${me.username}`;
+  $("who-name").textContent = clean(`Signed in as ${me.username}`);
   $("who").hidden = false;
 }
 
@@ -175,7 +193,7 @@ async function signIn(event) {
     signedIn(me);
     await route();
   } catch (error) {
-    $("signin-error").textContent = error.message;
+    $("signin-error").textContent = clean(error.message);
   }
 }
 
@@ -214,7 +232,7 @@ async function loadJobs() {
     const name = document.createElement("td");
     const link = document.createElement("a");
     link.href = `#/job/${job.id}`;
-    link.textContent = `${job.name} (#${job.id})`;
+    link.textContent = clean(`${job.name} (#${job.id})`);
     name.append(link);
     const status = cell("td", statusText(job.status));
     status.dataset.status = job.status;
@@ -241,7 +259,7 @@ function renderUnfinished() {
     const item = document.createElement("li");
     const link = document.createElement("a");
     link.href = `#/job/${entry.jobId}`;
-    link.textContent = `${entry.name} (${bytes(entry.size)}), job #${entry.jobId}`;
+    link.textContent = clean(`${entry.name} (${bytes(entry.size)}), job #${entry.jobId}`);
     item.append(link);
     list.append(item);
   }
@@ -249,12 +267,12 @@ function renderUnfinished() {
 }
 
 async function checkFile(file, out) {
-  out.textContent = `Checking ${file.name}…`;
+  out.textContent = clean(`Checking ${file.name}…`);
   out.classList.remove("bad");
   const verdict = await inspectCsv(file, { maxFileBytes: state.config.max_file_bytes });
-  out.textContent = verdict.ok
-    ? `${file.name}: ${bytes(file.size)}, columns: ${verdict.header.slice(0, 200)}`
-    : verdict.reason;
+  out.textContent = clean(
+    verdict.ok ? `${file.name}: ${bytes(file.size)}, columns: ${verdict.header.slice(0, 200)}` : verdict.reason,
+  );
   out.classList.toggle("bad", !verdict.ok);
   return verdict.ok;
 }
@@ -306,7 +324,7 @@ async function createJob(event) {
   try {
     job = await api("POST", "/api/job", { name: $("new-job-name").value.trim(), kind: "profile", params: {} });
   } catch (failure) {
-    error.textContent = `The job could not be created: ${failure.message}`;
+    error.textContent = clean(`The job could not be created: ${failure.message}`);
     return;
   }
   event.target.reset();
@@ -335,8 +353,9 @@ async function openJob(jobId) {
     job = await api("GET", `/api/job/${jobId}`);
   } catch (error) {
     if (error.status === 404) state.memory.forget(jobId); // deleted: nothing to continue
-    $("job-error").textContent =
-      error.status === 404 ? "This job does not exist, or it is not yours." : error.message;
+    $("job-error").textContent = clean(
+      error.status === 404 ? "This job does not exist, or it is not yours." : error.message,
+    );
     $("job-status").textContent = "–";
     return;
   }
@@ -350,13 +369,13 @@ async function openJob(jobId) {
 
 function renderJob(job) {
   if (state.jobId !== job.id) return;
-  $("job-title").textContent = `${job.name} (job #${job.id})`;
+  $("job-title").textContent = clean(`${job.name} (job #${job.id})`);
   const status = $("job-status");
-  status.textContent = statusText(job.status);
+  status.textContent = clean(statusText(job.status));
   status.dataset.status = job.status;
   $("job-run-progress").textContent =
     job.status === "running" && typeof job.progress === "number" ? `${Math.floor(job.progress)} %` : "";
-  $("job-error").textContent = job.error ? `The job failed: ${job.error}` : "";
+  $("job-error").textContent = job.error ? clean(`The job failed: ${job.error}`) : "";
   const uploader = state.uploads.get(job.id);
   const uploading = uploader && ["running", "paused"].includes(uploader.state);
   // Complete (perhaps from another tab or computer), cancelled or expired: no upload to continue.
@@ -373,7 +392,7 @@ function renderJob(job) {
       "Choose the same file to continue where it left off.";
     if (held.expires_at) heldText += ` Unless continued, it is removed at ${when(held.expires_at)}.`;
   }
-  $("upload-held").textContent = heldText;
+  $("upload-held").textContent = clean(heldText);
   if (job.status === "succeeded") renderResult(job);
   else $("result-panel").hidden = true;
 }
@@ -490,7 +509,7 @@ function attachUploader(uploader) {
     $("upload-choose").hidden = ["running", "paused"].includes(s);
   };
   const say = (text) => {
-    if (here()) els.state.textContent = text;
+    if (here()) els.state.textContent = clean(text);
   };
   const progress = ({ detail: p }) => {
     if (!here()) return;
@@ -534,7 +553,7 @@ function attachUploader(uploader) {
     },
     complete: () => say(`Upload of ${uploader.file.name} complete; the job is starting.`),
     error: ({ detail }) => {
-      if (here()) els.error.textContent = `The upload failed: ${detail.message}`;
+      if (here()) els.error.textContent = clean(`The upload failed: ${detail.message}`);
     },
     statechange: buttons,
   };
@@ -605,10 +624,12 @@ function renderResult(job) {
     }
     if (result.rejects) facts.push(["Rejected rows", String(result.rejects.count)]);
     out.append(table("Summary", null, facts));
+    // The server's distinct count is an estimate, clamped to the non-null count.
+    const approximate = result.columns.some((c) => c.distinct_approximate);
     out.append(
       table(
         "Columns",
-        ["Name", "Type", "Nulls", "Distinct", "Min", "Max", "Mean"],
+        ["Name", "Type", "Nulls", approximate ? "Distinct (approx.)" : "Distinct", "Min", "Max", "Mean"],
         result.columns.map((c) => [c.name, c.type, c.nulls, c.distinct, c.min, c.max, c.mean]),
       ),
     );

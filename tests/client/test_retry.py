@@ -15,7 +15,7 @@ import pytest
 
 from chute.client import ApiError, Client, RetryPolicy
 from chute.client.retry import retryable_status
-from tests.client.faulty_proxy import PASS, STALL, Answer, FaultyProxy
+from tests.client.faulty_proxy import PASS, STALL, Answer, FaultyProxy, Verdict
 from tests.client_support import KiB, chunk_posts, stored_sha256, token_of
 from tests.conftest import Server, serving
 from tests.factories import csv_bytes, csv_of_size
@@ -34,8 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-def proxy_for(server: Server, rule: dict[int, object]) -> FaultyProxy:
-    return FaultyProxy(("127.0.0.1", server.port), lambda n: rule.get(n, PASS))  # type: ignore[return-value]
+def proxy_for(server: Server, rule: dict[int, Verdict]) -> FaultyProxy:
+    return FaultyProxy(("127.0.0.1", server.port), lambda n: rule.get(n, PASS))
 
 
 def test_statuses_sent_again() -> None:
