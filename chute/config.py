@@ -45,8 +45,10 @@ class Settings(BaseSettings):
     # Chunks are refused with 507 when storing one would leave less free disk than this.
     min_free_bytes: int = Field(1 * GiB, ge=0)
     # Seconds a request waits for another request still sending the same chunk; longer
-    # than CHUTE_BODY_IDLE_TIMEOUT, so a re-send outwaits a request cut off unseen.
-    chunk_lock_timeout: float = Field(60.0, gt=0)
+    # than CHUTE_BODY_IDLE_TIMEOUT, so a re-send outwaits a request cut off unseen, and
+    # shorter than the clients' stall timeout (60 s), which would otherwise cut off the
+    # waiting re-send (the server reads none of its bytes meanwhile).
+    chunk_lock_timeout: float = Field(45.0, gt=0)
     # On storage without part locks of its own (S3): seconds a request sending a chunk
     # holds the chunk's lease in the database without renewing it (it renews it every
     # third of that while it streams); a lease older than that was left by a dead process.
