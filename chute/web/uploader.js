@@ -77,6 +77,13 @@ export function chunkCount(fileSize, chunkSize) {
 
 /** SHA-256 of a Blob as hex. The Blob's bytes are in memory only during this call. */
 export async function sha256Hex(blob) {
+  if (!globalThis.crypto?.subtle) {
+    // Browsers give WebCrypto only to secure contexts: https, or localhost.
+    throw new UploadError(
+      "This page cannot check the file's chunks: open Chute over https (or on localhost).",
+      { code: "insecure" },
+    );
+  }
   const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
