@@ -523,8 +523,11 @@ def _identifier(name: str) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    """A value as JSON can hold it: dates and times as ISO text. Long text is cut, with
-    every text of the result, when the kind returns (chute.jobs.kinds.cut_texts)."""
+    """A value as JSON can hold it: dates and times as ISO text, long text cut.
+
+    Every text of the result is cut when the kind returns (chute.jobs.kinds.cut_texts);
+    cut here too because the Parquet writer cuts long text in its statistics, at more
+    than MAX_TEXT characters: cut to MAX_TEXT, min and max are right."""
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -533,7 +536,7 @@ def _json_value(value: Any) -> Any:
         return float(value)
     if isinstance(value, dt.date | dt.time):  # datetime is a date
         return value.isoformat()
-    return value if isinstance(value, str) else str(value)
+    return cut_text(value if isinstance(value, str) else str(value))
 
 
 def _rejects(con: duckdb.DuckDBPyConnection, source: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from tests.jobs.test_profile import FILLER, TRICKY
 PLUGINS = str(ROOT / "tests" / "plugins")
 # Quick heartbeats and sweeps, so a lost worker is noticed within a few seconds.
 FAST = {
-    "PYTHONPATH": PLUGINS,
+    # The plugin, and whatever the tests run with (a worktree's chute, say) after it.
+    "PYTHONPATH": os.pathsep.join(p for p in (PLUGINS, os.environ.get("PYTHONPATH")) if p),
     "CHUTE_HEARTBEAT_INTERVAL": "0.2",
     "CHUTE_HEARTBEAT_TIMEOUT": "2",
     "CHUTE_SWEEP_INTERVAL": "0.3",
@@ -220,6 +221,9 @@ def test_a_stored_job_with_a_bad_encoding_gets_422_on_chunk_0(
             held = client.http.get(f"/api/job/{job_id}/upload-data").json()
             assert (held["chunks"], held["bytes_received"]) == ([], 0)
             assert client.job(job_id)["status"] == "awaiting_upload"
+            # The refused chunk leaves an open (empty) upload in the storage until the job
+            # is deleted or the upload expires: delete it, as other tests count them.
+            assert client.http.delete(f"/api/job/{job_id}").status_code == 204
     finally:
         engine.dispose()
 
@@ -455,6 +459,7 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(
     try:
         job_id, journal = running_job(client, tmp_path)
         stop(first)
+        dead_runs = scratch_of(server, job_id)
         second = start_worker(server)  # its sweeper finds the silent job
         job = client.wait_for(job_id, "failed", "succeeded", timeout=30)
         assert job["status"] == "failed"
@@ -464,6 +469,45 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(
         )
         assert journal.read_text().split()[0] == "start"
         assert len(journal.read_text().split()) == 2  # started once, never finished
+        # The dead run's scratch folder (with S3, a whole copy of the input) was left; the
+        # job is not run again, so the sweeper removes it.
+        assert dead_runs, "the killed run left no scratch folder"
+        wait_until("the dead run's folder removed", lambda: not scratch_of(server, job_id))
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def scratch_of(server: Server, job_id: int) -> list[Path]:
+    return sorted((server.data_dir / "scratch").glob(f"{job_id}-*"))
+
+
+def test_a_starting_worker_removes_stale_scratch_folders_only(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # Two workers on one data dir (as in the scale-out deployment on one host): the second
+    # one, starting, removes what dead runs left and keeps the first one's live run. The
+    # sweeper is kept out of it (an hour between sweeps).
+    server = make_server("--no-worker", **{**FAST, "CHUTE_SWEEP_INTERVAL": "3600"})
+    client = server.client()
+    first = start_worker(server)
+    second = None
+    try:
+        job_id, _ = running_job(client, tmp_path)
+        [live] = scratch_of(server, job_id)
+        stale = [
+            server.data_dir / "scratch" / f"{job_id}-00ff",
+            server.data_dir / "scratch" / "424242-abcd",
+        ]
+        for folder in stale:
+            (folder / "outputs").mkdir(parents=True)
+            (folder / "input.csv").write_bytes(csv_bytes(1000))
+        second = start_worker(server)
+        wait_until("the stale folders removed", lambda: not any(f.exists() for f in stale))
+        assert scratch_of(server, job_id) == [live]
+        assert client.job(job_id)["status"] == "running"
+        assert client.http.post(f"/api/job/{job_id}/cancel").status_code == 200
     finally:
         stop(first)
         if second is not None:

@@ -17,6 +17,7 @@ from chute.jobs.kinds import JobCancelled, JobFailed
 from chute.jobs.profile import (
     MAX_COLUMNS,
     MAX_LINE_BYTES,
+    PREVIEW_CHARS,
     PREVIEW_ROWS,
     REJECT_ROWS,
     _line_numbers,
@@ -284,6 +285,29 @@ def test_a_file_too_wide_to_profile_fails_saying_so(tmp_path: Path) -> None:
     )
 
 
+def test_running_out_of_memory_fails_saying_so(tmp_path: Path) -> None:
+    data = "".join(",".join(str((r + c) % 10) for c in range(3000)) + "\n" for r in range(12))
+    source = tmp_path / "input.csv"
+    source.write_text(data)
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "outputs").mkdir()
+    settings = Settings(data_dir=tmp_path / "data", duckdb_memory_limit="32MB", duckdb_threads=1)
+    with pytest.raises(JobFailed) as failed:
+        profile(
+            source,
+            {"header": False},
+            lambda _: None,
+            scratch=tmp_path / "scratch",
+            outputs=tmp_path / "outputs",
+            settings=settings,
+        )
+    assert str(failed.value) == (
+        "The profile ran out of memory: DuckDB may use 32MB for a job "
+        "(CHUTE_DUCKDB_MEMORY_LIMIT), and this file needs more. Files with thousands of "
+        "columns need the most."
+    )
+
+
 def test_a_header_longer_than_a_line_may_be_fails_saying_so(tmp_path: Path) -> None:
     data = ("name" + "x" * MAX_LINE_BYTES + ",b\n1,2\n").encode()
     with pytest.raises(JobFailed) as failed:
@@ -330,3 +354,14 @@ def test_distinct_is_never_above_the_values_there_are(tmp_path: Path) -> None:
     assert (columns["flag"]["distinct"], columns["flag"]["distinct_approximate"]) == (2, False)
     assert (columns["empty"]["distinct"], columns["empty"]["distinct_approximate"]) == (0, False)
     assert (columns["one"]["distinct"], columns["one"]["distinct_approximate"]) == (1, False)
+
+
+def test_the_preview_of_a_wide_file_of_long_texts_is_bounded(tmp_path: Path) -> None:
+    # 300 columns of 200 characters: 20 rows would be 1.2 million characters.
+    header = ",".join(f"c{i}" for i in range(300))
+    rows = [",".join(chr(97 + (r + i) % 26) * 200 for i in range(300)) for r in range(25)]
+    result = run(tmp_path, ("\n".join([header, *rows]) + "\n").encode())
+    preview = result["preview"]["rows"]
+    assert 1 <= len(preview) < PREVIEW_ROWS
+    assert sum(len(v) for row in preview for v in row) <= PREVIEW_CHARS
+    assert preview[0][0] == "a" * 200
