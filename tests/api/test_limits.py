@@ -20,7 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from chute.config import Settings
 from tests.api.test_upload import chunk_parts, form_body, recorded, upload_status
 from tests.api.test_upload_robustness import peak_rss, serving_pids, start_raw, wait_read
 from tests.conftest import Deployment, Server, ServerFactory, serving
@@ -130,6 +132,12 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
 
 
 # --- a chunk whose body stops coming --------------------------------------------------------
+
+
+def test_lock_timeout_must_exceed_the_body_idle_timeout() -> None:
+    with pytest.raises(ValidationError, match="CHUTE_CHUNK_LOCK_TIMEOUT must exceed"):
+        Settings(body_idle_timeout=30, chunk_lock_timeout=30)
+    assert Settings().chunk_lock_timeout > Settings().body_idle_timeout
 
 
 @pytest.fixture(scope="module")
