@@ -13,6 +13,13 @@ Order of a request, and why:
 5. the chunk recorded, which may complete the upload and queue the job;
 6. lock released; the queue told about a completed upload.
 Anything that fails before step 5 leaves nothing recorded.
+
+A file part sent before the fields is kept in a spool file until they come, but only
+once the job is known to be the sender's and to take data, and the disk to have room:
+nobody can fill the disk with bytes for a job that is not theirs. The whole body, an
+epilogue after the form included, is counted against the chunk limit plus the form's
+overhead; a body that stops coming is cut off by `chute.api.limits` (408), and the
+cleanup of any other error releases the part for the client's re-send.
 """
 
 from __future__ import annotations

@@ -20,10 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from chute.config import Settings
 from tests.api.test_upload import chunk_parts, form_body, recorded, upload_status
 from tests.api.test_upload_robustness import peak_rss, serving_pids, start_raw, wait_read
-from tests.conftest import Server, ServerFactory, serving
+from tests.conftest import Deployment, Server, ServerFactory, serving
 from tests.factories import csv_bytes, csv_of_size, sha256
 
 MiB = 1024 * 1024
@@ -132,11 +134,21 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
 # --- a chunk whose body stops coming --------------------------------------------------------
 
 
+def test_lock_timeout_must_exceed_the_body_idle_timeout() -> None:
+    with pytest.raises(ValidationError, match="CHUTE_CHUNK_LOCK_TIMEOUT must exceed"):
+        Settings(body_idle_timeout=30, chunk_lock_timeout=30)
+    assert Settings().chunk_lock_timeout > Settings().body_idle_timeout
+
+
 @pytest.fixture(scope="module")
-def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Cut off a body idle for 2 s; wait at most 4 s for a part another request holds."""
+def idle_server(
+    tmp_path_factory: pytest.TempPathFactory, deployment: Deployment
+) -> Iterator[Server]:
+    """Cut off a body idle for 2 s; wait at most 4 s for a part another request holds (a
+    file lock on local disk, a lease in the database on S3)."""
     with serving(
         tmp_path_factory.mktemp("idle"),
+        deployment,
         CHUTE_BODY_IDLE_TIMEOUT="2",
         CHUTE_CHUNK_LOCK_TIMEOUT="4",
     ) as server:
@@ -156,6 +168,7 @@ def half_sent(server: Server, client: Any, job_id: int, data: bytes) -> socket.s
     return sock
 
 
+@pytest.mark.deployments
 def test_chunk_whose_body_stops_is_cut_off_and_records_nothing(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()
@@ -176,6 +189,7 @@ def test_chunk_whose_body_stops_is_cut_off_and_records_nothing(idle_server: Serv
     assert recorded(client, job_id) == {0: sha256(data)}
 
 
+@pytest.mark.deployments
 def test_resend_waits_for_the_dead_request_and_is_taken(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()
@@ -192,6 +206,7 @@ def test_resend_waits_for_the_dead_request_and_is_taken(idle_server: Server) -> 
     assert recorded(client, job_id) == {0: sha256(data)}
 
 
+@pytest.mark.deployments
 def test_part_held_past_the_wait_is_423_with_retry_after(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()

@@ -898,7 +898,9 @@ def test_too_many_uploads_at_once_is_429(make_server: ServerFactory, chunks: lis
                 time.sleep(0.05)
             detail = "Too many uploads at once for this user; try again shortly."
             assert answer.json()["detail"] == detail
-            assert_error(client.send_chunk(job_id, 0, total, chunks[0]), 429, detail)
+            refused = client.send_chunk(job_id, 0, total, chunks[0])
+            assert_error(refused, 429, detail)
+            assert refused.headers["retry-after"] == "2"
             assert_nothing_recorded(client, job_id)
             # Other users have their own slots.
             other = server.client()
