@@ -131,6 +131,12 @@ def _storage_errors(held_open: Callable[[], bool] | None = None) -> Iterator[Non
         raise ChuteError(Problem.STORAGE_UNAVAILABLE) from None
 
 
+def _commit(writer: PartWriter, held_open: Callable[[], bool] | None) -> None:
+    """In a worker thread: `held_open` asks the database, which must not block the loop."""
+    with _storage_errors(held_open):
+        writer.commit()
+
+
 class _Sink(Protocol):
     def write(self, data: Buffer) -> None: ...
 
@@ -486,8 +492,7 @@ class ChunkReceiver:
             if stored.lease is not None and stored.lease.lost.is_set():
                 # Another request took the part over meanwhile: its bytes must win whole.
                 raise ChuteError(Problem.CHUNK_BUSY, index=request.index)
-            with _storage_errors(pipeline.held_open):
-                await self._run(stored.writer.commit)
+            await self._run(_commit, stored.writer, pipeline.held_open)
         recorded = await self._run(
             self._in_session, service.record_chunk, self.settings, self.user_id, request,
             stored.plan.storage_id, pipeline.size, sha, stored.plan.offset is not None,
