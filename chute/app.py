@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from chute.api import auth, config, events, jobs, results, uploads, web
+from chute.api import auth, config, events, jobs, openapi, results, uploads, web
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
 from chute.runtime import build_runtime
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
     _install_error_handlers(app)
+    openapi.install(app, settings)
     return app
 
 

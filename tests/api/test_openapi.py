@@ -1,0 +1,244 @@
+"""The OpenAPI document says what the API answers (DESIGN §2, issue 14 item 14).
+
+The document's shape is checked directly; then Schemathesis reads `/openapi.json` from a
+live `chute serve` and sends what the document allows (and what it does not), signed in
+with a bearer token, failing on any 5xx and on any answer whose status, media type or
+body the document does not describe. Runs are bounded and deterministic: a fixed seed,
+derandomized generation, no example database, a few examples per operation.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis import checks as st_checks
+from schemathesis.specs.openapi.schemas import OpenApiSchema
+
+from chute.app import create_app
+from chute.config import Settings
+from tests.conftest import Client, Server
+from tests.factories import csv_bytes
+
+EVENTS = "/api/job/{job_id}/events"
+RESULT = "/api/job/{job_id}/result"
+OUTPUT = "/api/job/{job_id}/result/{name}"
+UPLOAD = "/api/job/{job_id}/upload-data"
+# Each must be exercised, or the run proves nothing about the routes that matter most.
+MUST_COVER = {"POST /api/auth/token", "POST /api/job", f"POST {UPLOAD}", f"GET {EVENTS}"}
+CHECKS = [
+    st_checks.not_a_server_error,
+    st_checks.status_code_conformance,
+    st_checks.content_type_conformance,
+    st_checks.response_schema_conformance,
+]
+SEED = 14
+# Per operation: the coverage phase's boundary cases come on top of these.
+MAX_EXAMPLES = 12
+# An answer slower than this is a hang (the SSE route streams until its job ends).
+REQUEST_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def fuzzer(server: Server) -> Client:
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def finished_job(fuzzer: Client) -> int:
+    """A job that succeeded, so its result and its Parquet can be fetched."""
+    job_id = fuzzer.new_job("finished")
+    fuzzer.upload(job_id, csv_bytes(50))
+    fuzzer.wait_for(job_id, "succeeded")
+    return job_id
+
+
+def _config() -> schemathesis.Config:
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "request-timeout": REQUEST_TIMEOUT,
+            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True},
+            "phases": {"examples": {"enabled": False}},
+            "warnings": False,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def api_schema(server: Server) -> OpenApiSchema:
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config())
+    assert isinstance(schema, OpenApiSchema)
+    return schema
+
+
+def test_errors_are_detail_strings(server: Server) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["Error"]["properties"] == {"detail": {"type": "string"}}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert response["content"] == {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    }, (method, path, status)
+
+
+def statuses(doc: dict[str, Any], method: str, path: str) -> set[int]:
+    return {int(s) for s in doc["paths"][path][method.lower()]["responses"]}
+
+
+def test_each_route_lists_what_it_answers(server: Server) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    body = {400, 408, 413, 422}
+    assert statuses(doc, "POST", "/api/auth/token") == {200, 401, 429} | body
+    assert statuses(doc, "POST", "/api/auth/login") == {200, 401, 429} | body
+    assert statuses(doc, "POST", "/api/job") == {201, 401, 403} | body
+    assert statuses(doc, "GET", "/api/job") == {200, 401, 422}
+    assert statuses(doc, "GET", "/api/job/{job_id}") == {200, 401, 404, 422}
+    assert statuses(doc, "DELETE", "/api/job/{job_id}") == {204, 401, 403, 404, 422}
+    assert statuses(doc, "POST", UPLOAD) == {200, 401, 403, 404, 409, 423, 429, 503, 507} | body
+    assert statuses(doc, "DELETE", UPLOAD) == {204, 401, 403, 404, 409, 422}
+    assert statuses(doc, "GET", OUTPUT) == {200, 401, 404, 409, 422}
+    assert statuses(doc, "GET", "/api/config") == {200}
+    for method, path in (("POST", UPLOAD), ("POST", "/api/auth/token")):
+        retry = doc["paths"][path][method.lower()]["responses"]["429"]
+        assert "Retry-After" in retry["headers"]
+    assert "Retry-After" in doc["paths"][UPLOAD]["post"]["responses"]["423"]["headers"]
+
+
+def test_upload_form_and_streamed_media_types(server: Server) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    form = doc["paths"][UPLOAD]["post"]["requestBody"]["content"]["multipart/form-data"]
+    schema = form["schema"]
+    assert set(schema["properties"]) == {
+        "file",
+        "chunk_index",
+        "total_chunks",
+        "chunk_sha256",
+        "chunk_size",
+        "file_size",
+    }
+    assert schema["required"] == ["file", "chunk_index", "total_chunks"]
+    assert schema["properties"]["file"]["format"] == "binary"
+    assert "chunkIndex" in schema["properties"]["chunk_index"]["description"]
+    assert "totalChunks" in schema["properties"]["total_chunks"]["description"]
+    events = doc["paths"][EVENTS]["get"]["responses"]["200"]["content"]
+    assert list(events) == ["text/event-stream"]
+    output = doc["paths"][OUTPUT]["get"]["responses"]["200"]["content"]
+    assert "application/vnd.apache.parquet" in output
+    assert doc["paths"][UPLOAD]["get"]["responses"]["200"]["content"]["application/json"]
+
+
+def _real_job(case: Any, fuzzer: Client, finished_job: int) -> None:
+    """Point half the cases that name a job at a real one of the user, so they reach the
+    route's service and not only its 404: a new job (taking data), an ended one for the
+    event stream (so it ends), the finished one for its result."""
+    job_id = (case.path_parameters or {}).get("job_id")
+    if not isinstance(job_id, int) or job_id % 2:
+        return
+    path = case.operation.path
+    if path in (RESULT, OUTPUT):
+        case.path_parameters["job_id"] = finished_job
+        if path == OUTPUT and job_id % 4 == 0:
+            case.path_parameters["name"] = "data.parquet"
+        return
+    new = fuzzer.new_job("fuzzed")
+    if path == EVENTS:
+        assert fuzzer.http.post(f"/api/job/{new}/cancel").status_code == 200
+    case.path_parameters["job_id"] = new
+
+
+def _operations() -> list[tuple[str, str]]:
+    """Every operation of the document, read from an app built here (nothing runs): the
+    tests below are one per operation, so none can be left out."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        doc = create_app(Settings(data_dir=Path(data_dir))).openapi()
+    return [(method.upper(), path) for path, ops in doc["paths"].items() for method in ops]
+
+
+OPERATIONS = _operations()
+
+
+def test_the_important_routes_are_fuzzed(api_schema: OpenApiSchema) -> None:
+    labels = {f"{method} {path}" for method, path in OPERATIONS}
+    assert labels >= MUST_COVER
+    assert {op.ok().label for op in api_schema.get_all_operations()} == labels
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_api_matches_its_document(
+    method: str, path: str, api_schema: OpenApiSchema, fuzzer: Client, finished_job: int
+) -> None:
+    """Cases the document allows, and cases it does not (negative mode), each answered
+    as the document says; half of those naming a job name a real one."""
+    operation = api_schema[path][method]
+    auth = {"Authorization": fuzzer.http.headers["Authorization"]}
+    sent: Counter[GenerationMode] = Counter()
+    modes = [GenerationMode.POSITIVE]
+    if operation.path_parameters or operation.query or operation.body:
+        modes.append(GenerationMode.NEGATIVE)
+    cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
+
+    @hypothesis.given(case=cases)
+    @hypothesis.settings(
+        derandomize=True,
+        database=None,
+        deadline=None,
+        max_examples=MAX_EXAMPLES,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
+    def run(case: Any) -> None:
+        _real_job(case, fuzzer, finished_job)
+        sent[case.meta.generation.mode] += 1
+        case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+
+    run()
+    # A run that sent nothing, or nothing valid, proves nothing.
+    assert sent[GenerationMode.POSITIVE] >= (3 if len(modes) > 1 else 1), sent
+    if len(modes) > 1:
+        assert sent[GenerationMode.NEGATIVE] >= 1, sent
+
+
+def test_api_sequences_match_its_document(api_schema: OpenApiSchema, fuzzer: Client) -> None:
+    """Stateful: Schemathesis chains operations by the links it infers (a job created, then
+    its upload, status and deletion). The event stream is left out: on a job that is
+    still open it streams until the job ends."""
+    machine = api_schema.exclude(path=EVENTS).as_state_machine()
+    token = fuzzer.http.headers["Authorization"]
+    steps: Counter[str] = Counter()
+
+    class Workflow(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            steps[case.operation.label] += 1
+            return {"headers": {"Authorization": token}, "timeout": REQUEST_TIMEOUT}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Workflow.run(
+        settings=hypothesis.settings(
+            derandomize=True,
+            database=None,
+            deadline=None,
+            max_examples=15,
+            stateful_step_count=8,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
+    )
+    assert "POST /api/job" in steps, json.dumps(steps)
+    assert f"POST {UPLOAD}" in steps, json.dumps(steps)
