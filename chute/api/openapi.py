@@ -245,7 +245,7 @@ def _success_media(key: tuple[str, str], responses: JsonObject) -> None:
             "gives it) at once and on each change, until the job ends; `event: gone` with "
             '`{"detail": ...}` if it is deleted.'
         )
-        ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        ok["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     elif key == OUTPUT:
         ok["description"] = (
             "The file's bytes, as an attachment; the type follows the file's name "
@@ -261,6 +261,26 @@ def _success_media(key: tuple[str, str], responses: JsonObject) -> None:
         ok["content"] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/UploadStatus"}}
         }
+
+
+# One event of the stream, as a client's parser gives it (OpenAPI before 3.2 has the media
+# type's `schema` describe each event of a stream; 3.2 calls it `itemSchema`).
+SSE_EVENT: JsonObject = {
+    "title": "JobEvent",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["job", "gone"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [{"$ref": "#/components/schemas/JobPublic"}, ERROR_REF],
+            },
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 def _model_schemas(*models: type[BaseModel]) -> JsonObject:

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from chute.app import create_app
@@ -35,6 +36,8 @@ RESULT = "/api/job/{job_id}/result"
 OUTPUT = "/api/job/{job_id}/result/{name}"
 UPLOAD = "/api/job/{job_id}/upload-data"
 # Each must be exercised, or the run proves nothing about the routes that matter most.
+# Over both deployments (tests/conftest.py): PostgreSQL refuses text SQLite takes (NUL).
+pytestmark = pytest.mark.deployments
 MUST_COVER = {"POST /api/auth/token", "POST /api/job", f"POST {UPLOAD}", f"GET {EVENTS}"}
 CHECKS = [
     st_checks.not_a_server_error,
@@ -43,8 +46,9 @@ CHECKS = [
     st_checks.response_schema_conformance,
 ]
 SEED = 14
-# Per operation: the coverage phase's boundary cases come on top of these.
+# Cases per operation; more where a body carries text and numbers the server stores.
 MAX_EXAMPLES = 12
+MORE_EXAMPLES = {"POST /api/job": 150, f"POST {UPLOAD}": 40}
 # An answer slower than this is a hang (the SSE route streams until its job ends).
 REQUEST_TIMEOUT = 10.0
 
@@ -182,31 +186,46 @@ def test_the_important_routes_are_fuzzed(api_schema: OpenApiSchema) -> None:
 def test_api_matches_its_document(
     method: str, path: str, api_schema: OpenApiSchema, fuzzer: Client, finished_job: int
 ) -> None:
-    """Cases the document allows, and cases it does not (negative mode), each answered
-    as the document says; half of those naming a job name a real one."""
+    """Schemathesis's coverage cases (each parameter's bounds, types and missing values)
+    and generated ones, valid and not, each answered as the document says. Half of those
+    naming a job name a real one. Every failure is collected, then all are reported."""
     operation = api_schema[path][method]
     auth = {"Authorization": fuzzer.http.headers["Authorization"]}
     sent: Counter[GenerationMode] = Counter()
+    failures: list[str] = []
     modes = [GenerationMode.POSITIVE]
     if operation.path_parameters or operation.query or operation.body:
         modes.append(GenerationMode.NEGATIVE)
-    cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
 
-    @hypothesis.given(case=cases)
+    def send(case: Any) -> None:
+        _real_job(case, fuzzer, finished_job)
+        sent[case.meta.generation.mode] += 1
+        try:
+            case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+        except (FailureGroup, Exception) as exc:  # checks' failures, or no answer in time
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    coverage = api_schema.iter_coverage_cases(
+        operation, generation_modes=modes, generation_config=api_schema.config.generation
+    )
+    for case in coverage:
+        send(case)
+
+    @hypothesis.given(st.one_of(*(operation.as_strategy(generation_mode=m) for m in modes)))
     @hypothesis.settings(
         derandomize=True,
         database=None,
         deadline=None,
-        max_examples=MAX_EXAMPLES,
+        max_examples=MORE_EXAMPLES.get(operation.label, MAX_EXAMPLES),
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate],
     )
-    def run(case: Any) -> None:
-        _real_job(case, fuzzer, finished_job)
-        sent[case.meta.generation.mode] += 1
-        case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+    def fuzz(case: Any) -> None:
+        send(case)
 
-    run()
+    fuzz()
+    if failures:
+        pytest.fail(f"{len(failures)} failing cases:\n\n" + "\n\n".join(failures), pytrace=False)
     # A run that sent nothing, or nothing valid, proves nothing.
     assert sent[GenerationMode.POSITIVE] >= (3 if len(modes) > 1 else 1), sent
     if len(modes) > 1:
