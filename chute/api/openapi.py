@@ -19,14 +19,15 @@ import copy
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
-from chute.api.deps import SESSION_COOKIE, current_user
+from chute.api.deps import SAFE_METHODS, SESSION_COOKIE, current_user
 from chute.config import Settings
 from chute.errors import Problem
 
@@ -49,6 +50,40 @@ RETRY_AFTER: JsonObject = {
     }
 }
 
+SECURITY_SCHEMES: JsonObject = {
+    "bearer": {
+        "type": "oauth2",
+        "description": "A token from POST /api/auth/token, sent as `Authorization: Bearer`.",
+        "flows": {"password": {"tokenUrl": "/api/auth/token", "scopes": {}}},
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": SESSION_COOKIE,
+        "description": "The browser's session from POST /api/auth/login. A write "
+        "(POST, PUT, PATCH, DELETE) must come from this site (Origin or Referer), else 403.",
+    },
+}
+
+# One event of the stream, as a client's parser gives it (OpenAPI before 3.2 has the media
+# type's `schema` describe each event of a stream; 3.2 calls it `itemSchema`).
+SSE_EVENT: JsonObject = {
+    "title": "JobEvent",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["job", "gone"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [{"$ref": "#/components/schemas/JobPublic"}, ERROR_REF],
+            },
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -60,7 +95,6 @@ class Answer:
 
 # Statuses whose answers may say when to try again (DESIGN §2, "Hostile and broken clients").
 RETRY_AFTER_STATUSES = {423, 429}
-
 
 # Errors answered outside the Problem table: by the app's handler, or by the parts of
 # issue 14 being built beside this one (body limits, sign-in throttle, busy chunk). The
@@ -105,9 +139,10 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
 }
-# Routes whose body the route reads itself (FastAPI never sees it), and that body.
+# The route that reads its body itself (FastAPI never sees the form); `_upload_body`.
 UPLOAD_DATA = ("POST", "/api/job/{job_id}/upload-data")
-# Answers that are not JSON: 200's media types, by route.
+UPLOAD_STATUS = ("GET", "/api/job/{job_id}/upload-data")
+# Routes whose 200 is not JSON; `_success_media`.
 EVENTS = ("GET", "/api/job/{job_id}/events")
 OUTPUT = ("GET", "/api/job/{job_id}/result/{name}")
 
@@ -119,35 +154,37 @@ class UploadChunk(BaseModel):
 
 
 class UploadStatus(BaseModel):
-    """`GET /api/job/{job_id}/upload-data` (chute.upload.service.upload_status)."""
+    """What `GET /api/job/{job_id}/upload-data` answers (`upload.service.upload_status`
+    builds it as a dict; the Schemathesis test holds the two together)."""
 
     job_id: int
-    state: str
+    state: Literal["empty", "partial", "complete"]
     total_chunks: int | None
     chunk_size: int | None
     file_size: int | None
     bytes_received: int
     chunks: list[UploadChunk]
-    expires_at: str | None = None
+    # Only while the upload is unfinished.
+    expires_at: datetime | None = None
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Serve the completed document at `app.openapi_url`; built on first request."""
     generate = app.openapi
-    made: dict[int, JsonObject] = {}
+    made: list[JsonObject] = []  # FastAPI's document, then the completed one
 
     def openapi() -> JsonObject:
         # FastAPI caches its document and makes a new one if routes are added: follow it.
         base = generate()
-        if id(base) not in made:
-            made.clear()
-            made[id(base)] = complete(copy.deepcopy(base), app, settings)
-        return made[id(base)]
+        if not made or made[0] is not base:
+            made[:] = [base, complete(copy.deepcopy(base), app, settings)]
+        return made[1]
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
 def complete(doc: JsonObject, app: FastAPI, settings: Settings) -> JsonObject:
+    """FastAPI's document `doc`, completed in place from the tables above."""
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -171,22 +208,6 @@ def complete(doc: JsonObject, app: FastAPI, settings: Settings) -> JsonObject:
     return doc
 
 
-SECURITY_SCHEMES: JsonObject = {
-    "bearer": {
-        "type": "oauth2",
-        "description": "A token from POST /api/auth/token, sent as `Authorization: Bearer`.",
-        "flows": {"password": {"tokenUrl": "/api/auth/token", "scopes": {}}},
-    },
-    "session": {
-        "type": "apiKey",
-        "in": "cookie",
-        "name": SESSION_COOKIE,
-        "description": "The browser's session from POST /api/auth/login. A write "
-        "(POST, PUT, PATCH, DELETE) must come from this site (Origin or Referer), else 403.",
-    },
-}
-
-
 def _api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
     """Each documented route's path, methods and dependencies, as FastAPI documents them
     (routes of included routers with their prefix)."""
@@ -208,7 +229,7 @@ def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dic
         entries += [CLIENT_GONE, BODY_IDLE, BODY_TOO_LARGE]
     if signed_in:
         entries.append(Problem.NOT_AUTHENTICATED)
-        if method not in {"GET", "HEAD", "OPTIONS"}:
+        if method not in SAFE_METHODS:
             entries.append(Problem.FOREIGN_ORIGIN)
     if "{job_id}" in path:
         entries.append(Problem.JOB_NOT_FOUND)
@@ -221,13 +242,17 @@ def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dic
     return dict(sorted(by_status.items()))
 
 
+def words(entry: Entry) -> str:
+    """An error's message as the document shows it: "…" for what each answer fills in."""
+    return _PLACEHOLDER.sub("…", entry.message)
+
+
 def _error_response(status: int, entries: list[Entry]) -> JsonObject:
-    # A message's {placeholders} are filled per request: "…" stands for them here, and a
-    # message that is nothing but a placeholder says nothing the status does not.
-    words = dict.fromkeys(_PLACEHOLDER.sub("…", entry.message) for entry in entries)
-    words.pop("…", None)
+    # A message that is nothing but a placeholder says nothing the status does not.
+    lines = dict.fromkeys(words(entry) for entry in entries)
+    lines.pop("…", None)
     response: JsonObject = {
-        "description": "\n".join(f"- {w}" for w in words),
+        "description": "\n".join(f"- {line}" for line in lines),
         "content": {"application/json": {"schema": ERROR_REF}},
     }
     if status in RETRY_AFTER_STATUSES:
@@ -257,30 +282,10 @@ def _success_media(key: tuple[str, str], responses: JsonObject) -> None:
             "application/octet-stream": binary,
             "*/*": binary,
         }
-    elif key == ("GET", "/api/job/{job_id}/upload-data"):
+    elif key == UPLOAD_STATUS:
         ok["content"] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/UploadStatus"}}
         }
-
-
-# One event of the stream, as a client's parser gives it (OpenAPI before 3.2 has the media
-# type's `schema` describe each event of a stream; 3.2 calls it `itemSchema`).
-SSE_EVENT: JsonObject = {
-    "title": "JobEvent",
-    "type": "object",
-    "required": ["event", "data"],
-    "properties": {
-        "event": {"enum": ["job", "gone"]},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {
-                "oneOf": [{"$ref": "#/components/schemas/JobPublic"}, ERROR_REF],
-            },
-        },
-        "retry": {"type": "integer", "minimum": 0},
-    },
-}
 
 
 def _model_schemas(*models: type[BaseModel]) -> JsonObject:

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -26,9 +25,11 @@ from schemathesis import checks as st_checks
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from chute.api import openapi
 from chute.app import create_app
 from chute.config import Settings
-from tests.conftest import Client, Server
+from chute.errors import Problem
+from tests.conftest import Client, Server, ServerFactory
 from tests.factories import csv_bytes
 
 EVENTS = "/api/job/{job_id}/events"
@@ -36,8 +37,6 @@ RESULT = "/api/job/{job_id}/result"
 OUTPUT = "/api/job/{job_id}/result/{name}"
 UPLOAD = "/api/job/{job_id}/upload-data"
 # Each must be exercised, or the run proves nothing about the routes that matter most.
-# Over both deployments (tests/conftest.py): PostgreSQL refuses text SQLite takes (NUL).
-pytestmark = pytest.mark.deployments
 MUST_COVER = {"POST /api/auth/token", "POST /api/job", f"POST {UPLOAD}", f"GET {EVENTS}"}
 CHECKS = [
     st_checks.not_a_server_error,
@@ -51,6 +50,106 @@ MAX_EXAMPLES = 12
 MORE_EXAMPLES = {"POST /api/job": 150, f"POST {UPLOAD}": 40}
 # An answer slower than this is a hang (the SSE route streams until its job ends).
 REQUEST_TIMEOUT = 10.0
+
+
+def _document() -> dict[str, Any]:
+    """The document of an app built here (nothing runs: no server, no database)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        return create_app(Settings(data_dir=Path(data_dir))).openapi()
+
+
+# The tests below are one per operation of the document, so none can be left out.
+OPERATIONS = [(m.upper(), p) for p, ops in _document()["paths"].items() for m in ops]
+# Problems no API route answers: `chute user add` is a command, not a route.
+NOT_ROUTES = {Problem.USER_EXISTS}
+
+
+def test_errors_are_detail_strings() -> None:
+    doc = _document()
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["Error"]["properties"] == {"detail": {"type": "string"}}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert response["content"] == {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    }, (method, path, status)
+
+
+def statuses(doc: dict[str, Any], method: str, path: str) -> set[int]:
+    return {int(s) for s in doc["paths"][path][method.lower()]["responses"]}
+
+
+def test_each_route_lists_what_it_answers() -> None:
+    doc = _document()
+    body = {400, 408, 413, 422}
+    assert statuses(doc, "POST", "/api/auth/token") == {200, 401, 429} | body
+    assert statuses(doc, "POST", "/api/auth/login") == {200, 401, 429} | body
+    assert statuses(doc, "POST", "/api/job") == {201, 401, 403} | body
+    assert statuses(doc, "GET", "/api/job") == {200, 401, 422}
+    assert statuses(doc, "GET", "/api/job/{job_id}") == {200, 401, 404, 422}
+    assert statuses(doc, "DELETE", "/api/job/{job_id}") == {204, 401, 403, 404, 422}
+    assert statuses(doc, "POST", UPLOAD) == {200, 401, 403, 404, 409, 423, 429, 503, 507} | body
+    assert statuses(doc, "DELETE", UPLOAD) == {204, 401, 403, 404, 409, 422}
+    assert statuses(doc, "GET", OUTPUT) == {200, 401, 404, 409, 422}
+    assert statuses(doc, "GET", "/api/config") == {200}
+    for method, path in (("POST", UPLOAD), ("POST", "/api/auth/token")):
+        retry = doc["paths"][path][method.lower()]["responses"]["429"]
+        assert "Retry-After" in retry["headers"]
+    assert "Retry-After" in doc["paths"][UPLOAD]["post"]["responses"]["423"]["headers"]
+
+
+def test_upload_form_and_streamed_media_types() -> None:
+    doc = _document()
+    form = doc["paths"][UPLOAD]["post"]["requestBody"]["content"]["multipart/form-data"]
+    schema = form["schema"]
+    assert set(schema["properties"]) == {
+        "file",
+        "chunk_index",
+        "total_chunks",
+        "chunk_sha256",
+        "chunk_size",
+        "file_size",
+    }
+    assert schema["required"] == ["file", "chunk_index", "total_chunks"]
+    assert schema["properties"]["file"]["format"] == "binary"
+    assert "chunkIndex" in schema["properties"]["chunk_index"]["description"]
+    assert "totalChunks" in schema["properties"]["total_chunks"]["description"]
+    events = doc["paths"][EVENTS]["get"]["responses"]["200"]["content"]
+    assert list(events) == ["text/event-stream"]
+    output = doc["paths"][OUTPUT]["get"]["responses"]["200"]["content"]
+    assert "application/vnd.apache.parquet" in output
+    assert doc["paths"][UPLOAD]["get"]["responses"]["200"]["content"]["application/json"]
+
+
+def test_the_table_names_only_routes_that_exist() -> None:
+    keys = set(openapi.ROUTE_PROBLEMS) | {
+        openapi.UPLOAD_DATA,
+        openapi.UPLOAD_STATUS,
+        openapi.EVENTS,
+        openapi.OUTPUT,
+    }
+    assert keys <= set(OPERATIONS)
+
+
+def test_every_problem_is_documented_with_its_status() -> None:
+    """A Problem added to chute/errors.py must be listed for the routes that answer it
+    (chute/api/openapi.py's ROUTE_PROBLEMS), else this fails."""
+    doc = _document()
+    listed: dict[int, str] = {}
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                listed[int(status)] = listed.get(int(status), "") + response["description"]
+    for problem in set(Problem) - NOT_ROUTES:
+        if openapi.words(problem) != "…":
+            assert openapi.words(problem) in listed.get(problem.status, ""), problem
+
+
+# The live runs. Operation by operation over both deployments (tests/conftest.py):
+# PostgreSQL refuses text that SQLite takes (NUL), S3 forms that local disk takes.
 
 
 @pytest.fixture(scope="module")
@@ -86,66 +185,6 @@ def api_schema(server: Server) -> OpenApiSchema:
     return schema
 
 
-def test_errors_are_detail_strings(server: Server) -> None:
-    doc = httpx.get(f"{server.url}/openapi.json").json()
-    schemas = doc["components"]["schemas"]
-    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
-    assert schemas["Error"]["properties"] == {"detail": {"type": "string"}}
-    for path, operations in doc["paths"].items():
-        for method, operation in operations.items():
-            for status, response in operation["responses"].items():
-                if int(status) >= 400:
-                    assert response["content"] == {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    }, (method, path, status)
-
-
-def statuses(doc: dict[str, Any], method: str, path: str) -> set[int]:
-    return {int(s) for s in doc["paths"][path][method.lower()]["responses"]}
-
-
-def test_each_route_lists_what_it_answers(server: Server) -> None:
-    doc = httpx.get(f"{server.url}/openapi.json").json()
-    body = {400, 408, 413, 422}
-    assert statuses(doc, "POST", "/api/auth/token") == {200, 401, 429} | body
-    assert statuses(doc, "POST", "/api/auth/login") == {200, 401, 429} | body
-    assert statuses(doc, "POST", "/api/job") == {201, 401, 403} | body
-    assert statuses(doc, "GET", "/api/job") == {200, 401, 422}
-    assert statuses(doc, "GET", "/api/job/{job_id}") == {200, 401, 404, 422}
-    assert statuses(doc, "DELETE", "/api/job/{job_id}") == {204, 401, 403, 404, 422}
-    assert statuses(doc, "POST", UPLOAD) == {200, 401, 403, 404, 409, 423, 429, 503, 507} | body
-    assert statuses(doc, "DELETE", UPLOAD) == {204, 401, 403, 404, 409, 422}
-    assert statuses(doc, "GET", OUTPUT) == {200, 401, 404, 409, 422}
-    assert statuses(doc, "GET", "/api/config") == {200}
-    for method, path in (("POST", UPLOAD), ("POST", "/api/auth/token")):
-        retry = doc["paths"][path][method.lower()]["responses"]["429"]
-        assert "Retry-After" in retry["headers"]
-    assert "Retry-After" in doc["paths"][UPLOAD]["post"]["responses"]["423"]["headers"]
-
-
-def test_upload_form_and_streamed_media_types(server: Server) -> None:
-    doc = httpx.get(f"{server.url}/openapi.json").json()
-    form = doc["paths"][UPLOAD]["post"]["requestBody"]["content"]["multipart/form-data"]
-    schema = form["schema"]
-    assert set(schema["properties"]) == {
-        "file",
-        "chunk_index",
-        "total_chunks",
-        "chunk_sha256",
-        "chunk_size",
-        "file_size",
-    }
-    assert schema["required"] == ["file", "chunk_index", "total_chunks"]
-    assert schema["properties"]["file"]["format"] == "binary"
-    assert "chunkIndex" in schema["properties"]["chunk_index"]["description"]
-    assert "totalChunks" in schema["properties"]["total_chunks"]["description"]
-    events = doc["paths"][EVENTS]["get"]["responses"]["200"]["content"]
-    assert list(events) == ["text/event-stream"]
-    output = doc["paths"][OUTPUT]["get"]["responses"]["200"]["content"]
-    assert "application/vnd.apache.parquet" in output
-    assert doc["paths"][UPLOAD]["get"]["responses"]["200"]["content"]["application/json"]
-
-
 def _real_job(case: Any, fuzzer: Client, finished_job: int) -> None:
     """Point half the cases that name a job at a real one of the user, so they reach the
     route's service and not only its 404: a new job (taking data), an ended one for the
@@ -165,23 +204,14 @@ def _real_job(case: Any, fuzzer: Client, finished_job: int) -> None:
     case.path_parameters["job_id"] = new
 
 
-def _operations() -> list[tuple[str, str]]:
-    """Every operation of the document, read from an app built here (nothing runs): the
-    tests below are one per operation, so none can be left out."""
-    with tempfile.TemporaryDirectory() as data_dir:
-        doc = create_app(Settings(data_dir=Path(data_dir))).openapi()
-    return [(method.upper(), path) for path, ops in doc["paths"].items() for method in ops]
-
-
-OPERATIONS = _operations()
-
-
+@pytest.mark.deployments
 def test_the_important_routes_are_fuzzed(api_schema: OpenApiSchema) -> None:
     labels = {f"{method} {path}" for method, path in OPERATIONS}
     assert labels >= MUST_COVER
     assert {op.ok().label for op in api_schema.get_all_operations()} == labels
 
 
+@pytest.mark.deployments
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_api_matches_its_document(
     method: str, path: str, api_schema: OpenApiSchema, fuzzer: Client, finished_job: int
@@ -232,12 +262,18 @@ def test_api_matches_its_document(
         assert sent[GenerationMode.NEGATIVE] >= 1, sent
 
 
-def test_api_sequences_match_its_document(api_schema: OpenApiSchema, fuzzer: Client) -> None:
+def test_api_sequences_match_its_document(make_server: ServerFactory) -> None:
     """Stateful: Schemathesis chains operations by the links it infers (a job created, then
-    its upload, status and deletion). The event stream is left out: on a job that is
-    still open it streams until the job ends."""
-    machine = api_schema.exclude(path=EVENTS).as_state_machine()
-    token = fuzzer.http.headers["Authorization"]
+    its upload, status and deletion). Each scenario starts from the same state (no job),
+    on a server with no worker, so the same requests get the same answers: Hypothesis
+    replays scenarios and refuses a server whose answers drift. The event stream is left
+    out: on a job that is still open it streams until the job ends. One deployment: the
+    sequences test the document, which is the same on both."""
+    server = make_server("--no-worker")
+    user = server.client()
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config())
+    machine = schema.exclude(path=EVENTS).as_state_machine()
+    token = user.http.headers["Authorization"]
     answers: Counter[tuple[str, int]] = Counter()
 
     class Workflow(machine):  # type: ignore[misc, valid-type]
@@ -249,6 +285,10 @@ def test_api_sequences_match_its_document(api_schema: OpenApiSchema, fuzzer: Cli
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS)
+
+        def teardown(self) -> None:
+            for job in user.http.get("/api/job", params={"limit": 200}).json()["items"]:
+                assert user.http.delete(f"/api/job/{job['id']}").status_code == 204
 
     Workflow.run(
         settings=hypothesis.settings(
