@@ -276,11 +276,11 @@ def _success_media(key: tuple[str, str], responses: JsonObject) -> None:
             "The file's bytes, as an attachment; the type follows the file's name "
             "(the profile's Parquet: application/vnd.apache.parquet)."
         )
-        binary = {"schema": {"type": "string", "format": "binary"}}
+        # Bytes: OpenAPI 3.1 gives binary content no schema.
         ok["content"] = {
-            "application/vnd.apache.parquet": binary,
-            "application/octet-stream": binary,
-            "*/*": binary,
+            "application/vnd.apache.parquet": {},
+            "application/octet-stream": {},
+            "*/*": {},
         }
     elif key == UPLOAD_STATUS:
         ok["content"] = {

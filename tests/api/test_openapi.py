@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -50,6 +51,16 @@ MAX_EXAMPLES = 12
 MORE_EXAMPLES = {"POST /api/job": 150, f"POST {UPLOAD}": 40}
 # An answer slower than this is a hang (the SSE route streams until its job ends).
 REQUEST_TIMEOUT = 10.0
+# Success answers each of these must have given, or their schemas went untested (a chunk
+# taken, 200, is the sequences' test's: fuzzed chunks rarely make a valid one).
+MUST_SUCCEED = {
+    "POST /api/job": 201,
+    f"GET {EVENTS}": 200,
+    f"GET {OUTPUT}": 200,
+    "DELETE /api/job/{job_id}": 204,
+    "POST /api/auth/logout": 204,
+}
+PASSWORD = "pw-for-tests"  # the password `Server.client()` gives its users
 
 
 def _document() -> dict[str, Any]:
@@ -158,6 +169,18 @@ def fuzzer(server: Server) -> Client:
 
 
 @pytest.fixture(scope="module")
+def logout_token(server: Server, fuzzer: Client) -> str:
+    """A second token of the fuzzer's, for the logout cases: logging out revokes the token
+    it is sent with. Taken before any sign-in is fuzzed (a throttle may follow)."""
+    answer = httpx.post(
+        f"{server.url}/api/auth/token",
+        data={"username": fuzzer.username, "password": PASSWORD},
+    )
+    assert answer.status_code == 200, answer.text
+    return f"Bearer {answer.json()['access_token']}"
+
+
+@pytest.fixture(scope="module")
 def finished_job(fuzzer: Client) -> int:
     """A job that succeeded, so its result and its Parquet can be fetched."""
     job_id = fuzzer.new_job("finished")
@@ -185,17 +208,29 @@ def api_schema(server: Server) -> OpenApiSchema:
     return schema
 
 
-def _real_job(case: Any, fuzzer: Client, finished_job: int) -> None:
-    """Point half the cases that name a job at a real one of the user, so they reach the
-    route's service and not only its 404: a new job (taking data), an ended one for the
-    event stream (so it ends), the finished one for its result."""
-    job_id = (case.path_parameters or {}).get("job_id")
-    if not isinstance(job_id, int) or job_id % 2:
+def _real_user(case: Any, fuzzer: Client) -> None:
+    """Sign half the valid sign-in cases in as the fuzzer, so success answers are checked."""
+    body = case.body
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("password"), str)
+        and "username" in body
+        and case.meta.generation.mode is GenerationMode.POSITIVE
+        and len(body["password"]) % 2 == 0
+    ):
+        body.update(username=fuzzer.username, password=PASSWORD)
+
+
+def _real_job(case: Any, turn: int, fuzzer: Client, finished_job: int) -> None:
+    """Point the valid cases that name a job, on even turns, at a real job of the user, so
+    they reach the route's service and not only its 404: a new job (taking data), an ended
+    one for the event stream (so the stream ends), the finished one for its results."""
+    if turn % 2:
         return
     path = case.operation.path
     if path in (RESULT, OUTPUT):
         case.path_parameters["job_id"] = finished_job
-        if path == OUTPUT and job_id % 4 == 0:
+        if path == OUTPUT and turn % 4 == 0:
             case.path_parameters["name"] = "data.parquet"
         return
     new = fuzzer.new_job("fuzzed")
@@ -214,24 +249,38 @@ def test_the_important_routes_are_fuzzed(api_schema: OpenApiSchema) -> None:
 @pytest.mark.deployments
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_api_matches_its_document(
-    method: str, path: str, api_schema: OpenApiSchema, fuzzer: Client, finished_job: int
+    method: str,
+    path: str,
+    api_schema: OpenApiSchema,
+    fuzzer: Client,
+    logout_token: str,
+    finished_job: int,
 ) -> None:
     """Schemathesis's coverage cases (each parameter's bounds, types and missing values)
     and generated ones, valid and not, each answered as the document says. Half of those
     naming a job name a real one. Every failure is collected, then all are reported."""
     operation = api_schema[path][method]
-    auth = {"Authorization": fuzzer.http.headers["Authorization"]}
+    token = logout_token if operation.label == "POST /api/auth/logout" else None
+    auth = {"Authorization": token or fuzzer.http.headers["Authorization"]}
     sent: Counter[GenerationMode] = Counter()
+    answered: Counter[int] = Counter()
+    naming_a_job = 0
     failures: list[str] = []
     modes = [GenerationMode.POSITIVE]
     if operation.path_parameters or operation.query or operation.body:
         modes.append(GenerationMode.NEGATIVE)
 
     def send(case: Any) -> None:
-        _real_job(case, fuzzer, finished_job)
+        nonlocal naming_a_job
+        _real_user(case, fuzzer)
+        valid = case.meta.generation.mode is GenerationMode.POSITIVE
+        if valid and "job_id" in (case.path_parameters or {}):
+            _real_job(case, naming_a_job, fuzzer, finished_job)
+            naming_a_job += 1
         sent[case.meta.generation.mode] += 1
         try:
-            case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+            response = case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+            answered[response.status_code] += 1
         except (FailureGroup, Exception) as exc:  # checks' failures, or no answer in time
             failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -260,6 +309,8 @@ def test_api_matches_its_document(
     assert sent[GenerationMode.POSITIVE] >= (3 if len(modes) > 1 else 1), sent
     if len(modes) > 1:
         assert sent[GenerationMode.NEGATIVE] >= 1, sent
+    if operation.label in MUST_SUCCEED:
+        assert answered[MUST_SUCCEED[operation.label]], answered
 
 
 def test_api_sequences_match_its_document(make_server: ServerFactory) -> None:
@@ -303,5 +354,5 @@ def test_api_sequences_match_its_document(make_server: ServerFactory) -> None:
     )
     seen = json.dumps({f"{label} {status}": n for (label, status), n in answers.items()})
     assert answers["POST /api/job", 201], seen
-    # Chunks sent to jobs the sequence created, not only to ids that name none.
-    assert any(label == f"POST {UPLOAD}" and s != 404 for label, s in answers), seen
+    # Chunks taken by jobs the sequence created: the chunk answer's schema was checked.
+    assert answers[f"POST {UPLOAD}", 200], seen
