@@ -181,11 +181,18 @@ def logout_token(server: Server, fuzzer: Client) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_job(fuzzer: Client) -> int:
+def reader(server: Server) -> Client:
+    """The user whose finished job the result routes read. Not the fuzzer: fuzzed job ids
+    land on the fuzzer's own jobs too, and may cancel or delete them."""
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def finished_job(reader: Client) -> int:
     """A job that succeeded, so its result and its Parquet can be fetched."""
-    job_id = fuzzer.new_job("finished")
-    fuzzer.upload(job_id, csv_bytes(50))
-    fuzzer.wait_for(job_id, "succeeded")
+    job_id = reader.new_job("finished")
+    reader.upload(job_id, csv_bytes(50))
+    reader.wait_for(job_id, "succeeded")
     return job_id
 
 
@@ -201,8 +208,10 @@ def _config() -> schemathesis.Config:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def api_schema(server: Server) -> OpenApiSchema:
+    """The live document, loaded anew for each test: Schemathesis learns from answers as it
+    goes, so a shared schema would make one operation's cases depend on those run before."""
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=_config())
     assert isinstance(schema, OpenApiSchema)
     return schema
@@ -221,7 +230,7 @@ def _real_user(case: Any, fuzzer: Client) -> None:
         body.update(username=fuzzer.username, password=PASSWORD)
 
 
-def _real_job(case: Any, turn: int, fuzzer: Client, finished_job: int) -> None:
+def _real_job(case: Any, turn: int, user: Client, finished_job: int) -> None:
     """Point the valid cases that name a job, on even turns, at a real job of the user, so
     they reach the route's service and not only its 404: a new job (taking data), an ended
     one for the event stream (so the stream ends), the finished one for its results."""
@@ -233,9 +242,9 @@ def _real_job(case: Any, turn: int, fuzzer: Client, finished_job: int) -> None:
         if path == OUTPUT and turn % 4 == 0:
             case.path_parameters["name"] = "data.parquet"
         return
-    new = fuzzer.new_job("fuzzed")
+    new = user.new_job("fuzzed")
     if path == EVENTS:
-        assert fuzzer.http.post(f"/api/job/{new}/cancel").status_code == 200
+        assert user.http.post(f"/api/job/{new}/cancel").status_code == 200
     case.path_parameters["job_id"] = new
 
 
@@ -253,6 +262,7 @@ def test_api_matches_its_document(
     path: str,
     api_schema: OpenApiSchema,
     fuzzer: Client,
+    reader: Client,
     logout_token: str,
     finished_job: int,
 ) -> None:
@@ -260,8 +270,9 @@ def test_api_matches_its_document(
     and generated ones, valid and not, each answered as the document says. Half of those
     naming a job name a real one. Every failure is collected, then all are reported."""
     operation = api_schema[path][method]
+    user = reader if path in (RESULT, OUTPUT) else fuzzer
     token = logout_token if operation.label == "POST /api/auth/logout" else None
-    auth = {"Authorization": token or fuzzer.http.headers["Authorization"]}
+    auth = {"Authorization": token or user.http.headers["Authorization"]}
     sent: Counter[GenerationMode] = Counter()
     answered: Counter[int] = Counter()
     naming_a_job = 0
@@ -275,7 +286,7 @@ def test_api_matches_its_document(
         _real_user(case, fuzzer)
         valid = case.meta.generation.mode is GenerationMode.POSITIVE
         if valid and "job_id" in (case.path_parameters or {}):
-            _real_job(case, naming_a_job, fuzzer, finished_job)
+            _real_job(case, naming_a_job, user, finished_job)
             naming_a_job += 1
         sent[case.meta.generation.mode] += 1
         try:
