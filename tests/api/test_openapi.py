@@ -1,10 +1,10 @@
 """The OpenAPI document says what the API answers (DESIGN §2, issue 14 item 14).
 
-The document's shape is checked directly; then Schemathesis reads `/openapi.json` from a
-live `chute serve` and sends what the document allows (and what it does not), signed in
-with a bearer token, failing on any 5xx and on any answer whose status, media type or
-body the document does not describe. Runs are bounded and deterministic: a fixed seed,
-derandomized generation, no example database, a few examples per operation.
+The document's shape is checked in-process; then Schemathesis reads `/openapi.json` from a
+live `chute serve` and sends what the document allows (and what it does not), operation by
+operation and in sequences, signed in with a bearer token, failing on any 5xx and on any
+answer whose status, media type or body the document does not describe. Runs are bounded
+and deterministic: derandomized generation, no example database, a few examples each.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ CHECKS = [
     st_checks.response_schema_conformance,
 ]
 SEED = 14
-# Cases per operation; more where a body carries text and numbers the server stores.
+# Generated cases per operation, on top of Schemathesis's coverage cases; more where a body
+# carries text the server stores (at 150, a job name with NUL comes up: PostgreSQL's case).
 MAX_EXAMPLES = 12
 MORE_EXAMPLES = {"POST /api/job": 150, f"POST {UPLOAD}": 40}
 # An answer slower than this is a hang (the SSE route streams until its job ends).
