@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, docs, events, jobs, results, uploads, web
+from chute.api import auth, config, docs, events, jobs, openapi, results, uploads, web
 from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         idle_timeout=settings.body_idle_timeout,
     )
+    openapi.install(app, settings)
     return app
 
 
