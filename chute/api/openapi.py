@@ -96,22 +96,16 @@ class Answer:
 # Statuses whose answers may say when to try again (DESIGN §2, "Hostile and broken clients").
 RETRY_AFTER_STATUSES = {423, 429}
 
-# Errors answered outside the Problem table: by the app's handler, or by the parts of
-# issue 14 being built beside this one (body limits, sign-in throttle, busy chunk). The
-# document lists them now; once each is a Problem its words come from the table too.
+# Errors answered outside the Problem table, by the app's own handlers.
 CLIENT_GONE = Answer(400, "The client went away mid-request.")
-BODY_IDLE = Answer(408, "The request body stopped arriving; send the request again.")
-BODY_TOO_LARGE = Answer(413, "The request body is larger than this route takes.")
 VALIDATION = Answer(422, "A parameter or a field of the body is missing or not valid.")
-CHUNK_HELD = Answer(423, "The chunk is being sent by another request; send it again later.")
-SIGN_IN_THROTTLED = Answer(429, "Too many failed sign-ins; try again later.")
 
 Entry = Problem | Answer
 
 # What only a route's service knows it answers, beyond the derived errors.
 ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
-    ("POST", "/api/auth/token"): (Problem.BAD_CREDENTIALS, SIGN_IN_THROTTLED),
-    ("POST", "/api/auth/login"): (Problem.BAD_CREDENTIALS, SIGN_IN_THROTTLED),
+    ("POST", "/api/auth/token"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
+    ("POST", "/api/auth/login"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
     ("POST", "/api/job/{job_id}/cancel"): (Problem.JOB_NOT_CANCELLABLE,),
     ("POST", "/api/job/{job_id}/upload-data"): (
         Problem.FILE_PART_NOT_LAST,
@@ -120,8 +114,8 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
         Problem.TOTAL_CHUNKS_DIFFERS,
         Problem.CHUNK_SIZE_DIFFERS,
         Problem.CHUNK_CONFLICT,
+        Problem.FILE_SIZE_DIFFERS,
         Problem.CHUNK_BUSY,
-        CHUNK_HELD,
         Problem.CHUNK_TOO_LARGE,
         Problem.FILE_TOO_LARGE,
         Problem.INVALID_FIELD,
@@ -226,7 +220,7 @@ def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dic
     entries: list[Entry] = []
     has_body = "requestBody" in operation
     if has_body:
-        entries += [CLIENT_GONE, BODY_IDLE, BODY_TOO_LARGE]
+        entries += [CLIENT_GONE, Problem.BODY_IDLE, Problem.BODY_TOO_SLOW, Problem.BODY_TOO_LARGE]
     if signed_in:
         entries.append(Problem.NOT_AUTHENTICATED)
         if method not in SAFE_METHODS:
