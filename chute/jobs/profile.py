@@ -82,6 +82,15 @@ class ProfileParams(BaseModel):
     header: bool | None = None
     encoding: str | None = None
 
+    @field_validator("delimiter")
+    @classmethod
+    def _printable_delimiter(cls, value: str | None) -> str | None:
+        # A control character but tab (NUL above all: PostgreSQL refuses it in text), a
+        # quote or a line end cannot separate CSV fields.
+        if value is not None and value != "\t" and (not value.isprintable() or value == '"'):
+            raise ValueError("must be a tab or one printable character other than a quote")
+        return value
+
     @field_validator("encoding")
     @classmethod
     def _text_encoding(cls, value: str | None) -> str | None:

@@ -61,7 +61,7 @@ def test_create_with_defaults_and_params(alice: Client) -> None:
     plain = create(alice, {"name": "defaults"})
     assert plain.status_code == 201, plain.text
     assert plain.json()["kind"] == "profile"
-    params = {"delimiter": ";", "header": False, "encoding": "latin-1"}
+    params = {"delimiter": "\t", "header": False, "encoding": "latin-1"}
     with_params = create(alice, {"name": "with params", "params": params})
     assert with_params.status_code == 201, with_params.text
     assert with_params.json()["params"] == params
@@ -77,6 +77,12 @@ def test_create_with_defaults_and_params(alice: Client) -> None:
         pytest.param({"name": "x", "params": {"colour": "red"}}, "colour", id="unknown-param"),
         pytest.param({"name": "x", "params": {"encoding": "klingon-8"}}, "encoding", id="encoding"),
         pytest.param({"name": "x", "params": {"delimiter": ";;"}}, "delimiter", id="delimiter"),
+        pytest.param(
+            {"name": "x", "params": {"delimiter": "\x00"}}, "delimiter", id="delimiter-nul"
+        ),
+        pytest.param(
+            {"name": "x", "params": {"delimiter": '"'}}, "delimiter", id="delimiter-quote"
+        ),
         pytest.param({"name": "x", "owner": "bob"}, "owner", id="extra-field"),
         pytest.param({"name": 5}, "name", id="name-not-a-string"),
         pytest.param([], "", id="not-an-object"),
