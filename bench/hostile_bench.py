@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import HOST, Server, free_port, running
 
 BODY_BYTES = 124 * 1000 * 1000
