@@ -160,8 +160,13 @@ class Client:
     # --- auth and configuration -------------------------------------------------------
 
     def request_token(self, username: str, password: str) -> str:
+        # Not repeated on an answer: a 429 means too many failed sign-ins, and sending the
+        # same password again when the block ends would only make the next block longer.
         answer = self._json(
-            "POST", "/api/auth/token", data={"username": username, "password": password}
+            "POST",
+            "/api/auth/token",
+            data={"username": username, "password": password},
+            safe_to_repeat=False,
         )
         return str(answer["access_token"])
 
