@@ -22,6 +22,10 @@ BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 
+# The same rule as a regular expression (lone surrogates aside), for the OpenAPI document,
+# so clients and API fuzzers can tell a name that will be taken.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+$"
+
 
 def name_problem(name: str) -> str | None:
     """Why `name` is not a valid name, in plain words, or None when it is."""

@@ -10,14 +10,16 @@ from pydantic_core import PydanticCustomError
 
 from chute.db.models import Job, JobStatus, Upload
 from chute.jobs.service import expires_at
-from chute.names import NAME_MAX, name_problem
+from chute.names import NAME_MAX, NAME_PATTERN, name_problem
 from chute.upload.service import started
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=NAME_MAX)
+    name: str = Field(
+        min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NAME_PATTERN}
+    )
     kind: str = Field("profile", min_length=1, max_length=100)
     # Checked against the kind's own params model, if it has one (see chute.jobs.kinds).
     params: dict[str, Any] = Field(default_factory=dict)

@@ -121,8 +121,12 @@ def drop_link(link: Link, cli: Process) -> Drop:
         time.sleep(2)
         server_side = {(c.peer, c.local): c.state for c in link.connections("srv")}
         for connections in drop.in_flight.values():
+            # A connection whose handshake the drop cut (nothing of it acknowledged but the
+            # SYN) may never have been established on the server: only those that carried
+            # data tell whether anything reached the server.
             for c in connections:
-                drop.server_states[c.local] = server_side.get((c.local, c.peer), "gone")
+                if c.bytes_acked > 1:
+                    drop.server_states[c.local] = server_side.get((c.local, c.peer), "gone")
         time.sleep(max(0.0, DROP - (time.monotonic() - started)))
         drop.rx_during = {
             side: link.counters(side).rx_packets - rx_before[side] for side in ("cli", "srv")
