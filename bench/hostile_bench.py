@@ -97,9 +97,9 @@ async def slowloris(url: str, port: int, slow: int, seconds: float) -> None:
     clients = [asyncio.create_task(_slow_client(port, open_now)) for _ in range(slow)]
     started = time.monotonic()
     marks = []
-    while (elapsed := time.monotonic() - started) < seconds:
+    while time.monotonic() - started < seconds:
         await asyncio.sleep(5)
-        marks.append(f"{elapsed:.0f} s: {open_now[0]}")
+        marks.append(f"{time.monotonic() - started:.0f} s: {open_now[0]}")
     stop.set()
     await user
     for client in clients:
