@@ -38,3 +38,8 @@ def chunk_fields(
         fields["chunk_sha256"] = sha256(data)
     fields.update({k: str(v) for k, v in extra.items()})
     return fields
+
+
+# Terminal escape sequences (set the window title, clear the screen) that data from a
+# server must never pass on to a terminal or a page.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J"

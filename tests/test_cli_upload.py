@@ -13,8 +13,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy import text as sql_text
 
 from tests.client.faulty_proxy import PASS, STALL, Answer, FaultyProxy, Verdict
 from tests.client_support import (
@@ -28,7 +26,7 @@ from tests.client_support import (
     user_env,
 )
 from tests.conftest import Client, Server, ServerFactory
-from tests.factories import csv_bytes, csv_of_size, split
+from tests.factories import HOSTILE, csv_bytes, csv_of_size, split
 
 CHUNK = 64 * KiB
 
@@ -315,22 +313,7 @@ def test_a_changed_file_gets_a_new_job(server: Server, tmp_path: Path) -> None:
     assert len(user.http.get("/api/job").json()["items"]) == 2
 
 
-HOSTILE = "\x1b]0;pwned\x07\x1b[2J"
 MARKUP = "[bold red]x[/]"
-
-
-def _set_job(server: Server, job_id: int, **columns: str) -> None:
-    """Write a job's columns as a server before the name rules, or a buggy one, would."""
-    engine = create_engine(server.database_url)
-    try:
-        with engine.begin() as conn:
-            for column, value in columns.items():
-                conn.execute(
-                    sql_text(f"UPDATE jobs SET {column} = :value WHERE id = :id"),
-                    {"value": value, "id": job_id},
-                )
-    finally:
-        engine.dispose()
 
 
 def _no_control_characters(output: str) -> None:
@@ -351,9 +334,9 @@ def test_the_servers_data_never_drives_the_terminal(server: Server, tmp_path: Pa
     job_id = user.new_job("hostile")
     user.upload(job_id, data)
     assert user.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
-    _set_job(server, job_id, name=f"{HOSTILE}{MARKUP}name")
+    server.write_job(job_id, name=f"{HOSTILE}{MARKUP}name")
     failed_id = user.new_job("broken")
-    _set_job(server, failed_id, status="failed", error=f"{HOSTILE}{MARKUP}bad")
+    server.write_job(failed_id, status="failed", error=f"{HOSTILE}{MARKUP}bad")
     env = user_env(server, tmp_path / "home", token_of(user))
 
     for args in (

@@ -5,31 +5,14 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Any
 
 from playwright.sync_api import Route, expect
-from sqlalchemy import create_engine
-from sqlalchemy import text as sql_text
 
 from tests.conftest import Server
 from tests.e2e.conftest import People
+from tests.factories import HOSTILE
 
-HOSTILE = "\x1b]0;pwned\x07\x1b[2J"
 HTML = '<img src=x onerror="window.pwned=1">'
-
-
-def set_job(server: Server, job_id: int, **columns: Any) -> None:
-    """Write a job's columns as an older or buggy server might have stored them."""
-    engine = create_engine(server.database_url)
-    try:
-        with engine.begin() as conn:
-            for column, value in columns.items():
-                conn.execute(
-                    sql_text(f"UPDATE jobs SET {column} = :value WHERE id = :id"),
-                    {"value": value, "id": job_id},
-                )
-    finally:
-        engine.dispose()
 
 
 def no_control_characters(text: str) -> None:
@@ -53,9 +36,9 @@ def test_names_values_and_errors_are_shown_as_text(web: Server, people: People) 
     result = job["result"]
     for column in result["columns"]:
         column["distinct_approximate"] = True
-    set_job(web, job_id, name=f"{HOSTILE}{HTML}name", result=json.dumps(result))
+    web.write_job(job_id, name=f"{HOSTILE}{HTML}name", result=json.dumps(result))
     failed_id = alice.api.new_job("broken")
-    set_job(web, failed_id, status="failed", error=f"{HOSTILE}{HTML}bad")
+    web.write_job(failed_id, status="failed", error=f"{HOSTILE}{HTML}bad")
 
     page = alice.page
     page.goto(f"{web.url}/#/job/{job_id}")
