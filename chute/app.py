@@ -75,7 +75,7 @@ class _ChuteApp(FastAPI):
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ChuteError)
     async def chute_error(_: Request, exc: ChuteError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

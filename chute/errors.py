@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 
 class Problem(Enum):
     # (status, message) or (status, message, headers); a message may have {placeholders}
@@ -119,6 +121,10 @@ class ChuteError(Exception):
     @property
     def status(self) -> int:
         return self.problem.status
+
+    def response(self) -> JSONResponse:
+        """The answer the client gets: `{"detail": ...}`, the status and the headers."""
+        return JSONResponse({"detail": self.detail}, status_code=self.status, headers=self.headers)
 
 
 def invalid(what: str) -> ChuteError:

@@ -20,7 +20,6 @@ import asyncio
 import re
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chute.errors import ChuteError, Problem
@@ -48,11 +47,7 @@ class BodyLimits:
         try:
             body = await self._read_body(scope, receive)
         except ChuteError as refused:
-            # As app.py's handler renders a ChuteError.
-            answer = JSONResponse(
-                {"detail": refused.detail}, status_code=refused.status, headers=refused.headers
-            )
-            await answer(scope, receive, send)
+            await refused.response()(scope, receive, send)
             return
         if body is not None:
             await self.app(scope, _replay(body, receive), send)
