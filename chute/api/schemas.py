@@ -119,6 +119,8 @@ class ChunkAnswer(BaseModel):
     message: str
     data_chunk_index: int
     job_id: int
+    # Whether the upload is complete (its job started): what clients read, never `message`.
+    complete: bool
     duplicate: bool
     # While the upload is unfinished: when it expires if no further chunk arrives.
     expires_at: datetime | None = None

@@ -507,6 +507,7 @@ class ChunkReceiver:
             "message": MESSAGE_COMPLETE if recorded.upload_complete else MESSAGE_STORED,
             "data_chunk_index": request.index,
             "job_id": self.job_id,
+            "complete": recorded.upload_complete,
             "duplicate": recorded.duplicate,
             "expires_at": recorded.expires_at,
         }

@@ -10,6 +10,7 @@ def test_upload_in_order_assembles_the_file_and_runs_the_job(client: Client) -> 
     assert [a.status_code for a in answers] == [200] * len(chunks)
     assert answers[-1].json()["message"] == "Data uploaded successfully and job started"
     assert {a.json()["message"] for a in answers[:-1]} == {"Data chunk uploaded successfully"}
+    assert [a.json()["complete"] for a in answers] == [False] * (len(chunks) - 1) + [True]
     job = client.wait_for(job_id, "succeeded", "failed")
     assert job["status"] == "succeeded"
     assert client.stored(job_id) == (len(data), sha256(data))
