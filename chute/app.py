@@ -21,7 +21,7 @@ from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
 from chute.runtime import build_runtime
-from chute.upload.receive import UploadSlots
+from chute.upload.stream import UploadSlots
 
 log = logging.getLogger(__name__)
 

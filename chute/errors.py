@@ -17,11 +17,6 @@ from starlette.responses import JSONResponse
 class Problem(Enum):
     # (status, message) or (status, message, headers); a message may have {placeholders}
     # filled by ChuteError. Clients retry 408, 423 and 429 (DESIGN §2), when Retry-After says.
-    FILE_PART_NOT_LAST = (
-        400,
-        "With this server's storage, the file must be the last part of the form, after the "
-        "fields, with nothing after it, and the request needs a Content-Length: {why}",
-    )
     NOT_AUTHENTICATED = (401, "Not signed in.")
     BAD_CREDENTIALS = (401, "Wrong user name or password.")
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
@@ -42,6 +37,11 @@ class Problem(Enum):
     NOT_ACCEPTING_DATA = (409, "This job is not accepting data (status: {status}).")
     UPLOAD_COMPLETE = (409, "The upload is complete and can no longer be discarded.")
     UPLOAD_REPLACED = (409, "The upload was discarded while this chunk was being sent.")
+    UPLOAD_IS_TUS = (
+        409,
+        "This job's upload is being sent with tus: finish it there (a HEAD request on its "
+        "tus URL gives the offset to resume from).",
+    )
     TOTAL_CHUNKS_DIFFERS = (
         409,
         "total_chunks is {got}, but earlier chunks of this upload said {expected}.",
@@ -62,11 +62,8 @@ class Problem(Enum):
         "The chunk's SHA-256 is {actual}, not the chunk_sha256 sent ({expected}).",
     )
     EMPTY_CHUNK = (422, "The chunk is empty.")
-    CHUNK_TOO_SMALL = (
-        422,
-        "Chunks of {size} bytes are too small for this server's storage: every chunk but the "
-        "last must have at least {minimum} bytes. Send the file in larger chunks.",
-    )
+    # The storage's own rules on parts (S3: their sizes and count); {why} is its words.
+    PART_REFUSED = (422, "The part cannot be stored: {why}.")
     TOO_MANY_PARTS = (
         422,
         "total_chunks is {total}, more than this server's storage takes in one file ({limit}). "

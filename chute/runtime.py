@@ -11,7 +11,7 @@ from chute.config import Settings
 from chute.db.session import make_engine, make_sessionmaker
 from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
-from chute.storage import Storage, make_storage
+from chute.storage import PartLocking, Storage, make_storage
 from chute.upload.partlease import PartLeases
 
 
@@ -26,6 +26,9 @@ class Runtime:
     queue: JobQueue = field(init=False)
     # One writer per part, for storage without part locks of its own.
     part_leases: PartLeases = field(init=False)
+    # The lock that keeps two writers of one part apart: the storage's own (local disk)
+    # or the database's leases (storage shared by machines, such as S3). Chosen once here.
+    part_locks: PartLocking = field(init=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -44,6 +47,8 @@ def build_runtime(settings: Settings) -> Runtime:
         kinds=load_kinds(),
     )
     runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)
+    storage = runtime.storage
+    runtime.part_locks = storage if isinstance(storage, PartLocking) else runtime.part_leases
     runtime.queue = JobQueue(
         make_huey(settings.resolved_queue_url, settings.queue_name),
         lambda job_id: run_job(runtime, job_id),

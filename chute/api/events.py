@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chute.api.deps import CurrentUser, RuntimeDep
 from chute.api.schemas import JobPublic
+from chute.db.jobs import get_owned_job
 from chute.db.models import ENDED
 from chute.errors import ChuteError
 from chute.jobs import service
@@ -42,7 +43,7 @@ async def job_events(job_id: int, user: CurrentUser, rt: RuntimeDep) -> Streamin
 
 def _snapshot(rt: Runtime, user_id: int, job_id: int) -> JobPublic:
     with rt.sessions() as session:
-        job = service.get_owned_job(session, user_id, job_id)
+        job = get_owned_job(session, user_id, job_id)
         return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
 
 

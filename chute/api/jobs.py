@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
 from chute.api.schemas import JobCreate, JobPage, JobPublic
+from chute.db.jobs import get_owned_job, job_prefix
 from chute.jobs import service
 
 router = APIRouter(prefix="/api/job", tags=["jobs"])
@@ -35,7 +36,7 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> JobPublic:
-    job = service.get_owned_job(session, user.id, job_id)
+    job = get_owned_job(session, user.id, job_id)
     return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
 
 
@@ -44,7 +45,7 @@ def cancel_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeD
     job, discard = service.cancel_job(session, user.id, job_id)
     if discard is not None:
         rt.storage.abort(discard)
-    rt.storage.delete_prefix(service.job_prefix(job_id))
+    rt.storage.delete_prefix(job_prefix(job_id))
     return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
 
 
@@ -53,5 +54,5 @@ def delete_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeD
     storage_id = service.delete_job(session, user.id, job_id)
     if storage_id is not None:
         rt.storage.abort(storage_id)
-    rt.storage.delete_prefix(service.job_prefix(job_id))
+    rt.storage.delete_prefix(job_prefix(job_id))
     return Response(status_code=204)

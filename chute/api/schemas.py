@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from chute.db.jobs import expires_at
 from chute.db.models import Job, JobStatus, Upload
-from chute.jobs.service import expires_at
 from chute.names import NAME_MAX, NAME_PATTERN, name_problem
-from chute.upload.service import started
+from chute.upload.core import started
 
 
 class JobCreate(BaseModel):

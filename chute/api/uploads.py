@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request, Response
 
 from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
 from chute.api.schemas import ChunkAnswer
-from chute.upload import service
-from chute.upload.receive import Body, ChunkReceiver
+from chute.upload import core
+from chute.upload.receive import ChunkReceiver
+from chute.upload.stream import Body
 
 router = APIRouter(prefix="/api/job/{job_id}/upload-data", tags=["upload"])
 
@@ -33,12 +34,12 @@ async def upload_chunk(job_id: int, request: Request, user: CurrentUser) -> Chun
 
 @router.get("")
 def upload_status(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Any:
-    return service.upload_status(session, user.id, job_id, rt.settings.upload_expiry)
+    return core.upload_status(session, user.id, job_id, rt.settings.upload_expiry)
 
 
 @router.delete("", status_code=204)
 def discard_upload(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Response:
-    storage_id = service.discard_upload(session, user.id, job_id)
+    storage_id = core.discard_upload(session, user.id, job_id)
     if storage_id is not None:
         rt.storage.abort(storage_id)
     return Response(status_code=204)

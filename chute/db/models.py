@@ -143,7 +143,13 @@ class Upload(Base):
     # The storage backend's id of this upload; a discarded and restarted upload gets a new one.
     storage_id: Mapped[str] = mapped_column(String(200), unique=True)
     file_name: Mapped[str | None] = mapped_column(String(500))
-    total_chunks: Mapped[int]
+    # Which front door carries the upload: "chunks" (upload-data) or "tus".
+    protocol: Mapped[str] = mapped_column(String(8), default="chunks", server_default="chunks")
+    # The tus upload's id in its URL, and the Upload-Metadata it was created with.
+    tus_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    tus_metadata: Mapped[str | None] = mapped_column(Text)
+    # The chunk protocol's number of chunks; None for tus, which completes at file_size.
+    total_chunks: Mapped[int | None]
     chunk_size: Mapped[int | None] = mapped_column(BigInteger)
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     chunks_received: Mapped[int] = mapped_column(default=0)
@@ -167,6 +173,8 @@ class Chunk(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # False while the chunk waits beside the data file for the upload's chunk size.
     placed: Mapped[bool] = mapped_column(default=True)
+    # Where the part starts in the file: set for tus parts; a chunk's is index * chunk_size.
+    offset: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 
 from chute.config import Settings
+from chute.db.jobs import input_key, job_prefix, transition
 from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
-from chute.jobs.service import input_key, job_prefix, transition
-from chute.storage import LocalPaths, StagedPart
-from chute.upload.service import staged_parts
+from chute.storage import LocalPaths, PlacedPart
+from chute.upload.core import parts_for_assembly
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
@@ -42,9 +42,8 @@ class Claim:
     kind: str
     params: dict[str, Any]
     storage_id: str
-    size: int
-    chunk_size: int
-    staged: list[StagedPart]
+    # The upload's recorded parts, in file order, for the storage to assemble.
+    parts: list[PlacedPart]
     t0: float = field(default_factory=time.monotonic)
 
 
@@ -128,9 +127,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
             kind=job.kind,
             params=dict(job.params),
             storage_id=upload.storage_id,
-            size=upload.bytes_received,
-            chunk_size=upload.chunk_size or upload.bytes_received,
-            staged=staged_parts(session, job_id),
+            parts=parts_for_assembly(session, job_id),
         )
         session.commit()
     log.info("job %s: running (%s)", job_id, claim.kind)
@@ -140,7 +137,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
 def _input(rt: Runtime, claim: Claim, scratch: Path) -> Path:
     """The uploaded file as a local path, its parts first assembled (idempotent)."""
     key = input_key(claim.job_id)
-    rt.storage.complete(claim.storage_id, key, claim.size, claim.chunk_size, claim.staged)
+    rt.storage.complete(claim.storage_id, key, claim.parts)
     if isinstance(rt.storage, LocalPaths):
         return rt.storage.path(key)
     local = scratch / "input.csv"

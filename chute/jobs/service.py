@@ -6,49 +6,16 @@ transition happens at most once whatever runs at the same time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from chute.db.jobs import get_owned_job, transition
 from chute.db.models import ENDED, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem, invalid, plain_words
 from chute.jobs.kinds import Kind
-
-# The largest id any supported database holds (a signed 64-bit integer).
-MAX_ID = 2**63 - 1
-
-
-def get_owned_job(session: Session, user_id: int, job_id: int, *, lock: bool = False) -> Job:
-    """The job, if it is this user's; another user's job answers the same 404 as none."""
-    if not 0 < job_id <= MAX_ID:
-        # Names no job; a larger number would not even bind as a query parameter.
-        raise ChuteError(Problem.JOB_NOT_FOUND)
-    query = select(Job).where(Job.id == job_id, Job.user_id == user_id)
-    job = session.scalar(query.with_for_update() if lock else query)
-    if job is None:
-        raise ChuteError(Problem.JOB_NOT_FOUND)
-    return job
-
-
-def transition(
-    session: Session,
-    job_id: int,
-    from_: Iterable[JobStatus],
-    to: JobStatus,
-    **values: Any,
-) -> bool:
-    """Move a job to `to` if it is in one of `from_`; True if this call moved it."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(list(from_)))
-        .values(status=to, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def create_job(
@@ -152,19 +119,3 @@ def output_of(session: Session, user_id: int, job_id: int, name: str) -> tuple[s
     if output is None:
         raise ChuteError(Problem.OUTPUT_NOT_FOUND, name=name)
     return str(output["key"]), int(output["size"])
-
-
-def job_prefix(job_id: int) -> str:
-    """The storage folder of everything a job has: its assembled input and its outputs."""
-    return f"jobs/{job_id}/"
-
-
-def input_key(job_id: int) -> str:
-    """Storage key of a job's assembled input file."""
-    return f"{job_prefix(job_id)}input.csv"
-
-
-def expires_at(upload: Upload, expiry_seconds: int) -> datetime | None:
-    if upload.completed_at is not None:
-        return None
-    return upload.touched_at + timedelta(seconds=expiry_seconds)

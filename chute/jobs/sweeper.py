@@ -29,7 +29,7 @@ from chute.auth.throttle import SigninLimits
 from chute.db.models import Job, JobStatus, utcnow
 from chute.db.session import in_transaction
 from chute.jobs.runner import scratch_root
-from chute.upload.service import expire_upload, stale_uploads
+from chute.upload.core import expire_upload, stale_uploads
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime

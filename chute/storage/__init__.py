@@ -2,9 +2,11 @@
 
 from chute.storage.base import (
     LocalPaths,
+    Part,
     PartLocking,
+    PartRefused,
     PartWriter,
-    StagedPart,
+    PlacedPart,
     Storage,
     StorageError,
     StorageFull,
@@ -13,9 +15,11 @@ from chute.storage.factory import make_storage
 
 __all__ = [
     "LocalPaths",
+    "Part",
     "PartLocking",
+    "PartRefused",
     "PartWriter",
-    "StagedPart",
+    "PlacedPart",
     "Storage",
     "StorageError",
     "StorageFull",

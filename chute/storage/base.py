@@ -1,6 +1,6 @@
 """The storage contract, modelled on S3 multipart: begin, put part, complete, abort, open, delete.
 
-The upload service validates indexes, sizes and checksums; a backend only moves
+The upload core validates offsets, sizes and checksums; a backend only moves
 bytes and says when they are durable. Methods block (they do file or network
 I/O) and are called from worker threads, never on the event loop.
 """
@@ -24,12 +24,40 @@ class StorageError(Exception):
     plain words, for the server's log, and names no secret."""
 
 
+class PartRefused(Exception):
+    """The backend cannot keep a part as it came (its own rules on parts); the text says
+    why in plain words, for the client."""
+
+
 @dataclass(frozen=True)
-class StagedPart:
-    """A recorded part whose offset was not known when it was written (see `open_part`)."""
+class Part:
+    """A part about to be written: where it goes and what is known of it before its bytes."""
+
+    # Its number in the upload. Once placed, a part with a larger offset has a larger index.
+    index: int
+    # Where it starts in the file, or None while that is not known: the backend then keeps
+    # the part aside until `complete` learns where it goes.
+    offset: int | None
+    # The most bytes it may have, so a backend can claim the room up front.
+    most: int
+    # Its size, when the sender announced it before the bytes (a Content-Length). A
+    # backend may rely on it and refuse the part when the bytes that come differ.
+    size: int | None = None
+    # Whether the part ends the file, when known.
+    last: bool | None = None
+    # The upload's part size, when known: no part crosses a multiple of it.
+    part_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PlacedPart:
+    """A recorded part, for `complete`: where it starts, how long it is, and whether it was
+    written at its offset (`placed`) or kept aside because its offset was not known yet."""
 
     index: int
+    offset: int
     size: int
+    placed: bool = True
 
 
 class PartWriter(Protocol):
@@ -38,44 +66,35 @@ class PartWriter(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def commit(self) -> None:
-        """Return once every byte written is durable. Raises StorageFull."""
+        """Return once every byte written is durable. Raises StorageFull or PartRefused."""
 
     def abort(self) -> None:
         """Drop what was written; safe to call after a failed write or commit."""
 
 
 class Storage(ABC):
-    # What a backend asks of the parts, for the upload service to check before any byte
-    # moves: the exact size of a part when it is opened (an object store sends it ahead of
-    # the bytes), the least bytes of every part but the last, the most parts of an upload.
-    needs_part_size: bool = False
-    min_part_size: int = 1
+    # The most parts one upload may have, when the backend has a limit (told to clients).
     max_parts: int | None = None
+
+    def part_size(self, wanted: int, length: int) -> int:
+        """The part size to use for a file of `length` bytes when the server would use
+        `wanted`: a backend with rules on parts (S3) raises it so the file fits them."""
+        return wanted
 
     @abstractmethod
     def begin(self, key: str) -> str:
         """Start an upload whose file `complete` will store as `key`; return its id."""
 
     @abstractmethod
-    def open_part(
-        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
-    ) -> PartWriter:
-        """Open a writer for part `index` of an upload.
-
-        `offset` is where the part starts in the assembled file (`index * chunk_size`), or
-        None while the upload's chunk size is not known yet: the backend then keeps the part
-        aside until `complete` learns where it goes. `reserve` is the most bytes the part
-        may hold, so a backend can claim the room up front (and raise StorageFull early).
-        `size` is the part's exact size when the caller knows it; a backend with
-        `needs_part_size` is always given it, and `commit` fails unless exactly that many
-        bytes were written. A committed part replaces any earlier bytes of the same index whole.
-        """
+    def open_part(self, upload_id: str, part: Part) -> PartWriter:
+        """Open a writer for one part of an upload. A committed part replaces any earlier
+        bytes at the same place whole. Raises PartRefused, StorageFull, FileNotFoundError
+        (no such upload)."""
 
     @abstractmethod
-    def complete(
-        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
-    ) -> None:
-        """Assemble the upload into the file `key` of `size` bytes. Idempotent."""
+    def complete(self, upload_id: str, key: str, parts: Sequence[PlacedPart]) -> None:
+        """Assemble the upload, whose recorded parts in file order are `parts`, into the
+        file `key`. Idempotent."""
 
     @abstractmethod
     def abort(self, upload_id: str) -> None:
@@ -102,6 +121,20 @@ class Storage(ABC):
         return None
 
 
+class HeldPart(Protocol):
+    """A part's lock while it is held."""
+
+    def still_held(self) -> bool:
+        """False once another writer may have taken the part over: do not commit then."""
+
+
+class HeldForGood:
+    """A lock that only its holder's end releases (a file lock): never taken over."""
+
+    def still_held(self) -> bool:
+        return True
+
+
 @runtime_checkable
 class PartLocking(Protocol):
     """Capability: a lock that keeps two writers of the same part from mixing their bytes.
@@ -112,7 +145,7 @@ class PartLocking(Protocol):
 
     def lock_part(
         self, upload_id: str, index: int, timeout: float
-    ) -> AbstractContextManager[object]:
+    ) -> AbstractContextManager[HeldPart]:
         """Hold the lock of one part; raise TimeoutError if not had within `timeout` s."""
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from chute.storage.base import (
+    HeldForGood,
     LocalPaths,
+    Part,
     PartLocking,
     PartWriter,
-    StagedPart,
+    PlacedPart,
     Storage,
     StorageFull,
 )
@@ -145,22 +147,21 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
         _fsync_dir(directory.parent)
         return upload_id
 
-    def open_part(
-        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
-    ) -> PartWriter:
+    def open_part(self, upload_id: str, part: Part) -> PartWriter:
         directory = self._upload_dir(upload_id)
-        if offset is None:
+        if part.offset is None:
             # A fresh temporary name: bytes of a request that dies never look like a part.
-            tmp = directory / f"part-{index}.{secrets.token_hex(4)}.tmp"
+            tmp = directory / f"part-{part.index}.{secrets.token_hex(4)}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            writer = _FileRangeWriter(fd, 0, tmp, directory / f"part-{index}")
+            writer = _FileRangeWriter(fd, 0, tmp, directory / f"part-{part.index}")
             start = 0
         else:
             # O_CREAT is left out on purpose: an aborted upload's directory is gone, and
             # a late request must fail rather than bring a stray file back.
             fd = os.open(directory / "data", os.O_WRONLY)
-            writer = _FileRangeWriter(fd, offset, None, None)
-            start = offset
+            writer = _FileRangeWriter(fd, part.offset, None, None)
+            start = part.offset
+        reserve = part.most if part.size is None else min(part.size, part.most)
         try:
             with _map_no_space():
                 if reserve > 0:
@@ -170,9 +171,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             raise
         return writer
 
-    def complete(
-        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
-    ) -> None:
+    def complete(self, upload_id: str, key: str, parts: Sequence[PlacedPart]) -> None:
         directory = self._upload_dir(upload_id)
         final = self._object(key)
         data = directory / "data"
@@ -185,9 +184,10 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
         with _map_no_space():
             fd = os.open(data, os.O_WRONLY)
             try:
-                for part in staged:
-                    _copy_into(directory / f"part-{part.index}", fd, part.index * chunk_size)
-                os.ftruncate(fd, size)
+                for part in parts:
+                    if not part.placed:
+                        _copy_into(directory / f"part-{part.index}", fd, part.offset)
+                os.ftruncate(fd, _file_size(parts))
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -239,7 +239,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
         return stat.f_bavail * stat.f_frsize
 
     @contextlib.contextmanager
-    def lock_part(self, upload_id: str, index: int, timeout: float) -> Iterator[None]:
+    def lock_part(self, upload_id: str, index: int, timeout: float) -> Iterator[HeldForGood]:
         # An open-file-description lock on byte `index`: it excludes other requests of
         # this process as well as of other processes, and the kernel drops it when its
         # holder dies, so a killed request never leaves a part locked.
@@ -250,7 +250,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"part {index} is locked")
                 time.sleep(0.02)
-            yield
+            yield HeldForGood()
         finally:
             os.close(fd)  # releases the lock
 
@@ -265,6 +265,10 @@ def _try_lock(fd: int, index: int, kind: int) -> bool:
             return False
         raise
     return True
+
+
+def _file_size(parts: Sequence[PlacedPart]) -> int:
+    return parts[-1].offset + parts[-1].size if parts else 0
 
 
 def _copy_into(source: Path, fd: int, offset: int) -> None:

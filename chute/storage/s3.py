@@ -8,12 +8,17 @@ GB once more (and CopyObject stops at 5 GiB). The storage id is `"<UploadId> <ke
 wants bucket, key and UploadId on every call, and with both in the id any API process can
 send any part and any worker can complete the upload. UploadIds contain no space.
 
-Chunk `index` is part `index + 1`; S3 places parts by number, so a part kept aside until
-the chunk size is known (`offset` None, `StagedPart`) needs nothing special here.
+Part `index` is S3 part `index + 1`; S3 places parts by number, so a part kept aside
+until its offset is known needs nothing special here.
+
+S3's rules on parts are this module's business, not the caller's: at most 10,000 parts,
+every part but the last at least 5 MiB, and a part's size sent before its bytes. A part
+that breaks them is refused with `PartRefused`, which says why in words for the client;
+`part_size` gives uploads a part size that fits them.
 
 A part streams from the request to the store: `PartWriter.write` puts each piece in a
-bounded pipe, which a thread running UploadPart reads as its body. S3 needs the part's
-length before its bytes, hence `open_part(size=...)` (`needs_part_size`). The pipe holds
+bounded pipe, which a thread running UploadPart reads as its body. The part's size comes
+from `Part.size`, and the bytes must match it. The pipe holds
 back the part's last byte until `commit`: a store keeps a part only once all its
 ContentLength bytes arrived, so a request that fails its checks after the last byte came
 in (checksum, CSV start, size) aborts by cutting the body short, and nothing of it is kept.
@@ -54,7 +59,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chute.config import MiB, Settings
-from chute.storage.base import PartWriter, StagedPart, Storage, StorageError, StorageFull
+from chute.storage.base import (
+    Part,
+    PartRefused,
+    PartWriter,
+    PlacedPart,
+    Storage,
+    StorageError,
+    StorageFull,
+)
 
 MAX_PARTS = 10_000
 # Bytes of one part held in memory between the request and the store.
@@ -123,6 +136,13 @@ def _mapped(what: str) -> Iterator[None]:
         raise _storage_error(what, exc) from exc
 
 
+def _size_differs(announced: int, came: str) -> PartRefused:
+    return PartRefused(
+        f"this server's storage needs each part's size before its bytes: the part was "
+        f"announced with {announced} bytes, but {came} came"
+    )
+
+
 class _Aborted(Exception):
     """Raised in the sending thread: the part is cut short, and the store keeps nothing."""
 
@@ -149,7 +169,7 @@ class _PartPipe:
             view = memoryview(bytes(view))  # the caller may reuse a mutable buffer
         with self._cond:
             if self.written + len(view) > self.size:
-                raise ValueError(f"more bytes than the {self.size} declared for the part")
+                raise _size_differs(self.size, "more")
             while self._buffered >= PIPE_BYTES and not self._reader_gone:
                 self._cond.wait()
             if self._reader_gone:
@@ -244,9 +264,7 @@ class _S3PartWriter:
     def commit(self) -> None:
         if self._pipe.written != self._pipe.size:
             self.abort()
-            raise ValueError(
-                f"{self._what}: {self._pipe.written} bytes written, {self._pipe.size} declared"
-            )
+            raise _size_differs(self._pipe.size, str(self._pipe.written))
         self._pipe.commit()
         self._thread.join()
         self._finished = True
@@ -261,7 +279,6 @@ class _S3PartWriter:
 
 
 class S3Storage(Storage):
-    needs_part_size = True
     max_parts = MAX_PARTS
 
     def __init__(self, client: Any, part_client: Any, bucket: str, prefix: str, min_part_size: int):
@@ -324,15 +341,31 @@ class S3Storage(Storage):
             answer = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
         return f"{answer['UploadId']} {key}"
 
-    def open_part(
-        self, upload_id: str, index: int, offset: int | None, reserve: int, size: int | None = None
-    ) -> PartWriter:
-        if size is None:
-            raise ValueError("S3 parts need their size up front")
-        if not 0 <= index < MAX_PARTS:
-            raise ValueError(f"part index {index} is outside S3's {MAX_PARTS} parts")
+    def part_size(self, wanted: int, length: int) -> int:
+        return max(wanted, self.min_part_size, -(-length // MAX_PARTS))
+
+    def _check(self, part: Part) -> int:
+        """The part's size, once the store's rules on parts are met (PartRefused)."""
+        if part.size is None:
+            raise PartRefused(
+                "this server's storage needs each part's size before its bytes: "
+                "send a Content-Length"
+            )
+        if not 0 <= part.index < MAX_PARTS:
+            raise PartRefused(f"this server's storage takes at most {MAX_PARTS} parts per file")
+        only = part.offset == 0 and part.last is True
+        for small in (part.part_size, part.size if part.last is False else None):
+            if not only and small is not None and small < self.min_part_size:
+                raise PartRefused(
+                    f"parts of {small} bytes are too small for this server's storage: every "
+                    f"part but the last must have at least {self.min_part_size} bytes"
+                )
+        return part.size
+
+    def open_part(self, upload_id: str, part: Part) -> PartWriter:
+        size = self._check(part)
         s3_id, key = self._split(upload_id)
-        return _S3PartWriter(self, self._key(key), s3_id, index + 1, size)
+        return _S3PartWriter(self, self._key(key), s3_id, part.index + 1, size)
 
     def _parts(self, s3_id: str, key: str) -> dict[int, list[dict[str, Any]]]:
         """Every part the store lists, by number (some stores list a replaced part too)."""
@@ -361,9 +394,7 @@ class S3Storage(Storage):
             raise
         return True
 
-    def complete(
-        self, upload_id: str, key: str, size: int, chunk_size: int, staged: Sequence[StagedPart]
-    ) -> None:
+    def complete(self, upload_id: str, key: str, parts: Sequence[PlacedPart]) -> None:
         s3_id, begun_key = self._split(upload_id)
         if key != begun_key:
             raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
@@ -371,7 +402,7 @@ class S3Storage(Storage):
         what = f"completion of {key!r}"
         with _mapped(what):
             try:
-                parts = self._parts(s3_id, full)
+                stored_parts = self._parts(s3_id, full)
             except ClientError as exc:
                 if _code(exc) not in _NO_SUCH_UPLOAD:
                     raise
@@ -380,22 +411,22 @@ class S3Storage(Storage):
                 raise FileNotFoundError(
                     f"upload {upload_id} is neither pending nor complete"
                 ) from None
-            count = -(-size // chunk_size)
             listed = []
-            for number in range(1, count + 1):
-                expected = chunk_size if number < count else size - (count - 1) * chunk_size
+            for part in parts:
+                number = part.index + 1
                 # Only versions of the right size: a store may also list what a request cut
                 # off short left behind (SeaweedFS: a 0-byte part).
-                etags = [p["ETag"] for p in parts.get(number, []) if p["Size"] == expected]
+                etags = [p["ETag"] for p in stored_parts.get(number, []) if p["Size"] == part.size]
                 if not etags:
                     raise StorageError(
-                        f"{what}: part {number} of {expected} bytes is missing from the store"
+                        f"{what}: part {number} of {part.size} bytes is missing from the store"
                     )
                 listed += [{"PartNumber": number, "ETag": etag} for etag in etags]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=s3_id, MultipartUpload={"Parts": listed}
             )
             stored = self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"]
+        size = parts[-1].offset + parts[-1].size if parts else 0
         if stored != size:
             raise StorageError(f"{what}: the store assembled {stored} bytes, not {size}")
 

@@ -44,6 +44,9 @@ class Lease:
     holder: str
     lost: threading.Event = field(default_factory=threading.Event)
 
+    def still_held(self) -> bool:
+        return not self.lost.is_set()
+
 
 class PartLeases:
     def __init__(self, sessions: sessionmaker[Session], lease_seconds: float) -> None:

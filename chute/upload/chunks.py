@@ -1,29 +1,28 @@
-"""The rules of an upload, kept in the database: opening, recording, completing, discarding.
+"""The chunk protocol's rules, over the upload core: a chunk is the part at
+`index * chunk_size`, and the upload completes when all `total_chunks` are recorded.
 
-Each function is one short transaction. The upload row is locked (`FOR UPDATE`; on
-SQLite every transaction takes the write lock up front) before it is read, so two
-chunks recorded at once see each other and exactly one of them completes the set.
-No transaction is ever held open while chunk bytes stream in.
+What is checked here is the chunk endpoint's own contract (DESIGN §2): `total_chunks`,
+the chunk size fixed once, the last chunk not larger, `file_size` binding once recorded.
+Recording and completing are the core's (`chute.upload.core`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from chute.config import Settings
-from chute.db.models import Chunk, Job, JobStatus, Upload, utcnow
+from chute.db.jobs import expires_at, get_owned_job, input_key
+from chute.db.models import Chunk, Job, Upload, utcnow
 from chute.errors import ChuteError, Problem
-from chute.jobs.service import expires_at, get_owned_job, input_key, transition
-from chute.storage import StagedPart, Storage
+from chute.storage import Storage
+from chute.upload import core
 from chute.upload.protocol import ChunkRequest
-
-COMPLETE_STATUSES = {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED}
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,19 @@ class ChunkPlan:
     # The upload is complete: the chunk can only be a re-send, compared and never written.
     complete: bool
     params: dict[str, Any]
+    # The upload's chunk size, once known.
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk's bytes, durably stored in the upload `storage_id`."""
+
+    storage_id: str
+    size: int
+    sha256: str
+    # Written at its offset (False: kept aside while the chunk size was not known).
+    placed: bool
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,12 @@ class Recorded:
     upload_complete: bool  # the set is complete (now or before)
     completed_now: bool  # this request's commit completed it: queue the job
     expires_at: datetime | None  # when the unfinished upload expires
+
+
+def _total(upload: Upload) -> int:
+    """A chunk upload's number of chunks (only tus uploads have none)."""
+    assert upload.total_chunks is not None
+    return upload.total_chunks
 
 
 def _size_conflict(what: str) -> ChuteError:
@@ -66,9 +84,7 @@ def _file_size(upload: Upload, req: ChunkRequest) -> int | None:
 
 def _staged_last_size(session: Session, upload: Upload) -> int | None:
     return session.scalar(
-        select(Chunk.size).where(
-            Chunk.job_id == upload.job_id, Chunk.index == upload.total_chunks - 1
-        )
+        select(Chunk.size).where(Chunk.job_id == upload.job_id, Chunk.index == _total(upload) - 1)
     )
 
 
@@ -81,9 +97,9 @@ def _fix_chunk_size(
         raise _size_conflict(
             f"chunk_size {chunk_size} is smaller than the last chunk already stored ({last} bytes)"
         )
-    _check_file_size(file_size, chunk_size, upload.total_chunks)
+    _check_file_size(file_size, chunk_size, _total(upload))
     if last is not None and file_size is not None:
-        _check_last_chunk(file_size, chunk_size, upload.total_chunks, last)
+        _check_last_chunk(file_size, chunk_size, _total(upload), last)
     upload.chunk_size = chunk_size
 
 
@@ -98,7 +114,7 @@ def _check_last_chunk(file_size: int, chunk_size: int, total: int, last: int) ->
 
 def _check_new_file_size(session: Session, upload: Upload, file_size: int) -> None:
     """Check a file_size that this upload had not been told against what it holds."""
-    _check_file_size(file_size, upload.chunk_size, upload.total_chunks)
+    _check_file_size(file_size, upload.chunk_size, _total(upload))
     if upload.bytes_received > file_size:
         raise _file_size_conflict(
             f"file_size is {file_size}, but the chunks already stored hold "
@@ -106,7 +122,7 @@ def _check_new_file_size(session: Session, upload: Upload, file_size: int) -> No
         )
     last = _staged_last_size(session, upload)
     if last is not None and upload.chunk_size is not None:
-        _check_last_chunk(file_size, upload.chunk_size, upload.total_chunks, last)
+        _check_last_chunk(file_size, upload.chunk_size, _total(upload), last)
 
 
 def _check_file_size(file_size: int | None, chunk_size: int | None, total: int) -> None:
@@ -142,10 +158,10 @@ def _expected_size(
     cs = upload.chunk_size
     if cs is None:
         return None, None
-    if index < upload.total_chunks - 1:
+    if index < _total(upload) - 1:
         return cs, cs
     if file_size is not None:
-        last = file_size - (upload.total_chunks - 1) * cs
+        last = file_size - (_total(upload) - 1) * cs
         return last, last
     return None, cs
 
@@ -157,25 +173,23 @@ def _room_left(file_size: int, others: int, index: int) -> ChuteError:
     )
 
 
-def check_part_rules(storage: Storage, req: ChunkRequest, size: int | None) -> None:
-    """Refuse a chunk that the storage's part rules (S3: at most 10,000 parts, every part
-    but the last at least 5 MiB) can never take, before anything is opened or stored.
-    `size` is the chunk's size when known before its bytes."""
+def check_part_count(storage: Storage, req: ChunkRequest) -> None:
+    """Refuse an upload of more chunks than the storage takes parts, before any byte moves."""
     if storage.max_parts is not None and req.total_chunks > storage.max_parts:
         raise ChuteError(Problem.TOO_MANY_PARTS, total=req.total_chunks, limit=storage.max_parts)
-    if req.total_chunks == 1:
-        return
-    for small in (req.chunk_size, None if req.is_last else size):
-        if small is not None and small < storage.min_part_size:
-            raise ChuteError(Problem.CHUNK_TOO_SMALL, size=small, minimum=storage.min_part_size)
+
+
+def _check_protocol(upload: Upload | None) -> None:
+    if upload is not None and upload.protocol != "chunks":
+        raise ChuteError(Problem.UPLOAD_IS_TUS)
 
 
 def open_upload(
     session: Session, storage: Storage, settings: Settings, user_id: int, req: ChunkRequest
 ) -> ChunkPlan:
     """Check a chunk's fields against its job and upload, creating the upload if needed."""
-    job = get_owned_job(session, user_id, req.job_id, lock=True)
-    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
+    job, upload = core.locked(session, user_id, req.job_id)
+    _check_protocol(upload)
     if upload is not None and upload.completed_at is not None:
         _check_against_upload(upload, req)
         if req.file_size is not None and req.file_size != upload.bytes_received:
@@ -188,8 +202,7 @@ def open_upload(
             upload.storage_id, None, settings.max_chunk_bytes,
             ChuteError(Problem.CHUNK_TOO_LARGE, limit=settings.max_chunk_bytes), True, job.params,
         )  # fmt: skip
-    if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
-        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
+    core.check_takes_data(job)
     begun: str | None = None  # storage this call started: removed again if the call fails
     replaced: str | None = None
     try:
@@ -247,6 +260,7 @@ def _plan(
         over_limit=over_limit,
         complete=False,
         params=job.params,
+        chunk_size=upload.chunk_size,
     )
 
 
@@ -307,31 +321,27 @@ def record_chunk(
     settings: Settings,
     user_id: int,
     req: ChunkRequest,
-    storage_id: str,
-    size: int,
-    sha256: str,
-    placed: bool,
+    stored: StoredChunk,
 ) -> Recorded:
     """Record a chunk whose bytes are durably stored; complete the upload if it is the last.
 
     The job moves to `queued` in this same transaction when the set becomes complete,
     and only the transaction that moves it reports `completed_now`.
     """
-    job = get_owned_job(session, user_id, req.job_id, lock=True)
-    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
-    if upload is None or upload.storage_id != storage_id:
+    job, upload = core.locked(session, user_id, req.job_id)
+    if upload is None or upload.storage_id != stored.storage_id:
         raise ChuteError(Problem.UPLOAD_REPLACED)
     existing = session.get(Chunk, (job.id, req.index))
     if existing is not None:
-        if existing.sha256 != sha256:
+        if existing.sha256 != stored.sha256:
             raise ChuteError(Problem.CHUNK_CONFLICT, index=req.index)
         session.commit()
         return Recorded(
             True, upload.completed_at is not None, False, expires_at(upload, settings.upload_expiry)
         )
-    if job.status not in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
-        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
+    core.check_takes_data(job)
     _check_against_upload(upload, req)
+    size = stored.size
     file_size = _file_size(upload, req)
     if req.file_size is not None and upload.file_size is None:
         _check_new_file_size(session, upload, req.file_size)
@@ -351,64 +361,33 @@ def record_chunk(
         raise _size_conflict(
             f"the last chunk has {size} bytes, more than the chunk size {upload.chunk_size}"
         )
-    completes = upload.chunks_received + 1 == upload.total_chunks
     if file_size is not None:
-        stored = upload.bytes_received + size
-        if stored > file_size:
+        stored_bytes = upload.bytes_received + size
+        if stored_bytes > file_size:
             raise _file_size_conflict(
                 f"chunk {req.index} has {size} bytes, but only "
                 f"{file_size - upload.bytes_received} of the file's {file_size} bytes "
                 "(file_size) are not stored yet"
             )
-        if completes and stored != file_size:
+        if upload.chunks_received + 1 == upload.total_chunks and stored_bytes != file_size:
             # With a chunk size the exact sizes above already add up to file_size; this is
             # a single chunk shorter than it. DESIGN §2: 409, and the upload stays open.
             raise _file_size_conflict(
-                f"the chunks add up to {stored} bytes, not the file_size {file_size}"
+                f"the chunks add up to {stored_bytes} bytes, not the file_size {file_size}"
             )
         upload.file_size = file_size
-    now = utcnow()
-    transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
-    session.add(Chunk(job_id=job.id, index=req.index, size=size, sha256=sha256, placed=placed))
-    upload.chunks_received += 1
-    upload.bytes_received += size
-    upload.touched_at = now
-    completed_now = False
-    if completes:
-        completed_now = transition(
-            session, job.id, [JobStatus.UPLOADING], JobStatus.QUEUED, queued_at=now
-        )
-        if completed_now:
-            upload.completed_at = now
-    session.commit()
+    offset = None if upload.chunk_size is None else req.index * upload.chunk_size
+    completed_now = core.record_part(
+        session,
+        job,
+        upload,
+        core.NewPart(req.index, size, stored.sha256, offset, placed=stored.placed),
+    )
     return Recorded(False, completed_now, completed_now, expires_at(upload, settings.upload_expiry))
-
-
-def held_open(session: Session, job_id: int, storage_id: str) -> bool:
-    """Whether the database still holds the upload `storage_id` open.
-
-    Asked when the storage says such an upload does not exist. If the database no longer
-    holds it either, it was discarded (or replaced) while the chunk was sent: the client is
-    told so. If it still does, the storage lost it, or this API process stores elsewhere
-    than the one that began it (a CHUTE_STORAGE_URL that differs): a fault of the server.
-    """
-    upload = session.get(Upload, job_id)
-    return upload is not None and upload.storage_id == storage_id and upload.completed_at is None
-
-
-def started(upload: Upload | None) -> bool:
-    """An upload shows once a chunk is recorded; before, it is only the server's bookkeeping."""
-    return upload is not None and upload.chunks_received > 0
 
 
 def is_recorded(session: Session, req: ChunkRequest) -> bool:
     return session.get(Chunk, (req.job_id, req.index)) is not None
-
-
-def is_recorded_for(session: Session, user_id: int, req: ChunkRequest) -> bool:
-    """`is_recorded`, for the user's own job only (another's job answers 404)."""
-    get_owned_job(session, user_id, req.job_id)
-    return is_recorded(session, req)
 
 
 def check_takes_data(session: Session, user_id: int, job_id: int) -> None:
@@ -416,115 +395,9 @@ def check_takes_data(session: Session, user_id: int, job_id: int) -> None:
     user's (404) or no longer takes data (409); a complete upload still takes re-sends.
     For a file part sent before the fields, checked before any of its bytes is kept."""
     job = get_owned_job(session, user_id, job_id)
-    if job.status in (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING):
+    upload = session.get(Upload, job.id)
+    _check_protocol(upload)
+    if job.status in core.TAKES_DATA:
         return
-    upload = session.get(Upload, job.id)
     if upload is None or upload.completed_at is None:
-        raise ChuteError(Problem.NOT_ACCEPTING_DATA, status=job.status.value)
-
-
-def upload_status(
-    session: Session, user_id: int, job_id: int, expiry_seconds: int
-) -> dict[str, Any]:
-    job = get_owned_job(session, user_id, job_id)
-    upload = session.get(Upload, job.id)
-    answer: dict[str, Any] = {
-        "job_id": job.id,
-        "state": "empty",
-        "total_chunks": None,
-        "chunk_size": None,
-        "file_size": None,
-        "bytes_received": 0,
-        "chunks": [],
-    }
-    if not started(upload):
-        return answer
-    assert upload is not None
-    chunks = session.scalars(
-        select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.index)
-    ).all()
-    answer.update(
-        state="complete" if upload.completed_at is not None else "partial",
-        total_chunks=upload.total_chunks,
-        chunk_size=upload.chunk_size,
-        file_size=upload.file_size,
-        bytes_received=upload.bytes_received,
-        chunks=[{"index": c.index, "size": c.size, "sha256": c.sha256} for c in chunks],
-    )
-    if upload.completed_at is None:
-        answer["expires_at"] = expires_at(upload, expiry_seconds)
-    return answer
-
-
-def discard_upload(session: Session, user_id: int, job_id: int) -> str | None:
-    """Forget an unfinished upload; return its storage id for the caller to remove."""
-    job = get_owned_job(session, user_id, job_id, lock=True)
-    upload = session.scalar(select(Upload).where(Upload.job_id == job.id).with_for_update())
-    if upload is None:
-        session.commit()
-        return None
-    if upload.completed_at is not None:
-        raise ChuteError(Problem.UPLOAD_COMPLETE)
-    storage_id = upload.storage_id
-    session.delete(upload)
-    transition(session, job.id, [JobStatus.UPLOADING], JobStatus.AWAITING_UPLOAD)
-    session.commit()
-    return storage_id
-
-
-def staged_parts(session: Session, job_id: int) -> list[StagedPart]:
-    rows = session.scalars(
-        select(Chunk).where(Chunk.job_id == job_id, Chunk.placed.is_(False)).order_by(Chunk.index)
-    ).all()
-    return [StagedPart(c.index, c.size) for c in rows]
-
-
-def stale_uploads(session: Session, now: datetime, max_age: int) -> list[int]:
-    """Ids of jobs whose upload sat unfinished longer than `max_age` seconds."""
-    cutoff = now - timedelta(seconds=max_age)
-    return list(
-        session.scalars(
-            select(Upload.job_id)
-            .where(Upload.completed_at.is_(None), Upload.touched_at < cutoff)
-            .order_by(Upload.job_id)
-        )
-    )
-
-
-def expire_upload(session: Session, job_id: int, now: datetime, max_age: int) -> str | None:
-    """Mark the job `upload_expired` and forget its upload, if the upload is still unfinished
-    and stale; return its storage id for the caller to remove, or None if nothing changed.
-
-    One transaction per upload, locking the job then the upload as recording a chunk
-    does (the other order could deadlock with it). A job busy in another transaction is
-    skipped: it is being touched, and the next sweep sees it again. An upload with no
-    chunk recorded is only removed: its job never left `awaiting_upload`.
-    """
-    cutoff = now - timedelta(seconds=max_age)
-    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update(skip_locked=True))
-    upload = (
-        None
-        if job is None
-        else session.scalar(
-            select(Upload)
-            .where(
-                Upload.job_id == job_id,
-                Upload.completed_at.is_(None),
-                Upload.touched_at < cutoff,
-            )
-            .with_for_update(skip_locked=True)
-        )
-    )
-    if upload is None or (
-        started(upload)
-        and not transition(
-            session, job_id, [JobStatus.UPLOADING], JobStatus.UPLOAD_EXPIRED, finished_at=now
-        )
-    ):
-        session.rollback()
-        return None
-    storage_id = upload.storage_id
-    session.execute(delete(Chunk).where(Chunk.job_id == job_id))
-    session.delete(upload)
-    session.commit()
-    return storage_id
+        core.check_takes_data(job)
