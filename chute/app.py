@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, docs, events, jobs, openapi, results, uploads, web
+from chute.api import auth, config, docs, events, jobs, openapi, results, tus, uploads, web
 from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, jobs, uploads, results, events, config):
+    for module in (auth, jobs, uploads, tus, results, events, config):
         app.include_router(module.router)
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
 class _ChuteApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
-        return SecurityHeaders(super().build_middleware_stack())
+        return SecurityHeaders(tus.TusResumable(super().build_middleware_stack()))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -17,11 +17,13 @@ from starlette.responses import JSONResponse
 class Problem(Enum):
     # (status, message) or (status, message, headers); a message may have {placeholders}
     # filled by ChuteError. Clients retry 408, 423 and 429 (DESIGN §2), when Retry-After says.
+    TUS_BAD_HEADER = (400, "{what}.")
     NOT_AUTHENTICATED = (401, "Not signed in.")
     BAD_CREDENTIALS = (401, "Wrong user name or password.")
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
     JOB_NOT_FOUND = (404, "Job not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
+    TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")
     # The body stopped coming, or came too slowly: the answer closes the connection.
     BODY_IDLE = (
         408,
@@ -42,6 +44,14 @@ class Problem(Enum):
         "This job's upload is being sent with tus: finish it there (a HEAD request on its "
         "tus URL gives the offset to resume from).",
     )
+    UPLOAD_EXISTS = (
+        409,
+        "This job already has an upload with bytes stored: resume it, or discard it first.",
+    )
+    OFFSET_DIFFERS = (
+        409,
+        "Upload-Offset is {sent}, but the upload holds {offset} bytes: resume from there.",
+    )
     TOTAL_CHUNKS_DIFFERS = (
         409,
         "total_chunks is {got}, but earlier chunks of this upload said {expected}.",
@@ -56,18 +66,27 @@ class Problem(Enum):
     CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")
     FILE_TOO_LARGE = (413, "The file is larger than the limit of {limit} bytes.")
     BODY_TOO_LARGE = (413, "The request body is larger than the limit of {limit} bytes.")
+    PATCH_TOO_LARGE = (413, "The request has more bytes than the {left} the upload has left.")
+    TUS_VERSION = (412, "This server speaks tus 1.0.0 only (Tus-Resumable: 1.0.0).")
+    TUS_CONTENT_TYPE = (415, "A PATCH body must be sent as application/offset+octet-stream.")
     INVALID_FIELD = (422, "{what}")
     CHECKSUM_MISMATCH = (
         422,
         "The chunk's SHA-256 is {actual}, not the chunk_sha256 sent ({expected}).",
     )
     EMPTY_CHUNK = (422, "The chunk is empty.")
+    EMPTY_FILE = (422, "The file is empty: a CSV file has at least a line.")
     # The storage's own rules on parts (S3: their sizes and count); {why} is its words.
     PART_REFUSED = (422, "The part cannot be stored: {why}.")
     TOO_MANY_PARTS = (
         422,
         "total_chunks is {total}, more than this server's storage takes in one file ({limit}). "
         "Send the file in larger chunks.",
+    )
+    # tus's own status for a body whose Upload-Checksum does not match.
+    CHECKSUM_MISMATCH_TUS = (
+        460,
+        "The body's {algorithm} is not the Upload-Checksum sent; none of it was kept.",
     )
     NOT_CSV = (422, "This does not look like a CSV file: {why}")
     MALFORMED_FORM = (422, "The request body is not valid multipart/form-data: {why}")

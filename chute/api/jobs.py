@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
 from chute.api.schemas import JobCreate, JobPage, JobPublic
-from chute.db.jobs import get_owned_job, job_prefix
+from chute.db.jobs import MAX_ID, get_owned_job, job_prefix
 from chute.jobs import service
 
 router = APIRouter(prefix="/api/job", tags=["jobs"])
@@ -26,7 +26,7 @@ def list_jobs(
     session: SessionDep,
     rt: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=service.MAX_ID)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobPage:
     rows, total = service.list_jobs(session, user.id, limit, offset)
     expiry = rt.settings.upload_expiry

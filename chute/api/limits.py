@@ -3,8 +3,9 @@
 A pure ASGI middleware: Starlette's BaseHTTPMiddleware, or anything that read the body to
 check it, would hold a hostile body in memory before refusing it.
 
-- upload-data (`POST /api/job/{id}/upload-data`) streams its body to the route, which
-  counts it against the chunk limit (`chute.upload.receive`). Here it is only cut off
+- upload-data (`POST /api/job/{id}/upload-data`) and tus (creation, PATCH) stream their
+  bodies to the route, which counts them against their limits (`chute.upload.receive`,
+  `chute.upload.tus`). Here a body is only cut off
   when no byte comes for `body_idle_timeout` seconds: a request whose client vanished
   without a FIN or RST (a laptop asleep) would otherwise hold its chunk's part forever.
 - Every other route's body is read here first, before any parsing: at most
@@ -24,11 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chute.errors import ChuteError, Problem
 
-_UPLOAD_DATA = re.compile(r"/api/job/[^/]+/upload-data/?")
+# The routes that stream their bodies to storage: upload-data, and tus creation and PATCH.
+_STREAMED = {
+    "POST": re.compile(r"/api/job/[^/]+/upload-data/?|/api/tus/?"),
+    "PATCH": re.compile(r"/api/tus/[^/]+"),
+}
 
 
 def _streams_its_body(scope: Scope) -> bool:
-    return scope["method"] == "POST" and _UPLOAD_DATA.fullmatch(scope["path"]) is not None
+    pattern = _STREAMED.get(scope["method"])
+    return pattern is not None and pattern.fullmatch(scope["path"]) is not None
 
 
 class BodyLimits:

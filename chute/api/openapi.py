@@ -148,11 +148,13 @@ class UploadChunk(BaseModel):
 
 
 class UploadStatus(BaseModel):
-    """What `GET /api/job/{job_id}/upload-data` answers (`upload.service.upload_status`
+    """What `GET /api/job/{job_id}/upload-data` answers (`upload.core.upload_status`
     builds it as a dict; the Schemathesis test holds the two together)."""
 
     job_id: int
     state: Literal["empty", "partial", "complete"]
+    # "chunks" or "tus" once the upload shows; null while empty.
+    protocol: Literal["chunks", "tus"] | None
     total_chunks: int | None
     chunk_size: int | None
     file_size: int | None

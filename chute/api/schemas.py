@@ -35,7 +35,10 @@ class JobCreate(BaseModel):
 class UploadProgress(BaseModel):
     state: Literal["partial", "complete"]
     file_name: str | None
-    total_chunks: int
+    # "chunks" (upload-data) or "tus": the front door that carries the upload.
+    protocol: str
+    # The chunk protocol's number of chunks; null for tus, whose file_size is known.
+    total_chunks: int | None
     chunks_received: int
     chunk_size: int | None
     file_size: int | None
@@ -67,6 +70,7 @@ class JobPublic(BaseModel):
             progress = UploadProgress(
                 state="complete" if upload.completed_at else "partial",
                 file_name=upload.file_name,
+                protocol=upload.protocol,
                 total_chunks=upload.total_chunks,
                 chunks_received=upload.chunks_received,
                 chunk_size=upload.chunk_size,

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Job ids are 64-bit on every database, as `chute.jobs.service.MAX_ID` says. SQLite's
+# Job ids are 64-bit on every database, as `chute.db.jobs.MAX_ID` says. SQLite's
 # INTEGER already is, and only an INTEGER primary key numbers its rows by itself.
 JobId = BigInteger().with_variant(Integer(), "sqlite")
 

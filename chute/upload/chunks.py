@@ -377,11 +377,11 @@ def record_chunk(
             )
         upload.file_size = file_size
     offset = None if upload.chunk_size is None else req.index * upload.chunk_size
-    completed_now = core.record_part(
+    completed_now = core.record_parts(
         session,
         job,
         upload,
-        core.NewPart(req.index, size, stored.sha256, offset, placed=stored.placed),
+        [core.NewPart(req.index, size, stored.sha256, offset, placed=stored.placed)],
     )
     return Recorded(False, completed_now, completed_now, expires_at(upload, settings.upload_expiry))
 

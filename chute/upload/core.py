@@ -13,6 +13,7 @@ all its bytes (tus: `file_size`, which a tus upload knows from its creation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,24 +61,25 @@ def is_complete(upload: Upload) -> bool:
     return upload.file_size is not None and upload.bytes_received == upload.file_size
 
 
-def record_part(session: Session, job: Job, upload: Upload, part: NewPart) -> bool:
-    """Add a part, in the caller's transaction (job and upload locked, the front door's
+def record_parts(session: Session, job: Job, upload: Upload, parts: Sequence[NewPart]) -> bool:
+    """Add parts, in the caller's transaction (job and upload locked, the front door's
     own checks passed), and commit. Returns True if this commit completed the upload:
     then, and only then, the job moved to `queued`, and the caller enqueues it."""
     now = utcnow()
     transition(session, job.id, [JobStatus.AWAITING_UPLOAD], JobStatus.UPLOADING)
-    session.add(
-        Chunk(
-            job_id=job.id,
-            index=part.index,
-            size=part.size,
-            sha256=part.sha256,
-            placed=part.placed,
-            offset=part.offset,
+    for part in parts:
+        session.add(
+            Chunk(
+                job_id=job.id,
+                index=part.index,
+                size=part.size,
+                sha256=part.sha256,
+                placed=part.placed,
+                offset=part.offset,
+            )
         )
-    )
-    upload.chunks_received += 1
-    upload.bytes_received += part.size
+        upload.chunks_received += 1
+        upload.bytes_received += part.size
     upload.touched_at = now
     completed_now = False
     if is_complete(upload):

@@ -236,9 +236,11 @@ async function loadJobs() {
     name.append(link);
     const status = cell("td", statusText(job.status));
     status.dataset.status = job.status;
-    const upload = job.upload
-      ? `${job.upload.chunks_received} of ${job.upload.total_chunks} chunks, ${bytes(job.upload.bytes_received)}`
-      : "–";
+    const upload = !job.upload
+      ? "–"
+      : job.upload.total_chunks === null
+        ? `${bytes(job.upload.bytes_received)} of ${bytes(job.upload.file_size)} (tus)`
+        : `${job.upload.chunks_received} of ${job.upload.total_chunks} chunks, ${bytes(job.upload.bytes_received)}`;
     row.append(name, status, cell("td", upload), cell("td", when(job.created_at)));
     body.append(row);
   }
@@ -384,7 +386,12 @@ function renderJob(job) {
   const held = job.upload;
   const remembered = state.memory.forJob(job.id);
   let heldText = "";
-  if (held && held.state === "partial" && !uploading) {
+  if (held && held.state === "partial" && held.protocol === "tus") {
+    const name = held.file_name || "a file";
+    heldText =
+      `The server holds ${bytes(held.bytes_received)} of ${bytes(held.file_size)} of ${name}, ` +
+      "sent with a tus client: resume it from that client.";
+  } else if (held && held.state === "partial" && !uploading) {
     const name = held.file_name || remembered?.name || "a file";
     heldText =
       `The server holds ${held.chunks_received} of ${held.total_chunks} chunks of ${name} ` +

@@ -1,0 +1,196 @@
+"""The tus 1.0 front door (DESIGN §6): creation, HEAD, PATCH and DELETE at /api/tus/.
+
+Thin: headers in, headers out. The rules are `chute.upload.tus`'s, the records the core's.
+"""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+
+from fastapi import APIRouter, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chute.api.deps import CurrentUser, RuntimeDep
+from chute.errors import ChuteError, Problem
+from chute.jobs.service import create_job
+from chute.upload import tus
+from chute.upload.stream import Body
+
+router = APIRouter(prefix="/api/tus", tags=["tus"])
+PREFIX = "/api/tus"
+
+
+def _check_version(request: Request) -> None:
+    if request.headers.get("tus-resumable") != tus.VERSION:
+        raise ChuteError(Problem.TUS_VERSION)
+
+
+def _location(request: Request, tus_id: str) -> str:
+    public = request.app.state.runtime.settings.public_url
+    return f"{public}{PREFIX}/{tus_id}"
+
+
+def _state_headers(state: tus.TusState) -> dict[str, str]:
+    headers = {
+        "Upload-Offset": str(state.offset),
+        "Upload-Length": str(state.length),
+        "Chute-Job-Id": str(state.job_id),
+    }
+    if state.expires_at is not None:
+        headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
+    return headers
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _has_body(request: Request) -> bool:
+    length = _content_length(request)
+    return (length or 0) > 0 or "chunked" in request.headers.get("transfer-encoding", "")
+
+
+def _patch(request: Request, user_id: int) -> tus.TusPatch:
+    app = request.app
+    return tus.TusPatch(app.state.runtime, app.state.executor, app.state.upload_slots, user_id)
+
+
+@router.options("", status_code=204, include_in_schema=False)
+@router.options("/", status_code=204)
+@router.options("/{tus_id}", status_code=204)
+def options(rt: RuntimeDep) -> Response:
+    """What this tus server speaks (no sign-in needed to ask)."""
+    return Response(
+        status_code=204,
+        headers={
+            "Tus-Version": tus.VERSION,
+            "Tus-Extension": tus.EXTENSIONS,
+            "Tus-Max-Size": str(rt.settings.max_file_bytes),
+            "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUMS),
+        },
+    )
+
+
+@router.post("", status_code=201, include_in_schema=False)
+@router.post("/", status_code=201)
+async def create(request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
+    """A new upload: `Upload-Length`, and `Upload-Metadata` naming the job (`job_id`) or
+    the new job's `name` (and `kind`, `params`); the body may carry the first bytes."""
+    _check_version(request)
+    length = tus.parse_count("Upload-Length", request.headers.get("upload-length"))
+    raw_metadata = request.headers.get("upload-metadata")
+    metadata = tus.parse_metadata(raw_metadata)
+    wanted = tus.job_of(metadata)
+    file_name = tus.file_name_of(metadata)
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
+    body = _has_body(request)
+    if body and request.headers.get("content-type") != tus.PATCH_TYPE:
+        raise ChuteError(Problem.TUS_CONTENT_TYPE)
+
+    tus.check_length(rt.settings, length)
+
+    def create_in_db() -> tus.TusState:
+        with rt.sessions() as session:
+            if isinstance(wanted, int):
+                return tus.create_upload(
+                    session, rt.storage, rt.settings, user.id,
+                    tus.job_for(session, user.id, wanted), length, raw_metadata, file_name,
+                )  # fmt: skip
+            job = create_job(session, rt.kinds, user.id, wanted.name, wanted.kind, wanted.params)
+            try:
+                return tus.create_upload(
+                    session, rt.storage, rt.settings, user.id, job.id, length, raw_metadata,
+                    file_name,
+                )  # fmt: skip
+            except BaseException:
+                # The job was made for this upload only: nothing of a refused one stays.
+                session.rollback()
+                session.delete(job)
+                session.commit()
+                raise
+
+    patch = _patch(request, user.id)
+    state = await patch.path.in_thread(create_in_db)
+    headers = {"Location": _location(request, state.tus_id), **_state_headers(state)}
+    if body:
+        # creation-with-upload: what the body carries is appended as by a PATCH. Should
+        # that fail, the upload exists all the same and the client resumes it from HEAD.
+        offset = await patch.append(
+            state, _content_length(request), checksum, Body(request.stream())
+        )
+        headers["Upload-Offset"] = str(offset)
+    return Response(status_code=201, headers=headers)
+
+
+@router.head("/{tus_id}")
+def head(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
+    """Where the upload stands: its offset counts only bytes stored and recorded."""
+    _check_version(request)
+    with rt.sessions() as session:
+        state = tus.state_of(session, rt.settings, user.id, tus_id)
+    headers = {**_state_headers(state), "Cache-Control": "no-store"}
+    if state.metadata:
+        headers["Upload-Metadata"] = state.metadata
+    return Response(status_code=200, headers=headers)
+
+
+@router.patch("/{tus_id}", status_code=204)
+async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
+    """Bytes appended at `Upload-Offset`, which must be the upload's."""
+    _check_version(request)
+    if request.headers.get("content-type") != tus.PATCH_TYPE:
+        raise ChuteError(Problem.TUS_CONTENT_TYPE)
+    offset = tus.parse_count("Upload-Offset", request.headers.get("upload-offset"))
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
+    appender = _patch(request, user.id)
+
+    def open_patch() -> tus.TusState:
+        with rt.sessions() as session:
+            return tus.open_patch(session, rt.settings, user.id, tus_id, offset)
+
+    state = await appender.path.in_thread(open_patch)
+    body = Body(request.stream())
+    if state.complete:
+        if _has_body(request):
+            await body.drain(0)
+            raise ChuteError(Problem.PATCH_TOO_LARGE, left=0)
+        return Response(status_code=204, headers=_state_headers(state))
+    offset = await appender.append(state, _content_length(request), checksum, body)
+    with rt.sessions() as session:
+        after = tus.state_of(session, rt.settings, user.id, tus_id)
+    return Response(
+        status_code=204, headers={**_state_headers(after), "Upload-Offset": str(offset)}
+    )
+
+
+@router.delete("/{tus_id}", status_code=204)
+def delete(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
+    """Discard an unfinished upload; its job goes back to awaiting its upload."""
+    _check_version(request)
+    with rt.sessions() as session:
+        storage_id = tus.discard(session, user.id, tus_id)
+    if storage_id is not None:
+        rt.storage.abort(storage_id)
+    return Response(status_code=204)
+
+
+class TusResumable:
+    """Every answer under /api/tus/, errors included, says the tus version it speaks."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"tus-resumable", tus.VERSION.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)

@@ -1,0 +1,453 @@
+"""The tus 1.0 front door's rules, over the upload core (DESIGN §6).
+
+A tus upload is the upload of one job, created with its length. A PATCH appends at the
+upload's offset: its body is cut into parts at multiples of the upload's part size, and
+each part is recorded as soon as it is durably stored, so `Upload-Offset` only ever names
+recorded bytes, and a connection lost mid-PATCH costs at most the part it was in.
+
+With `Upload-Checksum` the PATCH is all or nothing instead: its parts are stored as they
+stream, but recorded together only once the checksum over the whole body matches, so a
+mismatch (460) keeps none of its bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chute.config import Settings
+from chute.db.jobs import expires_at, get_owned_job, input_key
+from chute.db.models import Job, Upload
+from chute.errors import ChuteError, Problem
+from chute.names import name_problem
+from chute.runtime import Runtime
+from chute.storage import Part, Storage
+from chute.upload import core
+from chute.upload.csvcheck import CsvStartCheck
+from chute.upload.stream import Body, Buffer, PartPath, Pipeline, UploadSlots, storage_errors
+
+VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+PATCH_TYPE = "application/offset+octet-stream"
+CHECKSUMS: dict[str, Callable[[], Any]] = {
+    "sha256": hashlib.sha256,
+    "sha1": hashlib.sha1,
+    "md5": hashlib.md5,
+}
+MAX_METADATA = 4096
+
+
+def bad_header(what: str) -> ChuteError:
+    return ChuteError(Problem.TUS_BAD_HEADER, what=what)
+
+
+def parse_count(name: str, raw: str | None) -> int:
+    """A header holding a whole number of bytes (Upload-Length, Upload-Offset)."""
+    if raw is None:
+        raise bad_header(f"the {name} header is missing")
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise bad_header(f"{name} must be a whole number of bytes")
+    return int(raw)
+
+
+def parse_metadata(raw: str | None) -> dict[str, str]:
+    """Upload-Metadata: comma-separated `key base64(value)` pairs, values UTF-8 text."""
+    if raw is None or not raw.strip():
+        return {}
+    if len(raw) > MAX_METADATA:
+        raise bad_header(f"Upload-Metadata is longer than {MAX_METADATA} characters")
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        key, _, encoded = item.strip().partition(" ")
+        if not key or not key.isascii() or not key.isprintable() or key in pairs:
+            raise bad_header("Upload-Metadata has a key that is empty, not ASCII, or repeated")
+        try:
+            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise bad_header(
+                f"Upload-Metadata's value of {key!r} is not base64 of UTF-8 text"
+            ) from None
+        pairs[key] = value
+    return pairs
+
+
+def parse_checksum(raw: str | None) -> tuple[str, bytes] | None:
+    """Upload-Checksum: `algorithm base64(digest)`, of an algorithm this server knows."""
+    if raw is None:
+        return None
+    algorithm, _, encoded = raw.strip().partition(" ")
+    if algorithm not in CHECKSUMS:
+        raise bad_header(f"Upload-Checksum's algorithm must be one of {', '.join(CHECKSUMS)}")
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
+        raise bad_header("Upload-Checksum's digest is not base64") from None
+    if len(digest) != CHECKSUMS[algorithm]().digest_size:
+        raise bad_header(f"Upload-Checksum's digest is not a {algorithm} digest")
+    return algorithm, digest
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the metadata says of the job to create when it names none."""
+
+    name: str
+    kind: str
+    params: Any
+
+
+def job_of(metadata: dict[str, str]) -> int | NewJob:
+    """The job a creation names (`job_id`), or the one it asks for (`name`, `kind`,
+    `params` as JSON). Uppy sends the file's name as `name`: a job named after its file."""
+    import json
+
+    raw_id = metadata.get("job_id")
+    if raw_id is not None:
+        if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > 19:
+            raise bad_header("the metadata's job_id must be a job's number")
+        return int(raw_id)
+    name = metadata.get("name") or metadata.get("filename")
+    if not name:
+        raise bad_header("Upload-Metadata must name a job: job_id, or name for a new job")
+    if (problem := name_problem(name)) is not None:
+        raise bad_header(f"the metadata's name {problem}")
+    try:
+        params = json.loads(metadata.get("params") or "{}")
+    except ValueError:
+        raise bad_header("the metadata's params must be JSON") from None
+    return NewJob(name, metadata.get("kind") or "profile", params)
+
+
+def file_name_of(metadata: dict[str, str]) -> str | None:
+    name = metadata.get("filename") or metadata.get("name")
+    if name and name_problem(name) is not None:
+        raise bad_header("the metadata's filename is not a valid file name")
+    return name or None
+
+
+@dataclass(frozen=True)
+class TusState:
+    """What HEAD answers, and what a PATCH streams against."""
+
+    tus_id: str
+    job_id: int
+    storage_id: str
+    offset: int
+    length: int
+    part_size: int
+    next_index: int
+    metadata: str | None
+    expires_at: datetime | None
+    complete: bool
+    params: dict[str, Any]
+
+
+def _state(upload: Upload, job: Job, settings: Settings) -> TusState:
+    assert upload.tus_id is not None and upload.file_size is not None
+    return TusState(
+        tus_id=upload.tus_id,
+        job_id=job.id,
+        storage_id=upload.storage_id,
+        offset=upload.bytes_received,
+        length=upload.file_size,
+        part_size=upload.chunk_size or upload.file_size,
+        next_index=upload.chunks_received,
+        metadata=upload.tus_metadata,
+        expires_at=expires_at(upload, settings.upload_expiry),
+        complete=upload.completed_at is not None,
+        params=dict(job.params),
+    )
+
+
+def check_length(settings: Settings, length: int) -> None:
+    if length < 1:
+        raise ChuteError(Problem.EMPTY_FILE)
+    if length > settings.max_file_bytes:
+        raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
+
+
+def create_upload(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    user_id: int,
+    job_id: int,
+    length: int,
+    metadata: str | None,
+    file_name: str | None,
+) -> TusState:
+    """A tus upload of `length` bytes for the user's job, which must await its upload.
+
+    A job whose upload has no byte recorded yet (say a creation whose answer was lost)
+    is given the new one; a job with bytes recorded keeps its upload (409)."""
+    check_length(settings, length)
+    job, upload = core.locked(session, user_id, job_id)
+    core.check_takes_data(job)
+    replaced = None
+    if upload is not None:
+        if upload.chunks_received > 0 or upload.completed_at is not None:
+            raise ChuteError(Problem.UPLOAD_EXISTS)
+        replaced = upload.storage_id
+        session.delete(upload)
+        session.flush()
+    with storage_errors():
+        storage_id = storage.begin(input_key(job.id))
+    upload = Upload(
+        job_id=job.id,
+        storage_id=storage_id,
+        file_name=file_name,
+        protocol="tus",
+        tus_id=secrets.token_hex(16),
+        tus_metadata=metadata,
+        total_chunks=None,
+        chunk_size=storage.part_size(settings.chunk_size, length),
+        file_size=length,
+    )
+    session.add(upload)
+    try:
+        session.commit()
+    except BaseException:
+        storage.abort(storage_id)
+        raise
+    if replaced is not None:
+        storage.abort(replaced)
+    return _state(upload, job, settings)
+
+
+def _locked_by_id(session: Session, user_id: int, tus_id: str) -> tuple[Job, Upload]:
+    """The user's tus upload `tus_id` and its job, locked; 404 for another user's."""
+    job_id = session.scalar(
+        select(Upload.job_id).where(Upload.tus_id == tus_id, Upload.protocol == "tus")
+    )
+    if job_id is None:
+        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
+    try:
+        job, upload = core.locked(session, user_id, job_id)
+    except ChuteError:
+        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND) from None
+    if upload is None or upload.tus_id != tus_id:
+        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
+    return job, upload
+
+
+def state_of(session: Session, settings: Settings, user_id: int, tus_id: str) -> TusState:
+    job, upload = _locked_by_id(session, user_id, tus_id)
+    state = _state(upload, job, settings)
+    session.commit()
+    return state
+
+
+def open_patch(
+    session: Session, settings: Settings, user_id: int, tus_id: str, offset: int
+) -> TusState:
+    """Check a PATCH against the upload before any byte moves: 409 unless it starts at
+    the upload's offset, and unless its job still takes data."""
+    job, upload = _locked_by_id(session, user_id, tus_id)
+    state = _state(upload, job, settings)
+    session.commit()
+    if offset != state.offset:
+        raise ChuteError(Problem.OFFSET_DIFFERS, sent=offset, offset=state.offset)
+    if not state.complete:
+        core.check_takes_data(job)
+    return state
+
+
+def still_at(session: Session, user_id: int, tus_id: str, storage_id: str, offset: int) -> None:
+    """Under a part's lock: the upload is still this one, and still at `offset`."""
+    job, upload = _locked_by_id(session, user_id, tus_id)
+    session.commit()
+    if upload.storage_id != storage_id:
+        raise ChuteError(Problem.UPLOAD_REPLACED)
+    if upload.bytes_received != offset:
+        raise ChuteError(Problem.OFFSET_DIFFERS, sent=offset, offset=upload.bytes_received)
+    core.check_takes_data(job)
+
+
+def record(
+    session: Session, user_id: int, tus_id: str, storage_id: str, parts: list[core.NewPart]
+) -> bool:
+    """Record parts that continue the upload; True if this completed it."""
+    job, upload = _locked_by_id(session, user_id, tus_id)
+    if upload.storage_id != storage_id:
+        raise ChuteError(Problem.UPLOAD_REPLACED)
+    if upload.bytes_received != parts[0].offset:
+        raise ChuteError(Problem.OFFSET_DIFFERS, sent=parts[0].offset, offset=upload.bytes_received)
+    core.check_takes_data(job)
+    return core.record_parts(session, job, upload, parts)
+
+
+def discard(session: Session, user_id: int, tus_id: str) -> str | None:
+    job, upload = _locked_by_id(session, user_id, tus_id)
+    return core.discard(session, job, upload)
+
+
+def job_for(session: Session, user_id: int, job_id: int) -> int:
+    """The job a creation names, if it is the user's (404 otherwise)."""
+    return get_owned_job(session, user_id, job_id).id
+
+
+class _Slices:
+    """The body's pieces, taken a given number of bytes at a time."""
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._source = source.__aiter__()
+        self._left = memoryview(b"")
+        self.ended = False
+
+    async def at_end(self) -> bool:
+        while not self._left and not self.ended:
+            try:
+                self._left = memoryview(await anext(self._source))
+            except StopAsyncIteration:
+                self.ended = True
+        return not self._left
+
+    async def take(self, n: int) -> AsyncIterator[Buffer]:
+        while n > 0 and not await self.at_end():
+            head, self._left = self._left[:n], self._left[n:]
+            n -= len(head)
+            yield head
+
+
+class TusPatch:
+    """One PATCH (or a creation's body): its bytes appended to the upload part by part."""
+
+    def __init__(self, rt: Runtime, executor: Executor, slots: UploadSlots, user_id: int) -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.path = PartPath(rt, executor)
+        self.slots = slots
+        self.user_id = user_id
+
+    def _in_session(self, fn: Callable[[Session], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with self.rt.sessions() as session:
+                return fn(session)
+
+        return run
+
+    async def append(
+        self,
+        state: TusState,
+        content_length: int | None,
+        checksum: tuple[str, bytes] | None,
+        body: Body,
+    ) -> int:
+        """Stream the body at `state.offset`; return the upload's offset after it."""
+        left = state.length - state.offset
+        if content_length is not None and content_length > left:
+            raise ChuteError(Problem.PATCH_TOO_LARGE, left=left)
+        try:
+            with self.slots.take(self.user_id):
+                return await self._append(state, content_length, checksum, body, left)
+        except ChuteError:
+            await body.drain(min(left, self.settings.max_chunk_bytes))
+            raise
+
+    async def _append(
+        self,
+        state: TusState,
+        content_length: int | None,
+        checksum: tuple[str, bytes] | None,
+        body: Body,
+        left: int,
+    ) -> int:
+        slices = _Slices(body.read(left))
+        end = state.length if content_length is None else state.offset + content_length
+        digest = CHECKSUMS[checksum[0]]() if checksum is not None else None
+        pending: list[core.NewPart] = []
+        offset, index = state.offset, state.next_index
+        async with contextlib.AsyncExitStack() as whole:
+            while offset < end and not await slices.at_end():
+                boundary = min((offset // state.part_size + 1) * state.part_size, end)
+                # With a checksum every part's lock is held until the whole body is judged.
+                async with contextlib.AsyncExitStack() as one:
+                    stack = whole if digest is not None else one
+                    part = await self._store_part(
+                        stack,
+                        state,
+                        index,
+                        offset,
+                        boundary,
+                        content_length is not None,
+                        slices,
+                        digest,
+                    )
+                    if digest is None:
+                        await self._record(state, [part])
+                    else:
+                        pending.append(part)
+                offset += part.size
+                index += 1
+            if digest is not None and checksum is not None:
+                if digest.digest() != checksum[1]:
+                    raise ChuteError(Problem.CHECKSUM_MISMATCH_TUS, algorithm=checksum[0])
+                if pending:
+                    await self._record(state, pending)
+        return offset
+
+    async def _store_part(
+        self,
+        stack: contextlib.AsyncExitStack,
+        state: TusState,
+        index: int,
+        offset: int,
+        boundary: int,
+        sized: bool,
+        slices: _Slices,
+        digest: Any,
+    ) -> core.NewPart:
+        """Lock, write and commit the part from `offset` up to `boundary` (durable after)."""
+        held = await self.path.lock(stack, state.storage_id, index)
+        await self.path.in_thread(
+            self._in_session(
+                lambda s: still_at(s, self.user_id, state.tus_id, state.storage_id, offset)
+            )
+        )
+        most = boundary - offset
+        part = Part(
+            index=index,
+            offset=offset,
+            most=most,
+            size=most if sized else None,
+            last=boundary == state.length if sized else None,
+            part_size=state.part_size,
+        )
+        writer = await self.path.open_writer(stack, state.storage_id, part)
+
+        def held_open() -> bool:
+            with self.rt.sessions() as session:
+                return core.held_open(session, state.job_id, state.storage_id)
+
+        check = CsvStartCheck(state.params) if offset == 0 else None
+        pipeline = Pipeline(
+            most, ChuteError(Problem.PATCH_TOO_LARGE, left=most), writer, check, held_open
+        )
+        if digest is not None:
+            pipeline.also.append(digest)
+        await self.path.pump(slices.take(most), pipeline)
+        if pipeline.check is not None:
+            pipeline.check.finish(whole_file=offset + pipeline.size == state.length)
+        await self.path.commit(writer, held, held_open, index)
+        return core.NewPart(index, pipeline.size, pipeline.hash.hexdigest(), offset)
+
+    async def _record(self, state: TusState, parts: list[core.NewPart]) -> None:
+        completed = await self.path.in_thread(
+            self._in_session(
+                lambda s: record(s, self.user_id, state.tus_id, state.storage_id, parts)
+            )
+        )
+        if completed:
+            await self.path.enqueue(state.job_id)
