@@ -138,8 +138,10 @@ class Settings(BaseSettings):
             raise ValueError("CHUTE_CHUNK_SIZE must not exceed CHUTE_MAX_CHUNK_BYTES")
         if self.queue_url and not self.queue_url.startswith(("sqlite://", "redis://")):
             raise ValueError("CHUTE_QUEUE_URL must start with sqlite:// or redis://")
-        if self.storage_url and not self.storage_url.startswith(("file://", "s3://")):
-            raise ValueError("CHUTE_STORAGE_URL must start with file:// or s3://")
+        if self.storage_url and not self.storage_url.startswith(("file://", "s3://", "memory://")):
+            raise ValueError(
+                "CHUTE_STORAGE_URL must start with file:// or s3:// (memory:// in tests)"
+            )
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ValueError(
                 "CHUTE_HEARTBEAT_TIMEOUT must exceed twice CHUTE_HEARTBEAT_INTERVAL, "

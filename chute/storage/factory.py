@@ -6,10 +6,12 @@ from urllib.parse import urlparse
 from chute.config import Settings
 from chute.storage.base import Storage
 from chute.storage.local import LocalStorage
+from chute.storage.memory import storage_at
 
 
 def make_storage(settings: Settings) -> Storage:
-    """The backend that `settings.resolved_storage_url` names: file:// or s3://."""
+    """The backend that `settings.resolved_storage_url` names: file://, s3://, or memory://
+    for tests (`chute.storage.memory`)."""
     url = settings.resolved_storage_url
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -18,4 +20,6 @@ def make_storage(settings: Settings) -> Storage:
         from chute.storage.s3 import S3Storage  # boto3 is imported only when it is used
 
         return S3Storage.from_settings(settings)
+    if parsed.scheme == "memory":
+        return storage_at(url)
     raise ValueError(f"unsupported storage URL scheme: {parsed.scheme!r}")

@@ -49,6 +49,15 @@ try:
 except (OSError, AttributeError):  # not Linux: the final fdatasync does all the work
     _sync_file_range = None
 
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+_fallocate: Any = None
+try:
+    _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+except (OSError, AttributeError):  # not Linux: room a failed preallocation took stays
+    _fallocate = None
+
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
     if _sync_file_range is not None:
@@ -61,6 +70,49 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _holes(fd: int, start: int, length: int) -> list[tuple[int, int]]:
+    """The ranges of [start, start + length) that hold nothing on disk yet."""
+    holes: list[tuple[int, int]] = []
+    end = start + length
+    size = os.fstat(fd).st_size
+    position = start
+    while position < min(end, size):
+        hole = os.lseek(fd, position, os.SEEK_HOLE)  # the file's size if none before it
+        if hole >= end:
+            return holes
+        try:
+            position = min(os.lseek(fd, hole, os.SEEK_DATA), end)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            position = end  # no data after the hole
+        holes.append((hole, position))
+    if position < end:
+        holes.append((max(position, size), end))
+    return holes
+
+
+@contextlib.contextmanager
+def _undo_preallocation(fd: int, start: int, length: int) -> Iterator[None]:
+    """Give back the room a preallocation of [start, start + length) took if it fails: ext4
+    keeps the blocks it allocated before it ran out of room, and StorageFull means nothing
+    of the part is kept. Only what were holes before is punched out again, so no byte
+    already written there is lost."""
+    holes = _holes(fd, start, length) if _fallocate is not None else []
+    try:
+        yield
+    except BaseException:
+        for hole_start, hole_end in holes:
+            # Best effort: a file system that cannot punch holes keeps the room.
+            _fallocate(
+                fd,
+                _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                hole_start,
+                hole_end - hole_start,
+            )
+        raise
 
 
 @contextlib.contextmanager
@@ -165,7 +217,8 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
         try:
             with _map_no_space():
                 if reserve > 0:
-                    os.posix_fallocate(fd, start, reserve)
+                    with _undo_preallocation(fd, start, reserve):
+                        os.posix_fallocate(fd, start, reserve)
         except BaseException:
             writer.abort()
             raise
