@@ -58,6 +58,9 @@ class PlacedPart:
     offset: int
     size: int
     placed: bool = True
+    # The upload's part size when its parts were cut at multiples of it (tus), as
+    # `Part.part_size` said when they were written.
+    part_size: int | None = None
 
 
 class PartWriter(Protocol):

@@ -8,8 +8,13 @@ GB once more (and CopyObject stops at 5 GiB). The storage id is `"<UploadId> <ke
 wants bucket, key and UploadId on every call, and with both in the id any API process can
 send any part and any worker can complete the upload. UploadIds contain no space.
 
-Part `index` is S3 part `index + 1`; S3 places parts by number, so a part kept aside
-until its offset is known needs nothing special here.
+S3 places parts by number. A part whose offset is known, in an upload whose part size is
+known, belongs to S3 part `offset // part_size + 1` (for a chunk that is `index + 1`); a
+part kept aside until its offset is known is S3 part `index + 1`. A tus PATCH may end
+anywhere: a part that does not reach the end of its S3 part (nor the file's end) is kept
+as a small "tail" object beside the upload, and the part that completes that S3 part
+sends the tails' bytes first, then its own. So every byte is in exactly one S3 part;
+only the bytes of tails are written twice (at most one part size per S3 part).
 
 S3's rules on parts are this module's business, not the caller's: at most 10,000 parts,
 every part but the last at least 5 MiB, and a part's size sent before its bytes. A part
@@ -136,6 +141,29 @@ def _mapped(what: str) -> Iterator[None]:
         raise _storage_error(what, exc) from exc
 
 
+def _cut(part: Part) -> bool:
+    """Whether the upload's part size and the part's offset are known: S3 parts then follow
+    the multiples of the part size, and a part that does not reach its multiple (nor the
+    file's end) waits as a tail until the rest of its S3 part comes."""
+    return part.part_size is not None and part.offset is not None
+
+
+def _number(index: int, offset: int | None, part_size: int | None) -> int:
+    """The S3 part number of a part: its cut's, or its index's."""
+    if part_size is not None and offset is not None:
+        return offset // part_size + 1
+    return index + 1
+
+
+def _s3_parts(parts: Sequence[PlacedPart]) -> list[tuple[int, int]]:
+    """(S3 part number, size) of the file's S3 parts, from its recorded parts in order."""
+    sizes: dict[int, int] = {}
+    for part in parts:
+        number = _number(part.index, part.offset, part.part_size)
+        sizes[number] = sizes.get(number, 0) + part.size
+    return sorted(sizes.items())
+
+
 def _size_differs(announced: int, came: str) -> PartRefused:
     return PartRefused(
         f"this server's storage needs each part's size before its bytes: the part was "
@@ -223,30 +251,22 @@ class _PartPipe:
 
 
 class _S3PartWriter:
-    """Streams one part: a thread runs UploadPart with the pipe as its body."""
+    """Streams one part: a thread runs UploadPart (or, for a tail, PutObject) with the pipe
+    as its body."""
 
-    def __init__(self, storage: S3Storage, key: str, upload_id: str, part: int, size: int):
+    def __init__(self, client: Any, operation: str, what: str, size: int, **args: Any):
         self._pipe = _PartPipe(size)
-        self._what = f"upload of part {part} to {key!r}"
+        self._what = what
         self._error: BaseException | None = None
         self._finished = False
-        self._args = {
-            "Bucket": storage.bucket,
-            "Key": key,
-            "UploadId": upload_id,
-            "PartNumber": part,
-            "ContentLength": size,
-            "Body": self._pipe,
-        }
-        self._client = storage.part_client
-        self._thread = threading.Thread(
-            target=self._send, name=f"chute-s3-part-{part}", daemon=True
-        )
+        self._call = getattr(client, operation)
+        self._args = {**args, "ContentLength": size, "Body": self._pipe}
+        self._thread = threading.Thread(target=self._send, name="chute-s3-part", daemon=True)
         self._thread.start()
 
     def _send(self) -> None:
         try:
-            self._client.upload_part(**self._args)
+            self._call(**self._args)
         except BaseException as exc:
             self._error = exc
         finally:
@@ -351,10 +371,12 @@ class S3Storage(Storage):
                 "this server's storage needs each part's size before its bytes: "
                 "send a Content-Length"
             )
-        if not 0 <= part.index < MAX_PARTS:
+        if _number(part.index, part.offset, part.part_size) > MAX_PARTS:
             raise PartRefused(f"this server's storage takes at most {MAX_PARTS} parts per file")
         only = part.offset == 0 and part.last is True
-        for small in (part.part_size, part.size if part.last is False else None):
+        # A part cut at multiples of the part size may be shorter: it waits as a tail.
+        short = part.size if part.last is False and not _cut(part) else None
+        for small in (part.part_size, short):
             if not only and small is not None and small < self.min_part_size:
                 raise PartRefused(
                     f"parts of {small} bytes are too small for this server's storage: every "
@@ -365,7 +387,80 @@ class S3Storage(Storage):
     def open_part(self, upload_id: str, part: Part) -> PartWriter:
         size = self._check(part)
         s3_id, key = self._split(upload_id)
-        return _S3PartWriter(self, self._key(key), s3_id, part.index + 1, size)
+        if not _cut(part):
+            return self._part_writer(s3_id, key, part.index + 1, size)
+        assert part.offset is not None and part.part_size is not None
+        start = part.offset - part.offset % part.part_size
+        end = part.offset + size
+        if end - start < part.part_size and part.last is not True:
+            # Not the whole of its S3 part yet: kept as a tail object until the rest comes.
+            return _S3PartWriter(
+                self.part_client, "put_object", f"tail at {part.offset} of {key!r}", size,
+                Bucket=self.bucket, Key=self._tail_key(s3_id, part.offset),
+            )  # fmt: skip
+        tails = self._tail_chain(s3_id, start, part.offset)
+        writer = self._part_writer(s3_id, key, start // part.part_size + 1, end - start)
+        try:
+            for tail_key in tails:
+                with _mapped(f"read of a tail of {key!r}"):
+                    body = self.client.get_object(Bucket=self.bucket, Key=tail_key)["Body"]
+                while block := body.read(PIPE_BYTES):
+                    writer.write(block)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def _part_writer(self, s3_id: str, key: str, number: int, size: int) -> _S3PartWriter:
+        return _S3PartWriter(
+            self.part_client, "upload_part", f"upload of part {number} to {key!r}", size,
+            Bucket=self.bucket, Key=self._key(key), UploadId=s3_id, PartNumber=number,
+        )  # fmt: skip
+
+    def _tails(self, s3_id: str) -> str:
+        """Where an upload's tails wait: beside the upload, under the storage's prefix."""
+        return f"{self.prefix}.chute-tails/{s3_id}/"
+
+    def _tail_key(self, s3_id: str, offset: int) -> str:
+        return f"{self._tails(s3_id)}{offset:020d}"
+
+    def _listed_tails(self, s3_id: str) -> dict[int, tuple[str, int]]:
+        """The upload's tails by offset: (key, size)."""
+        found: dict[int, tuple[str, int]] = {}
+        with _mapped("listing of tails"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._tails(s3_id)
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    offset = int(item["Key"].rsplit("/", 1)[1])
+                    found[offset] = (item["Key"], int(item["Size"]))
+        return found
+
+    def _tail_chain(self, s3_id: str, start: int, end: int) -> list[str]:
+        """The tails that hold the bytes from `start` to `end`, in order."""
+        if start == end:
+            return []
+        listed = self._listed_tails(s3_id)
+        chain, at = [], start
+        while at < end:
+            if at not in listed:
+                raise StorageError(f"the bytes from {at} to {end} are missing from the store")
+            key, size = listed[at]
+            chain.append(key)
+            at += size
+        if at != end:
+            raise StorageError(f"the stored bytes before {end} do not end there")
+        return chain
+
+    def _drop_tails(self, s3_id: str) -> None:
+        keys = [{"Key": key} for key, _ in self._listed_tails(s3_id).values()]
+        for i in range(0, len(keys), _DELETE_BATCH):
+            with _mapped("removal of tails"):
+                self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": keys[i : i + _DELETE_BATCH], "Quiet": True},
+                )
 
     def _parts(self, s3_id: str, key: str) -> dict[int, list[dict[str, Any]]]:
         """Every part the store lists, by number (some stores list a replaced part too)."""
@@ -412,14 +507,13 @@ class S3Storage(Storage):
                     f"upload {upload_id} is neither pending nor complete"
                 ) from None
             listed = []
-            for part in parts:
-                number = part.index + 1
+            for number, size in _s3_parts(parts):
                 # Only versions of the right size: a store may also list what a request cut
                 # off short left behind (SeaweedFS: a 0-byte part).
-                etags = [p["ETag"] for p in stored_parts.get(number, []) if p["Size"] == part.size]
+                etags = [p["ETag"] for p in stored_parts.get(number, []) if p["Size"] == size]
                 if not etags:
                     raise StorageError(
-                        f"{what}: part {number} of {part.size} bytes is missing from the store"
+                        f"{what}: part {number} of {size} bytes is missing from the store"
                     )
                 listed += [{"PartNumber": number, "ETag": etag} for etag in etags]
             self.client.complete_multipart_upload(
@@ -429,9 +523,11 @@ class S3Storage(Storage):
         size = parts[-1].offset + parts[-1].size if parts else 0
         if stored != size:
             raise StorageError(f"{what}: the store assembled {stored} bytes, not {size}")
+        self._drop_tails(s3_id)
 
     def abort(self, upload_id: str) -> None:
         s3_id, key = self._split(upload_id)
+        self._drop_tails(s3_id)
         with _mapped(f"abort of the upload to {key!r}"):
             try:
                 self.client.abort_multipart_upload(

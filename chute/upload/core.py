@@ -173,9 +173,14 @@ def parts_for_assembly(session: Session, job_id: int) -> list[PlacedPart]:
     rows = session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.index)).all()
     # A chunk's offset is index * chunk_size; an upload of one chunk may have none.
     chunk_size = upload.chunk_size or upload.bytes_received
+    cut = upload.chunk_size if upload.protocol == "tus" else None
     return [
         PlacedPart(
-            c.index, c.offset if c.offset is not None else c.index * chunk_size, c.size, c.placed
+            c.index,
+            c.offset if c.offset is not None else c.index * chunk_size,
+            c.size,
+            c.placed,
+            cut,
         )
         for c in rows
     ]
