@@ -413,7 +413,7 @@ class S3Storage(Storage):
 
     def _part_writer(self, s3_id: str, key: str, number: int, size: int) -> _S3PartWriter:
         return _S3PartWriter(
-            self.part_client, "upload_part", f"upload of part {number} to {key!r}", size,
+            self.part_client, "upload_part", f"upload of part {number} to {self._key(key)!r}", size,
             Bucket=self.bucket, Key=self._key(key), UploadId=s3_id, PartNumber=number,
         )  # fmt: skip
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Client, Server, ServerFactory, storage_holds
-from tests.factories import csv_bytes, sha256
+from tests.factories import csv_bytes, csv_of_size, sha256
 
 pytestmark = pytest.mark.deployments
 
@@ -103,17 +103,17 @@ def test_an_upload_in_several_patches_runs_its_job_once(client: Client) -> None:
     ]
 
 
-def test_a_patch_is_recorded_part_by_part(make_server: ServerFactory) -> None:
+def test_a_patch_is_recorded_part_by_part(make_server: ServerFactory, chunk: int) -> None:
     """A PATCH longer than the part size is cut at multiples of it, each part recorded."""
-    server = make_server(CHUTE_CHUNK_SIZE=str(64 * 1024), CHUTE_S3_MIN_PART_SIZE=str(64 * 1024))
+    part = chunk
+    server = make_server(CHUTE_CHUNK_SIZE=str(part))
     client = server.client()
-    data = csv_bytes(40_000)
+    data = csv_of_size(3 * part + part // 3)
     url, job_id = created(client, len(data))
     assert patch(client, url, 0, data[:100]).status_code == 204
     answer = patch(client, url, 100, data[100:])
     assert answer.status_code == 204, answer.text
     status = client.http.get(f"/api/job/{job_id}/upload-data").json()
-    part = 64 * 1024
     assert [c["size"] for c in status["chunks"]] == [100, part - 100] + [part] * (
         (len(data) - part) // part
     ) + ([(len(data) - part) % part] if (len(data) - part) % part else [])
@@ -223,7 +223,8 @@ def test_a_job_sent_with_tus_refuses_chunks(client: Client) -> None:
     assert answer.status_code == 409, answer.text
     assert "tus" in answer.json()["detail"]
     other = client.new_job("chunks first")
-    assert client.send_chunk(other, 0, 2, data[:1000]).status_code == 200
+    # The last chunk, which may be small on any storage, arrives first.
+    assert client.send_chunk(other, 1, 2, data[1000:]).status_code == 200
     answer = create(client, len(data), job_id=str(other))
     assert answer.status_code == 409, answer.text
 
@@ -318,11 +319,13 @@ def _send_part_of_a_patch(
         time.sleep(0.5)
 
 
-def test_a_dropped_patch_keeps_the_parts_it_completed(make_server: ServerFactory) -> None:
-    part = 64 * 1024
-    server = make_server(CHUTE_CHUNK_SIZE=str(part), CHUTE_S3_MIN_PART_SIZE=str(part))
+def test_a_dropped_patch_keeps_the_parts_it_completed(
+    make_server: ServerFactory, chunk: int
+) -> None:
+    part = chunk
+    server = make_server(CHUTE_CHUNK_SIZE=str(part))
     client = server.client()
-    data = csv_bytes(60_000)
+    data = csv_of_size(4 * part + 1000)
     assert len(data) > 4 * part
     url, job_id = created(client, len(data))
     token = client.http.headers["Authorization"].split()[1]
@@ -346,4 +349,4 @@ def test_expired_uploads_are_removed(make_server: ServerFactory) -> None:
     assert patch(client, url, 0, data[:500]).status_code == 204
     client.wait_for(job_id, "upload_expired", timeout=20)
     assert head(client, url).status_code == 404
-    assert storage_holds(server).uploads == []
+    assert storage_holds(server).uploads == {}
