@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -11,7 +12,7 @@ from chute.config import Settings
 from chute.db.session import make_engine, make_sessionmaker
 from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
-from chute.storage import Storage, make_storage
+from chute.storage import PartLocking, Storage, make_storage
 from chute.upload.partlease import PartLeases
 
 
@@ -26,14 +27,20 @@ class Runtime:
     queue: JobQueue = field(init=False)
     # One writer per part, for storage without part locks of its own.
     part_leases: PartLeases = field(init=False)
+    # Who keeps two writers of one part apart: the storage itself where it can (local
+    # disk), else the database's leases. Chosen here, once, never per request.
+    part_locks: PartLocking = field(init=False)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    from chute.jobs.runner import run_job  # the runner needs the runtime it is part of
+# What a worker does with a job id from the queue (`chute.jobs.runner.run_job`). The
+# entry points bind it: the runner needs the runtime, so the runtime must not import it.
+JobHandler = Callable[[Runtime, int], None]
 
+
+def build_runtime(settings: Settings, *, handler: JobHandler) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     runtime = Runtime(
@@ -44,8 +51,10 @@ def build_runtime(settings: Settings) -> Runtime:
         kinds=load_kinds(),
     )
     runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)
+    storage = runtime.storage
+    runtime.part_locks = storage if isinstance(storage, PartLocking) else runtime.part_leases
     runtime.queue = JobQueue(
         make_huey(settings.resolved_queue_url, settings.queue_name),
-        lambda job_id: run_job(runtime, job_id),
+        lambda job_id: handler(runtime, job_id),
     )
     return runtime

@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from chute.errors import ChuteError, Problem, invalid
 from chute.runtime import Runtime
-from chute.storage import PartLocking, PartWriter, StorageError, StorageFull
+from chute.storage import PartWriter, StorageError, StorageFull
 from chute.upload import service
 from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.form import Field, FileData, FileEnd, FileStart, iter_form
@@ -403,11 +403,9 @@ class ChunkReceiver:
         writer: PartWriter | None = None
         lease: Lease | None = None
         if not plan.complete:
-            # Local disk locks its parts itself; other storage (S3) through the database.
-            locks: PartLocking = (
-                storage if isinstance(storage, PartLocking) else self.rt.part_leases
+            lock = self.rt.part_locks.lock_part(
+                plan.storage_id, request.index, self.settings.chunk_lock_timeout
             )
-            lock = locks.lock_part(plan.storage_id, request.index, self.settings.chunk_lock_timeout)
             try:
                 held = await self._run(lock.__enter__)
             except TimeoutError:
