@@ -62,7 +62,6 @@ from chute.upload.csvcheck import CsvStartCheck
 SEND_BLOCK = 256 * 1024
 # The hasher reads into one buffer of its own, reused: nothing is allocated per block.
 HASH_BLOCK = 1024 * 1024
-COMPLETING_MESSAGE = "Data uploaded successfully and job started"
 
 
 class UploadClient(Protocol):
@@ -462,7 +461,7 @@ class Sender:
         self._confirmed(response.json())
 
     def _confirmed(self, answer: dict[str, Any]) -> None:
-        if answer.get("message") == COMPLETING_MESSAGE:
+        if answer.get("complete") is True:
             self.completed = True
         self.chunk0_ok.set()
         self.tracker.confirmed()
