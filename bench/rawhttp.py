@@ -208,7 +208,7 @@ class UploadRun:
         return self.file_size / self.seconds
 
     def completing(self) -> ChunkResult:
-        done = [c for c in self.chunks if c.answer.get("message") == MESSAGE_COMPLETE]
+        done = [c for c in self.chunks if c.answer.get("complete") is True]
         if len(done) != 1:
             raise ProtocolError(f"expected one completing answer, got {len(done)}")
         return done[0]

@@ -20,6 +20,7 @@ from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
+from chute.jobs.runner import run_job
 from chute.runtime import build_runtime
 from chute.upload.stream import UploadSlots
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = build_runtime(settings)
+        # API processes only enqueue, naming the task the workers bound to this handler.
+        runtime = build_runtime(settings, handler=run_job)
         # Threads for blocking work of upload requests (hashing, disk writes, database).
         executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="chute-io")
         app.state.runtime = runtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -26,17 +27,20 @@ class Runtime:
     queue: JobQueue = field(init=False)
     # One writer per part, for storage without part locks of its own.
     part_leases: PartLeases = field(init=False)
-    # The lock that keeps two writers of one part apart: the storage's own (local disk)
-    # or the database's leases (storage shared by machines, such as S3). Chosen once here.
+    # Who keeps two writers of one part apart: the storage itself where it can (local
+    # disk), else the database's leases. Chosen here, once, never per request.
     part_locks: PartLocking = field(init=False)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    from chute.jobs.runner import run_job  # the runner needs the runtime it is part of
+# What a worker does with a job id from the queue (`chute.jobs.runner.run_job`). The
+# entry points bind it: the runner needs the runtime, so the runtime must not import it.
+JobHandler = Callable[[Runtime, int], None]
 
+
+def build_runtime(settings: Settings, *, handler: JobHandler) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     runtime = Runtime(
@@ -51,6 +55,6 @@ def build_runtime(settings: Settings) -> Runtime:
     runtime.part_locks = storage if isinstance(storage, PartLocking) else runtime.part_leases
     runtime.queue = JobQueue(
         make_huey(settings.resolved_queue_url, settings.queue_name),
-        lambda job_id: run_job(runtime, job_id),
+        lambda job_id: handler(runtime, job_id),
     )
     return runtime

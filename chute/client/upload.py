@@ -41,23 +41,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from chute.client.errors import ApiError, ChuteClientError, UploadError, detail_of
-from chute.client.models import HeldChunk, ServerConfig, UploadStatus
+from chute.client.models import HeldChunk, Job, ServerConfig, UploadStatus
 from chute.client.multipart import ChunkForm
 from chute.client.progress import ProgressCallback, Tracker
-from chute.client.retry import Aborted, GaveUp
+from chute.client.retry import Aborted, GaveUp, RetryPolicy
 from chute.client.stall import socket_options
 from chute.client.throttle import Throttle
 from chute.client.zerocopy import SENDFILE_BLOCK, ChunkConnection, FileRegion
 from chute.errors import ChuteError
 from chute.upload.csvcheck import CsvStartCheck
-
-if TYPE_CHECKING:
-    from chute.client.api import Client
 
 # Bytes read and handed to the socket at a time. Each sender holds one such block;
 # small blocks keep that, and what the allocator keeps per thread, low with many in
@@ -65,7 +62,28 @@ if TYPE_CHECKING:
 SEND_BLOCK = 256 * 1024
 # The hasher reads into one buffer of its own, reused: nothing is allocated per block.
 HASH_BLOCK = 1024 * 1024
-COMPLETING_MESSAGE = "Data uploaded successfully and job started"
+
+
+class UploadClient(Protocol):
+    """What an upload needs of a client: `chute.client.api.Client` is one.
+
+    A protocol, so that this module depends on these few members, not on `Client`.
+    """
+
+    http: httpx.Client  # its base URL, authorization header and timeouts; chunks posted on it
+    retry: RetryPolicy
+    stall_timeout: float
+
+    def upload_status(self, job_id: int) -> UploadStatus: ...
+
+    def config(self) -> ServerConfig: ...
+
+    def job(self, job_id: int) -> Job: ...
+
+    def zero_copy_address(self) -> tuple[str, int] | None: ...
+
+    def retrying(self, what: str, failure: Exception, wait: float) -> None:
+        """Hears of a failed try that will be tried again after `wait` seconds."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +187,7 @@ def _check_against(status: UploadStatus, pieces: tuple[Piece, ...], size: int) -
 
 
 def upload_file(
-    client: Client,
+    client: UploadClient,
     job_id: int,
     path: Path,
     *,
@@ -238,7 +256,7 @@ class Sender:
 
     def __init__(
         self,
-        client: Client,
+        client: UploadClient,
         job_id: int,
         file_plan: Plan,
         tracker: Tracker,
@@ -443,7 +461,7 @@ class Sender:
         self._confirmed(response.json())
 
     def _confirmed(self, answer: dict[str, Any]) -> None:
-        if answer.get("message") == COMPLETING_MESSAGE:
+        if answer.get("complete") is True:
             self.completed = True
         self.chunk0_ok.set()
         self.tracker.confirmed()

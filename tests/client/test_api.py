@@ -78,6 +78,20 @@ def test_upload_sends_only_the_chunks_the_server_lacks(
     assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
 
 
+def test_the_completing_answer_is_known_by_its_complete_field(
+    small_chunks: Server, tmp_path: Path
+) -> None:
+    """The last chunk's answer says `"complete": true`: the client believes it and asks
+    for the upload's status only once, before sending (else again, to learn it is whole)."""
+    path, _ = write_csv(tmp_path, 5_000, seed=4)
+    with signed_in(small_chunks) as chute:
+        job = chute.create_job("complete field")
+        summary = chute.upload(job.id, path, parallel=2)
+    assert summary.sent_chunks == summary.total_chunks > 1
+    status_reads = f'"GET /api/job/{job.id}/upload-data HTTP/1.1" 200'
+    assert small_chunks.log().count(status_reads) == 1
+
+
 def test_a_complete_upload_is_not_sent_again(small_chunks: Server, tmp_path: Path) -> None:
     path, _ = write_csv(tmp_path, 5_000, seed=2)
     with signed_in(small_chunks) as chute:

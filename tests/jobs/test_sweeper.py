@@ -18,6 +18,7 @@ from chute.auth.service import add_user, issue_token
 from chute.config import Settings
 from chute.db.migrate import upgrade
 from chute.db.models import AuthToken, Chunk, Job, JobStatus, TokenKind, Upload, User, utcnow
+from chute.jobs.runner import run_job
 from chute.jobs.sweeper import sweep
 from chute.runtime import Runtime, build_runtime
 from tests.conftest import postgres_database, require_services
@@ -57,7 +58,7 @@ def runtimes(database_url: str, tmp_path: Path) -> Iterator[list[Runtime]]:
     """Runtimes as separate processes would have them: an engine each, one database."""
     upgrade(database_url)
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, max_attempts=3)
-    built = [build_runtime(settings) for _ in range(SWEEPERS)]
+    built = [build_runtime(settings, handler=run_job) for _ in range(SWEEPERS)]
     yield built
     for rt in built:
         rt.close()
@@ -193,7 +194,7 @@ def test_a_sweep_deletes_expired_tokens_and_sessions(tmp_path: Path) -> None:
     """The sweep calls the auth purge: expired rows go, live ones stay (real SQLite)."""
     url = f"sqlite:///{tmp_path / 'chute.db'}"
     upgrade(url)
-    rt = build_runtime(Settings(data_dir=tmp_path / "data", database_url=url))
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", database_url=url), handler=run_job)
     try:
         with rt.sessions() as session:
             user = add_user(session, "sweep-auth", "pw")
