@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -109,16 +108,14 @@ class Request:
         return self.answered - self.sent
 
 
-@dataclass
-class TusRound:
-    """One upload to one server."""
+@dataclass(frozen=True)
+class Sent:
+    """What the client saw of one upload."""
 
     url: str
-    job_id: int | None
+    job_id: int | None  # the job a Chute server named (Chute-Job-Id)
+    client_cpu: float  # CPU seconds of the Node client during the upload
     requests: list[Request]
-    usage: Usage
-    memory: list[ProcessMemory]  # peaks since the reset just before the upload
-    client_cpu: float  # CPU seconds of the Node client, its start-up included
 
     @property
     def seconds(self) -> float:
@@ -130,6 +127,15 @@ class TusRound:
         if len(done) != 1:
             raise BenchError(f"expected one PATCH answered with offset {size}, got {len(done)}")
         return done[0]
+
+
+@dataclass(frozen=True)
+class TusRound:
+    """One upload to one server."""
+
+    sent: Sent
+    usage: Usage
+    memory: list[ProcessMemory]  # peaks since the reset just before the upload
 
     @property
     def peak_rss(self) -> int:
@@ -147,10 +153,9 @@ def tus_upload(
     headers: dict[str, str],
     metadata: dict[str, str],
     checksums: dict[str, str] | None,
-) -> tuple[str, int | None, list[Request]]:
-    """Send `source` with tus-js-client in a Node process of its own: the upload's URL,
-    the job id the server named (Chute only) and every request, checked against the
-    protocol (201, then 204s that each move the offset by their body)."""
+) -> Sent:
+    """Send `source` with tus-js-client in a Node process of its own. Every request is
+    checked against the protocol: 201, then 204s that each move the offset by their body."""
     spec = {
         "endpoint": endpoint,
         "file": str(source.path),
@@ -195,8 +200,9 @@ def tus_upload(
         tail = [(r.method, r.offset, r.status) for r in requests[-3:]]
         raise BenchError(f"the tus upload failed: {answer['error']} (last requests: {tail})")
     _check_requests(requests, source)
-    job_id = _int_or_none(answer["jobId"])
-    return str(answer["url"]), job_id, requests
+    return Sent(
+        str(answer["url"]), _int_or_none(answer["jobId"]), float(answer["cpuSeconds"]), requests
+    )
 
 
 def _check_requests(requests: Sequence[Request], source: Source) -> None:
@@ -425,8 +431,7 @@ def one_round(bench: Bench, target: Target, source: Source) -> TusRound:
     warm(source)
     target.server.reset_peaks()
     bench.meter.start(target.server.pids())
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    url, job_id, requests = tus_upload(
+    sent = tus_upload(
         target.work,
         source,
         target.endpoint,
@@ -434,15 +439,11 @@ def one_round(bench: Bench, target: Target, source: Source) -> TusRound:
         {"name": "bench", "filename": source.path.name, "filetype": "text/csv"},
         target.checksums(source),
     )
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     usage = bench.meter.stop()
     memory = target.server.memory()
-    target.check_stored(url, job_id, source)
-    target.discard(url, job_id)
-    client_cpu = (children.ru_utime - children_before.ru_utime) + (
-        children.ru_stime - children_before.ru_stime
-    )
-    return TusRound(url, job_id, requests, usage, memory, client_cpu)
+    target.check_stored(sent.url, sent.job_id, source)
+    target.discard(sent.url, sent.job_id)
+    return TusRound(sent, usage, memory)
 
 
 # --- the report -----------------------------------------------------------------------
@@ -457,6 +458,7 @@ class Figures:
     peak_rss: list[int] = field(default_factory=list)
     completing: list[float] = field(default_factory=list)
     cpu_per_gib: list[float] = field(default_factory=list)
+    client_cpu_per_gib: list[float] = field(default_factory=list)
     note: str = ""
 
 
@@ -480,6 +482,7 @@ def report(figures: list[Figures], skipped: dict[str, str]) -> list[Row]:
             lambda v: f"{v:.3f}",
         ),
         ("server CPU s per GiB", lambda f: f.cpu_per_gib, lambda v: f"{v:.2f}"),
+        ("client CPU s per GiB", lambda f: f.client_cpu_per_gib, lambda v: f"{v:.2f}"),
     ]
     rows: list[Row] = []
     for n, (title, values, show) in enumerate(sections):
@@ -521,18 +524,18 @@ def report(figures: list[Figures], skipped: dict[str, str]) -> list[Row]:
 
 def _round_json(r: TusRound, size: int) -> dict[str, Any]:
     return {
-        "url": r.url,
-        "job_id": r.job_id,
-        "seconds": r.seconds,
-        "mb_per_s": size / r.seconds / MB,
-        "completing_after_last_byte": r.completing(size).after_last_byte,
+        "url": r.sent.url,
+        "job_id": r.sent.job_id,
+        "seconds": r.sent.seconds,
+        "mb_per_s": size / r.sent.seconds / MB,
+        "completing_after_last_byte": r.sent.completing(size).after_last_byte,
         "peak_rss": r.peak_rss,
         "memory": [asdict(m) for m in r.memory],
         "usage": asdict(r.usage),
-        "client_cpu": r.client_cpu,
+        "client_cpu": r.sent.client_cpu,
         "requests": [
             {**asdict(q), "after_last_byte": None if q.sent is None else q.after_last_byte}
-            for q in r.requests
+            for q in r.sent.requests
         ],
     }
 
@@ -593,8 +596,8 @@ def run(args: argparse.Namespace) -> int:
                     results[target.key].append(done)
                     _say(
                         f"round {i + 1}/{rounds} {target.title}: "
-                        f"{size / done.seconds / MB:.0f} MB/s, "
-                        f"completing PATCH {done.completing(size).after_last_byte:.3f} s, "
+                        f"{size / done.sent.seconds / MB:.0f} MB/s, "
+                        f"completing PATCH {done.sent.completing(size).after_last_byte:.3f} s, "
                         f"peak RSS {done.peak_rss / MB:.0f} MB"
                     )
                 if args.chunk_endpoint:
@@ -616,10 +619,11 @@ def run(args: argparse.Namespace) -> int:
         figures.append(
             Figures(
                 title,
-                [size / r.seconds / MB for r in runs],
+                [size / r.sent.seconds / MB for r in runs],
                 [r.peak_rss for r in runs],
-                [r.completing(size).after_last_byte for r in runs],
+                [r.sent.completing(size).after_last_byte for r in runs],
                 [r.usage.server_cpu / (size / GiB) for r in runs],
+                [r.sent.client_cpu / (size / GiB) for r in runs],
                 note,
             )
         )
@@ -631,7 +635,9 @@ def run(args: argparse.Namespace) -> int:
                 [sum(m.peak for m in s.memory_after_upload[0]) for s in chunk_runs],
                 [s.completing_after_last_byte for s in chunk_runs],
                 [s.usage[0].server_cpu / (size / GiB) for s in chunk_runs],
-                "upload_bench.py's client: from the first chunk's byte; its own server per round",
+                [s.usage[0].client_cpu / (size / GiB) for s in chunk_runs],
+                "upload_bench.py's client (rawhttp, sendfile), from the first chunk's byte;"
+                " its own server per round",
             )
         )
     rows = report(figures, skipped)

@@ -10,9 +10,10 @@
 // benchmark computes them before the clock starts, and a PATCH at an offset not
 // listed (the server kept part of a body) has its slice hashed here.
 //
-// Prints one JSON object: the upload URL, the job id a Chute server named, and every
-// request with the times (ms, one clock) it started, had its last byte handed to the
-// kernel ('finish') and had its answer read.
+// Prints one JSON object: the upload URL, the job id a Chute server named, the CPU
+// seconds this process spent on the upload (its start-up left out), and every request
+// with the times (ms, one clock) it started, had its last byte handed to the kernel
+// ('finish') and had its answer read.
 
 import { createHash } from 'node:crypto';
 import { createReadStream, readFileSync } from 'node:fs';
@@ -145,9 +146,14 @@ function upload() {
   });
 }
 
+const cpuBefore = process.cpuUsage();
+const cpuSeconds = () => {
+  const used = process.cpuUsage(cpuBefore);
+  return (used.user + used.system) / 1e6;
+};
 try {
   const url = await upload();
-  console.log(JSON.stringify({ ok: true, url, jobId, requests }));
+  console.log(JSON.stringify({ ok: true, url, jobId, cpuSeconds: cpuSeconds(), requests }));
 } catch (error) {
   console.log(JSON.stringify({ ok: false, error: String(error), jobId, requests }));
   process.exitCode = 1;
