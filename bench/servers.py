@@ -118,7 +118,8 @@ class Server:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"the server exited early:\n{self.log_tail()}")
+                status = self.process.returncode  # negative: the signal that ended it
+                raise ServerError(f"the server exited early ({status}):\n{self.log_tail()}")
             log_text = self.log_path.read_text(errors="replace")
             if log_text.count(STARTUP_LINE) >= self.api_processes and self._accepts():
                 return

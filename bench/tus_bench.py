@@ -17,7 +17,8 @@ PATCH per `--chunk-size` bytes, read from the same file. Each round is checked: 
 bytes the server stored have the file's SHA-256. Reported per server, as the median of
 the rounds with their min-max: MB/s from the creation request's start to the last
 answer, the server's peak RSS during the upload, the completing PATCH's time from its
-last byte handed to the kernel to its answer, and the server's CPU per GiB.
+last byte handed to the kernel to its answer, and the server's and the client's CPU per
+GiB. While this checkout's Chute has no tus endpoint, its row is skipped.
 
     .venv/bin/python bench/tus_bench.py [--size 1GiB] [--rounds 5] [--chunk-size 100MiB]
 
@@ -46,10 +47,10 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from rawhttp import Source, call
-from servers import HOST, ProcessMemory, Server, free_port, running
+from servers import HOST, ProcessMemory, Server, free_port
 from upload_bench import (
     GOAL_COMPLETING_ANSWER,
     MB,
@@ -78,6 +79,9 @@ from upload_bench import (
     warm,
 )
 from usage import Usage
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 TUS_DIR = Path(__file__).resolve().parent / "tus"
 NODE = shutil.which("node") or "node"
@@ -280,9 +284,9 @@ class Target(ABC):
 class PeerTarget(Target):
     """A peer that stores an upload as one file, `<dir>/<id>`, beside its own sidecar."""
 
-    def __init__(self, work: Path) -> None:
-        super().__init__(work)
-        self.files = self.work / "files"  # the same disk as Chute's data dir
+    @property
+    def files(self) -> Path:
+        return self.work / "files"  # the same disk as Chute's data dir
 
     @property
     def endpoint(self) -> str:
@@ -313,7 +317,7 @@ class NodeTarget(PeerTarget):
 
     def make_server(self) -> Server:
         argv = [NODE, str(TUS_DIR / "node_server.mjs"), "--port", str(self.port)]
-        argv += ["--dir", str(self.work / "files")]
+        argv += ["--dir", str(self.files)]
         # No uvicorn start-up line to wait for: ready once the port takes connections.
         return Server(argv, bench_env({}), self.port, 0, self.work / "server.log")
 
@@ -325,7 +329,7 @@ class TuspyTarget(PeerTarget):
 
     def make_server(self) -> Server:
         argv = [PYTHON, str(TUS_DIR / "tuspy_server.py"), "--port", str(self.port)]
-        argv += ["--dir", str(self.work / "files")]
+        argv += ["--dir", str(self.files)]
         return Server(argv, bench_env({}), self.port, 1, self.work / "server.log")
 
 
@@ -424,6 +428,17 @@ TARGETS: dict[str, type[Target]] = {
     "node": NodeTarget,
     "tuspy": TuspyTarget,
 }
+
+
+def _with_log(target: Target, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`work`'s result; a failure names the server and carries the tail of its log."""
+    try:
+        return work(*args, **kwargs)
+    except Exception as exc:
+        raise BenchError(
+            f"{target.title}: {type(exc).__name__}: {exc}\n"
+            f"--- its log (tail) ---\n{target.server.log_tail()}"
+        ) from exc
 
 
 def one_round(bench: Bench, target: Target, source: Source) -> TusRound:
@@ -580,7 +595,8 @@ def run(args: argparse.Namespace) -> int:
             for key in args.servers:
                 target = TARGETS[key](work)
                 _say(f"starting {target.title}")
-                stack.enter_context(running(target.server, PROJECT_DIR))
+                stack.callback(target.server.stop)
+                _with_log(target, target.server.start, PROJECT_DIR)
                 if isinstance(target, ChuteTarget) and (why := target.has_tus()):
                     skipped[target.title] = f"this checkout's Chute has no tus endpoint ({why})"
                     _say(f"skipping {target.title}: {skipped[target.title]}")
@@ -592,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
                 results[target.key] = []
             for i in range(rounds):
                 for target in targets:
-                    done = one_round(bench, target, source)
+                    done = _with_log(target, one_round, bench, target, source)
                     results[target.key].append(done)
                     _say(
                         f"round {i + 1}/{rounds} {target.title}: "
