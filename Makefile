@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench bench-tus clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/upload_bench.py
+
+# Chute's tus endpoint against @tus/server and tuspyserver (bench/README.md).
+bench-tus: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python bench/tus_bench.py
 
 clean:
 	rm -rf $(VENV)

@@ -89,7 +89,9 @@ def _cmdline(pid: int) -> str:
 
 
 class Server:
-    """A server command started in its own session, so its whole tree is one group."""
+    """A server command started in its own session, so its whole tree is one group.
+    `api_processes` is how many uvicorn start-up lines mean ready; 0 for a server that
+    is not uvicorn (ready once its port takes connections)."""
 
     def __init__(
         self, argv: list[str], env: dict[str, str], port: int, api_processes: int, log_path: Path
@@ -116,7 +118,8 @@ class Server:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"the server exited early:\n{self.log_tail()}")
+                status = self.process.returncode  # negative: the signal that ended it
+                raise ServerError(f"the server exited early ({status}):\n{self.log_tail()}")
             log_text = self.log_path.read_text(errors="replace")
             if log_text.count(STARTUP_LINE) >= self.api_processes and self._accepts():
                 return
@@ -153,7 +156,7 @@ class Server:
                 continue
             args = _cmdline(pid)
             if pid == root:
-                role = "API" if self.api_processes == 1 else "supervisor"
+                role = "API" if self.api_processes <= 1 else "supervisor"
             elif "chute worker" in args:
                 role = "job worker"
             elif "resource_tracker" in args:
