@@ -48,6 +48,10 @@ class Problem(Enum):
         409,
         "This job already has an upload with bytes stored: resume it, or discard it first.",
     )
+    PARTIAL_UNFINISHED = (
+        409,
+        "A partial upload that Upload-Concat names is not finished: finish it first.",
+    )
     OFFSET_DIFFERS = (
         409,
         "Upload-Offset is {sent}, but the upload holds {offset} bytes: resume from there.",

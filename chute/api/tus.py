@@ -5,15 +5,20 @@ Thin: headers in, headers out. The rules are `chute.upload.tus`'s, the records t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email.utils import format_datetime
+from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chute.api.deps import CurrentUser, RuntimeDep
 from chute.errors import ChuteError, Problem
 from chute.jobs.service import create_job
+from chute.runtime import Runtime
 from chute.upload import tus
+from chute.upload import tus_records as records
 from chute.upload.stream import Body
 
 router = APIRouter(prefix="/api/tus", tags=["tus"])
@@ -30,12 +35,10 @@ def _location(request: Request, tus_id: str) -> str:
     return f"{public}{PREFIX}/{tus_id}"
 
 
-def _state_headers(state: tus.TusState) -> dict[str, str]:
-    headers = {
-        "Upload-Offset": str(state.offset),
-        "Upload-Length": str(state.length),
-        "Chute-Job-Id": str(state.job_id),
-    }
+def _state_headers(state: records.TusState) -> dict[str, str]:
+    headers = {"Upload-Offset": str(state.offset), "Upload-Length": str(state.length)}
+    if state.job_id is not None:
+        headers["Chute-Job-Id"] = str(state.job_id)
     if state.expires_at is not None:
         headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
     return headers
@@ -76,51 +79,105 @@ def options(rt: RuntimeDep) -> Response:
 @router.post("/", status_code=201)
 async def create(request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
     """A new upload: `Upload-Length`, and `Upload-Metadata` naming the job (`job_id`) or
-    the new job's `name` (and `kind`, `params`); the body may carry the first bytes."""
+    the new job's `name` (and `kind`, `params`); the body may carry the first bytes.
+    Concatenation: `Upload-Concat: partial` makes a partial upload of no job yet, and
+    `Upload-Concat: final;<url> <url> ...` the job's upload from finished partials."""
     _check_version(request)
-    length = tus.parse_count("Upload-Length", request.headers.get("upload-length"))
+    concat = request.headers.get("upload-concat", "").strip()
     raw_metadata = request.headers.get("upload-metadata")
     metadata = tus.parse_metadata(raw_metadata)
-    wanted = tus.job_of(metadata)
-    file_name = tus.file_name_of(metadata)
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
     body = _has_body(request)
     if body and request.headers.get("content-type") != tus.PATCH_TYPE:
         raise ChuteError(Problem.TUS_CONTENT_TYPE)
-
-    tus.check_length(rt.settings, length)
-
-    def create_in_db() -> tus.TusState:
-        with rt.sessions() as session:
-            if isinstance(wanted, int):
-                return tus.create_upload(
-                    session, rt.storage, rt.settings, user.id,
-                    tus.job_for(session, user.id, wanted), length, raw_metadata, file_name,
-                )  # fmt: skip
-            job = create_job(session, rt.kinds, user.id, wanted.name, wanted.kind, wanted.params)
-            try:
-                return tus.create_upload(
-                    session, rt.storage, rt.settings, user.id, job.id, length, raw_metadata,
-                    file_name,
-                )  # fmt: skip
-            except BaseException:
-                # The job was made for this upload only: nothing of a refused one stays.
-                session.rollback()
-                session.delete(job)
-                session.commit()
-                raise
-
     patch = _patch(request, user.id)
-    state = await patch.path.in_thread(create_in_db)
+    if concat.startswith("final;"):
+        if body or request.headers.get("upload-length") is not None:
+            raise tus.bad_header("a final upload has neither Upload-Length nor a body")
+        partials = [records.tus_id_of(url) for url in concat.removeprefix("final;").split()]
+        state, queued = await patch.path.in_thread(
+            lambda: _create_final(rt, user.id, partials, raw_metadata, metadata)
+        )
+        if queued and state.job_id is not None:
+            await patch.path.enqueue(state.job_id)
+        headers = {"Location": _location(request, state.tus_id), **_state_headers(state)}
+        return Response(status_code=201, headers=headers)
+    if concat not in ("", "partial"):
+        raise tus.bad_header("Upload-Concat must be partial, or final;<urls>")
+    length = tus.parse_count("Upload-Length", request.headers.get("upload-length"))
+    records.check_length(rt.settings, length)
+    if concat == "partial":
+        state = await patch.path.in_thread(
+            lambda: _in_session(
+                rt,
+                lambda s: records.create_partial(
+                    s, rt.storage, rt.settings, user.id, length, raw_metadata
+                ),
+            )
+        )
+    else:
+        state = await patch.path.in_thread(
+            lambda: _create_upload(rt, user.id, length, raw_metadata, metadata)
+        )
     headers = {"Location": _location(request, state.tus_id), **_state_headers(state)}
     if body:
         # creation-with-upload: what the body carries is appended as by a PATCH. Should
         # that fail, the upload exists all the same and the client resumes it from HEAD.
-        offset = await patch.append(
-            state, _content_length(request), checksum, Body(request.stream())
-        )
+        body_stream = Body(request.stream())
+        offset = await patch.append(state, _content_length(request), checksum, body_stream)
         headers["Upload-Offset"] = str(offset)
     return Response(status_code=201, headers=headers)
+
+
+T = TypeVar("T")
+
+
+def _in_session(rt: Runtime, fn: Callable[[Session], T]) -> T:
+    with rt.sessions() as session:
+        return fn(session)
+
+
+def _job_then(
+    rt: Runtime, user_id: int, metadata: dict[str, str], make: Callable[[Session, int], T]
+) -> T:
+    """`make` the upload for the job the metadata names, or for a new job made for it; a
+    new job goes again if `make` refuses, so a refused creation leaves nothing."""
+    wanted = tus.job_of(metadata)
+    with rt.sessions() as session:
+        if isinstance(wanted, int):
+            return make(session, records.job_for(session, user_id, wanted))
+        job = create_job(session, rt.kinds, user_id, wanted.name, wanted.kind, wanted.params)
+        try:
+            return make(session, job.id)
+        except BaseException:
+            session.rollback()
+            session.delete(job)
+            session.commit()
+            raise
+
+
+def _create_upload(
+    rt: Runtime, user_id: int, length: int, raw: str | None, metadata: dict[str, str]
+) -> records.TusState:
+    file_name = tus.file_name_of(metadata)
+    return _job_then(
+        rt, user_id, metadata,
+        lambda s, job_id: records.create_upload(
+            s, rt.storage, rt.settings, user_id, job_id, length, raw, file_name
+        ),
+    )  # fmt: skip
+
+
+def _create_final(
+    rt: Runtime, user_id: int, partials: list[str], raw: str | None, metadata: dict[str, str]
+) -> tuple[records.TusState, bool]:
+    file_name = tus.file_name_of(metadata)
+    return _job_then(
+        rt, user_id, metadata,
+        lambda s, job_id: records.create_final(
+            s, rt.storage, rt.settings, user_id, job_id, partials, raw, file_name
+        ),
+    )  # fmt: skip
 
 
 @router.head("/{tus_id}")
@@ -128,7 +185,7 @@ def head(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Re
     """Where the upload stands: its offset counts only bytes stored and recorded."""
     _check_version(request)
     with rt.sessions() as session:
-        state = tus.state_of(session, rt.settings, user.id, tus_id)
+        state = records.state_of(session, rt.settings, user.id, tus_id)
     headers = {**_state_headers(state), "Cache-Control": "no-store"}
     if state.metadata:
         headers["Upload-Metadata"] = state.metadata
@@ -145,9 +202,9 @@ async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
     appender = _patch(request, user.id)
 
-    def open_patch() -> tus.TusState:
+    def open_patch() -> records.TusState:
         with rt.sessions() as session:
-            return tus.open_patch(session, rt.settings, user.id, tus_id, offset)
+            return records.open_patch(session, rt.settings, user.id, tus_id, offset)
 
     state = await appender.path.in_thread(open_patch)
     body = Body(request.stream())
@@ -158,7 +215,7 @@ async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep
         return Response(status_code=204, headers=_state_headers(state))
     offset = await appender.append(state, _content_length(request), checksum, body)
     with rt.sessions() as session:
-        after = tus.state_of(session, rt.settings, user.id, tus_id)
+        after = records.state_of(session, rt.settings, user.id, tus_id)
     return Response(
         status_code=204, headers={**_state_headers(after), "Upload-Offset": str(offset)}
     )
@@ -169,7 +226,7 @@ def delete(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> 
     """Discard an unfinished upload; its job goes back to awaiting its upload."""
     _check_version(request)
     with rt.sessions() as session:
-        storage_id = tus.discard(session, user.id, tus_id)
+        storage_id = records.discard(session, user.id, tus_id)
     if storage_id is not None:
         rt.storage.abort(storage_id)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ transition happens at most once whatever runs at the same time.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,3 +65,21 @@ def expires_at(upload: Upload, expiry_seconds: int) -> datetime | None:
     if upload.completed_at is not None:
         return None
     return upload.touched_at + timedelta(seconds=expiry_seconds)
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What storage holds for an upload that nothing will read: unfinished uploads to
+    abort, stored files to delete (a tus final upload's partials, once joined or not)."""
+
+    uploads: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def leftovers(upload: Upload | None) -> Leftovers:
+    if upload is None:
+        return Leftovers()
+    sources = upload.sources or []
+    return Leftovers(
+        [upload.storage_id, *(s["storage_id"] for s in sources)], [s["key"] for s in sources]
+    )

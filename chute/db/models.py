@@ -150,6 +150,9 @@ class Upload(Base):
     tus_metadata: Mapped[str | None] = mapped_column(Text)
     # The chunk protocol's number of chunks; None for tus, which completes at file_size.
     total_chunks: Mapped[int | None]
+    # A tus final upload's partial uploads, in order, for the worker to join: each
+    # {"storage_id", "key", "parts": [[index, offset, size], ...]} (`chute.upload.tus`).
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     chunk_size: Mapped[int | None] = mapped_column(BigInteger)
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     chunks_received: Mapped[int] = mapped_column(default=0)
@@ -176,6 +179,39 @@ class Chunk(Base):
     # Where the part starts in the file: set for tus parts; a chunk's is index * chunk_size.
     offset: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TusPartial(Base):
+    """A tus partial upload (concatenation): bytes of no job yet, until a final upload
+    names it. Its row goes when a final upload takes it, or when it expires."""
+
+    __tablename__ = "tus_partials"
+
+    tus_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    storage_id: Mapped[str] = mapped_column(String(200), unique=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    parts_received: Mapped[int] = mapped_column(default=0)
+    tus_metadata: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    touched_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    completed_at: Mapped[datetime | None]
+
+
+class TusPartialPart(Base):
+    """A part of a partial upload, recorded once durably stored (as `Chunk` for jobs)."""
+
+    __tablename__ = "tus_partial_parts"
+
+    tus_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("tus_partials.tus_id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class PartLease(Base):

@@ -25,7 +25,7 @@ from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
 from chute.storage import LocalPaths, PlacedPart
-from chute.upload.core import parts_for_assembly
+from chute.upload.core import Source, parts_for_assembly, sources_for_assembly
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
@@ -44,6 +44,8 @@ class Claim:
     storage_id: str
     # The upload's recorded parts, in file order, for the storage to assemble.
     parts: list[PlacedPart]
+    # A tus final upload's partial uploads, joined end to end instead (`Storage.concatenate`).
+    sources: list[Source]
     t0: float = field(default_factory=time.monotonic)
 
 
@@ -128,6 +130,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
             params=dict(job.params),
             storage_id=upload.storage_id,
             parts=parts_for_assembly(session, job_id),
+            sources=sources_for_assembly(upload),
         )
         session.commit()
     log.info("job %s: running (%s)", job_id, claim.kind)
@@ -137,7 +140,12 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
 def _input(rt: Runtime, claim: Claim, scratch: Path) -> Path:
     """The uploaded file as a local path, its parts first assembled (idempotent)."""
     key = input_key(claim.job_id)
-    rt.storage.complete(claim.storage_id, key, claim.parts)
+    if claim.sources:
+        for source in claim.sources:
+            rt.storage.complete(source.storage_id, source.key, source.parts)
+        rt.storage.concatenate(claim.storage_id, key, [source.key for source in claim.sources])
+    else:
+        rt.storage.complete(claim.storage_id, key, claim.parts)
     if isinstance(rt.storage, LocalPaths):
         return rt.storage.path(key)
     local = scratch / "input.csv"

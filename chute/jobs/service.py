@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from chute.db.jobs import get_owned_job, transition
+from chute.db.jobs import Leftovers, get_owned_job, leftovers, transition
 from chute.db.models import ENDED, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem, invalid, plain_words
 from chute.jobs.kinds import Kind
@@ -58,10 +58,10 @@ def upload_of(session: Session, job_id: int) -> Upload | None:
     return session.get(Upload, job_id)
 
 
-def cancel_job(session: Session, user_id: int, job_id: int) -> tuple[Job, str | None]:
-    """Cancel a job that has not ended; return it and the storage id of its upload.
+def cancel_job(session: Session, user_id: int, job_id: int) -> tuple[Job, Leftovers]:
+    """Cancel a job that has not ended; return it and what storage holds of its upload.
 
-    The caller removes that upload's parts: nothing reads them once the job is cancelled,
+    The caller removes that: nothing reads them once the job is cancelled,
     not even when the upload was complete but not yet assembled by a worker (a queued job).
     """
     job = get_owned_job(session, user_id, job_id, lock=True)
@@ -79,28 +79,26 @@ def cancel_job(session: Session, user_id: int, job_id: int) -> tuple[Job, str | 
     )
     if not ended:
         raise ChuteError(Problem.JOB_NOT_CANCELLABLE, status=job.status.value)
-    discard = None
-    if upload is not None:
-        discard = upload.storage_id
-        if upload.completed_at is None:
-            session.delete(upload)
+    discard = leftovers(upload)
+    if upload is not None and upload.completed_at is None:
+        session.delete(upload)
     session.commit()
     session.refresh(job)
     return job, discard
 
 
-def delete_job(session: Session, user_id: int, job_id: int) -> str | None:
-    """Delete a job; return the storage id of its upload, whose leftovers the caller removes.
+def delete_job(session: Session, user_id: int, job_id: int) -> Leftovers:
+    """Delete a job; return what storage holds of its upload, for the caller to remove.
 
-    The upload's id is returned even when it is complete: its parts stay on storage until a
+    That is returned even when the upload is complete: its parts stay on storage until a
     worker has assembled them.
     """
     job = get_owned_job(session, user_id, job_id, lock=True)
     upload = session.get(Upload, job_id)
-    storage_id = upload.storage_id if upload is not None else None
+    discard = leftovers(upload)
     session.delete(job)
     session.commit()
-    return storage_id
+    return discard
 
 
 def result_of(session: Session, user_id: int, job_id: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from chute.db.models import Job, JobStatus, utcnow
 from chute.db.session import in_transaction
 from chute.jobs.runner import scratch_root
 from chute.upload.core import expire_upload, stale_uploads
+from chute.upload.tus_records import expire_partial, stale_partials
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
@@ -62,9 +63,16 @@ def _expire_uploads(rt: Runtime, now: datetime) -> int:
     max_age = rt.settings.upload_expiry
     with rt.sessions() as session:
         candidates = stale_uploads(session, now, max_age)
+        partials = stale_partials(session, now, max_age)
     removed = 0
     for job_id in candidates:
         storage_id = in_transaction(rt.sessions, expire_upload, job_id, now, max_age)
+        if storage_id is not None:
+            rt.storage.abort(storage_id)
+            removed += 1
+    # tus partial uploads that no final upload took in time.
+    for tus_id in partials:
+        storage_id = in_transaction(rt.sessions, expire_partial, tus_id, now, max_age)
         if storage_id is not None:
             rt.storage.abort(storage_id)
             removed += 1

@@ -186,6 +186,28 @@ def parts_for_assembly(session: Session, job_id: int) -> list[PlacedPart]:
     ]
 
 
+@dataclass(frozen=True)
+class Source:
+    """A tus partial upload that a final upload joins: its storage upload, the key it is
+    completed into, and its parts."""
+
+    storage_id: str
+    key: str
+    parts: list[PlacedPart]
+
+
+def sources_for_assembly(upload: Upload) -> list[Source]:
+    """The partial uploads a tus final upload is made of, in order (none for others)."""
+    return [
+        Source(
+            s["storage_id"],
+            s["key"],
+            [PlacedPart(i, offset, size, True, s["part_size"]) for i, offset, size in s["parts"]],
+        )
+        for s in upload.sources or []
+    ]
+
+
 def stale_uploads(session: Session, now: datetime, max_age: int) -> list[int]:
     """Ids of jobs whose upload sat unfinished longer than `max_age` seconds."""
     cutoff = now - timedelta(seconds=max_age)

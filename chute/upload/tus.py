@@ -16,29 +16,24 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import secrets
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from chute.config import Settings
-from chute.db.jobs import expires_at, get_owned_job, input_key
-from chute.db.models import Job, Upload
 from chute.errors import ChuteError, Problem
 from chute.names import name_problem
 from chute.runtime import Runtime
-from chute.storage import Part, Storage
-from chute.upload import core
+from chute.storage import Part
+from chute.upload import core, tus_records
 from chute.upload.csvcheck import CsvStartCheck
-from chute.upload.stream import Body, Buffer, PartPath, Pipeline, UploadSlots, storage_errors
+from chute.upload.stream import Body, Buffer, PartPath, Pipeline, UploadSlots
+from chute.upload.tus_records import TusState, record, still_at
 
 VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination,concatenation"
 PATCH_TYPE = "application/offset+octet-stream"
 CHECKSUMS: dict[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,
@@ -135,167 +130,6 @@ def file_name_of(metadata: dict[str, str]) -> str | None:
     if name and name_problem(name) is not None:
         raise bad_header("the metadata's filename is not a valid file name")
     return name or None
-
-
-@dataclass(frozen=True)
-class TusState:
-    """What HEAD answers, and what a PATCH streams against."""
-
-    tus_id: str
-    job_id: int
-    storage_id: str
-    offset: int
-    length: int
-    part_size: int
-    next_index: int
-    metadata: str | None
-    expires_at: datetime | None
-    complete: bool
-    params: dict[str, Any]
-
-
-def _state(upload: Upload, job: Job, settings: Settings) -> TusState:
-    assert upload.tus_id is not None and upload.file_size is not None
-    return TusState(
-        tus_id=upload.tus_id,
-        job_id=job.id,
-        storage_id=upload.storage_id,
-        offset=upload.bytes_received,
-        length=upload.file_size,
-        part_size=upload.chunk_size or upload.file_size,
-        next_index=upload.chunks_received,
-        metadata=upload.tus_metadata,
-        expires_at=expires_at(upload, settings.upload_expiry),
-        complete=upload.completed_at is not None,
-        params=dict(job.params),
-    )
-
-
-def check_length(settings: Settings, length: int) -> None:
-    if length < 1:
-        raise ChuteError(Problem.EMPTY_FILE)
-    if length > settings.max_file_bytes:
-        raise ChuteError(Problem.FILE_TOO_LARGE, limit=settings.max_file_bytes)
-
-
-def create_upload(
-    session: Session,
-    storage: Storage,
-    settings: Settings,
-    user_id: int,
-    job_id: int,
-    length: int,
-    metadata: str | None,
-    file_name: str | None,
-) -> TusState:
-    """A tus upload of `length` bytes for the user's job, which must await its upload.
-
-    A job whose upload has no byte recorded yet (say a creation whose answer was lost)
-    is given the new one; a job with bytes recorded keeps its upload (409)."""
-    check_length(settings, length)
-    job, upload = core.locked(session, user_id, job_id)
-    core.check_takes_data(job)
-    replaced = None
-    if upload is not None:
-        if upload.chunks_received > 0 or upload.completed_at is not None:
-            raise ChuteError(Problem.UPLOAD_EXISTS)
-        replaced = upload.storage_id
-        session.delete(upload)
-        session.flush()
-    with storage_errors():
-        storage_id = storage.begin(input_key(job.id))
-    upload = Upload(
-        job_id=job.id,
-        storage_id=storage_id,
-        file_name=file_name,
-        protocol="tus",
-        tus_id=secrets.token_hex(16),
-        tus_metadata=metadata,
-        total_chunks=None,
-        chunk_size=storage.part_size(settings.chunk_size, length),
-        file_size=length,
-    )
-    session.add(upload)
-    try:
-        session.commit()
-    except BaseException:
-        storage.abort(storage_id)
-        raise
-    if replaced is not None:
-        storage.abort(replaced)
-    return _state(upload, job, settings)
-
-
-def _locked_by_id(session: Session, user_id: int, tus_id: str) -> tuple[Job, Upload]:
-    """The user's tus upload `tus_id` and its job, locked; 404 for another user's."""
-    job_id = session.scalar(
-        select(Upload.job_id).where(Upload.tus_id == tus_id, Upload.protocol == "tus")
-    )
-    if job_id is None:
-        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
-    try:
-        job, upload = core.locked(session, user_id, job_id)
-    except ChuteError:
-        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND) from None
-    if upload is None or upload.tus_id != tus_id:
-        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
-    return job, upload
-
-
-def state_of(session: Session, settings: Settings, user_id: int, tus_id: str) -> TusState:
-    job, upload = _locked_by_id(session, user_id, tus_id)
-    state = _state(upload, job, settings)
-    session.commit()
-    return state
-
-
-def open_patch(
-    session: Session, settings: Settings, user_id: int, tus_id: str, offset: int
-) -> TusState:
-    """Check a PATCH against the upload before any byte moves: 409 unless it starts at
-    the upload's offset, and unless its job still takes data."""
-    job, upload = _locked_by_id(session, user_id, tus_id)
-    state = _state(upload, job, settings)
-    session.commit()
-    if offset != state.offset:
-        raise ChuteError(Problem.OFFSET_DIFFERS, sent=offset, offset=state.offset)
-    if not state.complete:
-        core.check_takes_data(job)
-    return state
-
-
-def still_at(session: Session, user_id: int, tus_id: str, storage_id: str, offset: int) -> None:
-    """Under a part's lock: the upload is still this one, and still at `offset`."""
-    job, upload = _locked_by_id(session, user_id, tus_id)
-    session.commit()
-    if upload.storage_id != storage_id:
-        raise ChuteError(Problem.UPLOAD_REPLACED)
-    if upload.bytes_received != offset:
-        raise ChuteError(Problem.OFFSET_DIFFERS, sent=offset, offset=upload.bytes_received)
-    core.check_takes_data(job)
-
-
-def record(
-    session: Session, user_id: int, tus_id: str, storage_id: str, parts: list[core.NewPart]
-) -> bool:
-    """Record parts that continue the upload; True if this completed it."""
-    job, upload = _locked_by_id(session, user_id, tus_id)
-    if upload.storage_id != storage_id:
-        raise ChuteError(Problem.UPLOAD_REPLACED)
-    if upload.bytes_received != parts[0].offset:
-        raise ChuteError(Problem.OFFSET_DIFFERS, sent=parts[0].offset, offset=upload.bytes_received)
-    core.check_takes_data(job)
-    return core.record_parts(session, job, upload, parts)
-
-
-def discard(session: Session, user_id: int, tus_id: str) -> str | None:
-    job, upload = _locked_by_id(session, user_id, tus_id)
-    return core.discard(session, job, upload)
-
-
-def job_for(session: Session, user_id: int, job_id: int) -> int:
-    """The job a creation names, if it is the user's (404 otherwise)."""
-    return get_owned_job(session, user_id, job_id).id
 
 
 class _Slices:
@@ -429,9 +263,11 @@ class TusPatch:
 
         def held_open() -> bool:
             with self.rt.sessions() as session:
-                return core.held_open(session, state.job_id, state.storage_id)
+                return tus_records.held_open(session, state.tus_id, state.storage_id)
 
-        check = CsvStartCheck(state.params) if offset == 0 else None
+        # The file's first bytes are checked as CSV; a partial upload's, of no job yet and
+        # of no known place in the file, are not (the job checks its file when it runs).
+        check = CsvStartCheck(state.params) if offset == 0 and state.params is not None else None
         pipeline = Pipeline(
             most, ChuteError(Problem.PATCH_TOO_LARGE, left=most), writer, check, held_open
         )
@@ -449,5 +285,5 @@ class TusPatch:
                 lambda s: record(s, self.user_id, state.tus_id, state.storage_id, parts)
             )
         )
-        if completed:
+        if completed and state.job_id is not None:
             await self.path.enqueue(state.job_id)
