@@ -350,3 +350,90 @@ def test_expired_uploads_are_removed(make_server: ServerFactory) -> None:
     client.wait_for(job_id, "upload_expired", timeout=20)
     assert head(client, url).status_code == 404
     assert storage_holds(server).uploads == {}
+
+
+def partial(client: Client, data: bytes) -> str:
+    answer = client.http.post(
+        "/api/tus/",
+        headers={**TUS, "Upload-Length": str(len(data)), "Upload-Concat": "partial"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert "Chute-Job-Id" not in answer.headers
+    url = answer.headers["Location"]
+    assert patch(client, url, 0, data, **{"Upload-Concat": "partial"}).status_code == 204
+    return url
+
+
+def final(client: Client, urls: list[str], **pairs: str) -> httpx.Response:
+    pairs = pairs or {"name": "joined", "filename": "joined.csv"}
+    return client.http.post(
+        "/api/tus/",
+        headers={
+            **TUS,
+            "Upload-Concat": "final;" + " ".join(urls),
+            "Upload-Metadata": metadata(**pairs),
+        },
+    )
+
+
+def test_partial_uploads_are_joined_by_a_final_upload(server: Server, client: Client) -> None:
+    data = csv_of_size(3 * server.chunk + 1234)
+    cuts = [0, len(data) // 4, len(data) // 2, 3 * len(data) // 4, len(data)]
+    before = client.http.get("/api/job").json()["total"]
+    urls = [partial(client, data[a:b]) for a, b in itertools.pairwise(cuts)]
+    assert client.http.get("/api/job").json()["total"] == before  # partials make no job
+    answer = final(client, urls)
+    assert answer.status_code == 201, answer.text
+    job_id = int(answer.headers["Chute-Job-Id"])
+    assert answer.headers["Upload-Offset"] == answer.headers["Upload-Length"] == str(len(data))
+    assert head(client, answer.headers["Location"]).headers["Upload-Offset"] == str(len(data))
+    job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
+    assert job["status"] == "succeeded", job
+    assert client.stored(job_id) == (len(data), sha256(data))
+    assert job["attempts"] == 1
+    # The partials are the final upload's now: gone as uploads of their own.
+    assert all(head(client, url).status_code == 404 for url in urls)
+    holding = storage_holds(server)
+    assert not any(key.startswith("tus-partials/") for key in holding.files)
+
+
+def test_a_final_upload_takes_only_finished_partials_of_its_user(
+    server: Server, client: Client
+) -> None:
+    data = csv_bytes(2000)
+    done = partial(client, data[:1000])
+    answer = client.http.post(
+        "/api/tus/",
+        headers={**TUS, "Upload-Length": "1000", "Upload-Concat": "partial"},
+    )
+    unfinished = answer.headers["Location"]
+    assert final(client, [done, unfinished]).status_code == 409
+    other = server.client()
+    assert final(other, [done]).status_code == 404
+    for urls in ([], [done, done], ["/api/tus/not-an-upload"]):
+        answer = final(client, urls)
+        assert answer.status_code == 400, answer.text
+    answer = client.http.post(
+        "/api/tus/",
+        headers={**TUS, "Upload-Concat": "final;" + done, "Upload-Length": "1000",
+                 "Upload-Metadata": metadata(name="x")},
+    )  # fmt: skip
+    assert answer.status_code == 400
+    answer = client.http.post(
+        "/api/tus/", headers={**TUS, "Upload-Concat": "sideways", "Upload-Length": "10"}
+    )
+    assert answer.status_code == 400
+    # None of that took the finished partial: it still joins.
+    assert patch(client, unfinished, 0, data[1000:]).status_code == 204
+    answer = final(client, [done, unfinished])
+    assert answer.status_code == 201, answer.text
+    job_id = int(answer.headers["Chute-Job-Id"])
+    assert client.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
+
+
+def test_a_partial_upload_can_be_discarded(client: Client) -> None:
+    url = partial(client, csv_bytes(100))
+    assert client.http.delete(url, headers=TUS).status_code == 204
+    assert head(client, url).status_code == 404
+    assert final(client, [url]).status_code == 404
