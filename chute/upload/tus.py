@@ -245,9 +245,11 @@ class TusPatch:
     ) -> core.NewPart:
         """Lock, write and commit the part from `offset` up to `boundary` (durable after)."""
         held = await self.path.lock(stack, state.storage_id, index)
+        # What the database holds: with a checksum, nothing of this PATCH until its end.
+        recorded = state.offset if digest is not None else offset
         await self.path.in_thread(
             self._in_session(
-                lambda s: still_at(s, self.user_id, state.tus_id, state.storage_id, offset)
+                lambda s: still_at(s, self.user_id, state.tus_id, state.storage_id, recorded)
             )
         )
         most = boundary - offset
