@@ -30,11 +30,12 @@ class Field:
 class FileStart:
     name: str
     filename: str
-    # The file's size if it is the form's last part with nothing after it, as browsers,
-    # httpx and requests send it: Content-Length less the bytes before the file's data and
-    # the closing delimiter. None without a Content-Length. A guess until checked against
-    # the bytes that came (see `FileEnd` and the receiver).
-    size_if_last: int | None = None
+    # The file's size as the request announces it: its Content-Length less the bytes
+    # before the file's data and the closing delimiter, which is exact when the file is
+    # the form's last part (browsers, httpx and requests send it so). None without a
+    # Content-Length. The storage is told it (`Part.size`: room claimed exactly, and
+    # what a store that needs sizes first streams with); never more bytes are written.
+    announced_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class _Collector:
 def _write(parser: MultipartParser, collector: _Collector, piece: bytes, offset: int) -> None:
     """Write `piece`, the body's bytes from `offset` on. Until the first file part starts,
     line by line: a part's headers end at a line end, so the bytes before the file's data
-    are known exactly (`FileStart.size_if_last`). Past it the pieces go whole."""
+    are known exactly (`FileStart.announced_size`). Past it the pieces go whole."""
     try:
         start = 0
         while not collector.file_seen and start < len(piece):

@@ -165,7 +165,7 @@ class ChunkReceiver:
                     file_name = event.filename
                     if has_position(fields):
                         request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
-                        size = event.size_if_last
+                        size = event.announced_size
                         source = _file_bytes(events, size)
                         stored = await self._store(stack, request, source, size)
                     else:

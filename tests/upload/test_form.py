@@ -259,16 +259,16 @@ def test_the_file_size_is_known_from_content_length(seed: int, data: bytes) -> N
     )
     cuts = [[body], tiny_pieces(body, seed), [body[:1], body[1:]], [body[:-1], body[-1:]]]
     for pieces in cuts:
-        assert file_start(content_type, pieces, len(body)).size_if_last == len(data)
+        assert file_start(content_type, pieces, len(body)).announced_size == len(data)
 
 
 def test_without_content_length_the_file_size_is_unknown() -> None:
     content_type, body = encode({"chunk_index": "0"}, {"file": ("data.csv", FILE_BYTES)})
-    assert file_start(content_type, [body], None).size_if_last is None
+    assert file_start(content_type, [body], None).announced_size is None
 
 
 def test_fields_after_the_file_make_the_prediction_too_large() -> None:
     # What the receiver then finds out from the bytes, and refuses for S3.
     content_type, body = by_hand({"chunk_index": "0", "total_chunks": "1"}, ("d.csv", FILE_BYTES))
-    predicted = file_start(content_type, [body], len(body)).size_if_last
+    predicted = file_start(content_type, [body], len(body)).announced_size
     assert predicted is not None and predicted > len(FILE_BYTES)
