@@ -103,11 +103,12 @@ def test_the_file_part_must_come_last(
     data = csv_bytes(1_000)
     job_id = client.new_job()
 
-    # A field after the file: the Content-Length left more bytes for the file than it had.
+    # A field after the file: the Content-Length announced more bytes for the file than it
+    # had, and S3 took that size before the bytes.
     parts = [*chunk_parts(0, 1, data), ("note", "after the file")]
     answer = post_form(client, job_id, parts)
-    assert answer.status_code == 400, answer.text
-    assert "the file must be the last part of the form" in answer.json()["detail"]
+    assert answer.status_code == 422, answer.text
+    assert "needs each part's size before its bytes" in answer.json()["detail"]
     assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
 
     # No Content-Length (chunked transfer encoding): the file part's size cannot be known.
@@ -120,8 +121,8 @@ def test_the_file_part_must_come_last(
         content=chunked(body),
         headers={"Content-Type": content_type},
     )
-    assert answer.status_code == 400, answer.text
-    assert "needs a Content-Length" in answer.json()["detail"]
+    assert answer.status_code == 422, answer.text
+    assert "send a Content-Length" in answer.json()["detail"]
     assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
 
     # The same chunk, sent as clients send it, is taken.
@@ -138,8 +139,8 @@ def test_chunks_below_the_minimum_part_size_are_refused(
     answer = client.send_chunk(job_id, 0, len(chunks), chunks[0])
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"] == (
-        f"Chunks of {1024 * 1024} bytes are too small for this server's storage: every chunk "
-        f"but the last must have at least {PART} bytes. Send the file in larger chunks."
+        f"The part cannot be stored: parts of {1024 * 1024} bytes are too small for this "
+        f"server's storage: every part but the last must have at least {PART} bytes."
     )
     # The last chunk may be small, but not when chunk_size says the others are too.
     answer = client.send_chunk(job_id, len(chunks) - 1, len(chunks), chunks[-1], chunk_size=1024)
@@ -225,8 +226,8 @@ def test_a_body_that_does_not_end_as_predicted_is_answered_for_what_it_is(
         assert answer.json()["detail"].startswith(malformed)
     # A small chunk with a field after it: the file is not the form's last part.
     answer = post_form(client, job_id, [*chunk_parts(0, 3, chunk[:1000]), ("note", "x")])
-    assert answer.status_code == 400, answer.text
-    assert "the file must be the last part of the form" in answer.json()["detail"]
+    assert answer.status_code == 422, answer.text
+    assert "needs each part's size before its bytes" in answer.json()["detail"]
     # An empty chunk is empty, whatever the part rules; sent with the fields or before them.
     for file_first in (False, True):
         answer = post_form(client, job_id, chunk_parts(1, 3, b"", file_first=file_first))
