@@ -305,9 +305,17 @@ def test_signing_in_is_needed(server: Server) -> None:
 
 
 def _send_part_of_a_patch(
-    server: Server, token: str, path: str, offset: int, length: int, sent: bytes
-) -> None:
-    """A PATCH announcing `length` bytes whose client sends `sent` and vanishes."""
+    server: Server,
+    token: str,
+    path: str,
+    offset: int,
+    length: int,
+    sent: bytes,
+    *,
+    wait_for_answer: bool = False,
+) -> bytes:
+    """A PATCH announcing `length` bytes whose client sends `sent`, then vanishes (a FIN),
+    or falls silent and reads what the server answers (`wait_for_answer`)."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         head_lines = (
@@ -316,7 +324,14 @@ def _send_part_of_a_patch(
             f"Upload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n"
         )
         sock.sendall(head_lines.encode() + sent)
-        time.sleep(0.5)
+        if not wait_for_answer:
+            time.sleep(0.5)
+            return b""
+        sock.settimeout(30)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
 
 
 def test_a_dropped_patch_keeps_the_parts_it_completed(
@@ -336,6 +351,31 @@ def test_a_dropped_patch_keeps_the_parts_it_completed(
         assert time.monotonic() < deadline, head(client, url).headers
         time.sleep(0.1)
     answer = patch(client, url, 2 * part, data[2 * part :])
+    assert answer.status_code == 204, answer.text
+    assert client.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
+    assert client.stored(job_id) == (len(data), sha256(data))
+
+
+def test_a_silent_patch_is_cut_off_and_keeps_its_finished_parts(
+    make_server: ServerFactory, chunk: int
+) -> None:
+    """A client that stops sending without closing (a laptop asleep) holds nothing for
+    long: 408 after the idle timeout, the parts it finished recorded, the rest free."""
+    part = chunk
+    server = make_server(
+        CHUTE_CHUNK_SIZE=str(part), CHUTE_BODY_IDLE_TIMEOUT="1", CHUTE_CHUNK_LOCK_TIMEOUT="2"
+    )
+    client = server.client()
+    data = csv_of_size(3 * part + 1000)
+    url, job_id = created(client, len(data))
+    token = client.http.headers["Authorization"].split()[1]
+    path = "/" + url.split("/", 3)[3] if url.startswith("http") else url
+    answer = _send_part_of_a_patch(
+        server, token, path, 0, len(data), data[: part + 100], wait_for_answer=True
+    )
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert head(client, url).headers["Upload-Offset"] == str(part)
+    answer = patch(client, url, part, data[part:])
     assert answer.status_code == 204, answer.text
     assert client.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
     assert client.stored(job_id) == (len(data), sha256(data))
