@@ -155,6 +155,34 @@ class _Slices:
             yield head
 
 
+@dataclass(frozen=True)
+class _At:
+    """Where a part of a PATCH goes: its index, its offset, where it must stop, and
+    whether the PATCH announced its length (then the part's size is known up front)."""
+
+    index: int
+    offset: int
+    boundary: int
+    sized: bool
+
+
+class _Checksum:
+    """A PATCH's Upload-Checksum, judged over its whole body. A sha256 of a PATCH that is
+    one part is that part's own hash, which is computed anyway: no second pass then."""
+
+    def __init__(self, algorithm: str, expected: bytes, *, one_part: bool) -> None:
+        self.algorithm = algorithm
+        self.expected = expected
+        self.digest = None if one_part and algorithm == "sha256" else CHECKSUMS[algorithm]()
+
+    def matches(self, parts: list[core.NewPart]) -> bool:
+        if self.digest is None:
+            # One part at most: its hash, or that of nothing for an empty body.
+            actual = bytes.fromhex(parts[0].sha256) if parts else hashlib.sha256().digest()
+            return actual == self.expected
+        return bool(self.digest.digest() == self.expected)
+
+
 class TusPatch:
     """One PATCH (or a creation's body): its bytes appended to the upload part by part."""
 
@@ -200,7 +228,8 @@ class TusPatch:
     ) -> int:
         slices = _Slices(body.read(left))
         end = state.length if content_length is None else state.offset + content_length
-        digest = CHECKSUMS[checksum[0]]() if checksum is not None else None
+        first_boundary = (state.offset // state.part_size + 1) * state.part_size
+        judge = None if checksum is None else _Checksum(*checksum, one_part=first_boundary >= end)
         pending: list[core.NewPart] = []
         offset, index = state.offset, state.next_index
         async with contextlib.AsyncExitStack() as whole:
@@ -208,26 +237,17 @@ class TusPatch:
                 boundary = min((offset // state.part_size + 1) * state.part_size, end)
                 # With a checksum every part's lock is held until the whole body is judged.
                 async with contextlib.AsyncExitStack() as one:
-                    stack = whole if digest is not None else one
-                    part = await self._store_part(
-                        stack,
-                        state,
-                        index,
-                        offset,
-                        boundary,
-                        content_length is not None,
-                        slices,
-                        digest,
-                    )
-                    if digest is None:
+                    at = _At(index, offset, boundary, sized=content_length is not None)
+                    part = await self._store_part(whole if judge else one, state, at, slices, judge)
+                    if judge is None:
                         await self._record(state, [part])
                     else:
                         pending.append(part)
                 offset += part.size
                 index += 1
-            if digest is not None and checksum is not None:
-                if digest.digest() != checksum[1]:
-                    raise ChuteError(Problem.CHECKSUM_MISMATCH_TUS, algorithm=checksum[0])
+            if judge is not None:
+                if not judge.matches(pending):
+                    raise ChuteError(Problem.CHECKSUM_MISMATCH_TUS, algorithm=judge.algorithm)
                 if pending:
                     await self._record(state, pending)
         return offset
@@ -236,17 +256,15 @@ class TusPatch:
         self,
         stack: contextlib.AsyncExitStack,
         state: TusState,
-        index: int,
-        offset: int,
-        boundary: int,
-        sized: bool,
+        at: _At,
         slices: _Slices,
-        digest: Any,
+        judge: _Checksum | None,
     ) -> core.NewPart:
-        """Lock, write and commit the part from `offset` up to `boundary` (durable after)."""
+        """Lock, write and commit the part `at` says (durable after)."""
+        index, offset, boundary, sized = at.index, at.offset, at.boundary, at.sized
         held = await self.path.lock(stack, state.storage_id, index)
         # What the database holds: with a checksum, nothing of this PATCH until its end.
-        recorded = state.offset if digest is not None else offset
+        recorded = state.offset if judge is not None else offset
         await self.path.in_thread(
             self._in_session(
                 lambda s: still_at(s, self.user_id, state.tus_id, state.storage_id, recorded)
@@ -273,8 +291,8 @@ class TusPatch:
         pipeline = Pipeline(
             most, ChuteError(Problem.PATCH_TOO_LARGE, left=most), writer, check, held_open
         )
-        if digest is not None:
-            pipeline.also.append(digest)
+        if judge is not None and judge.digest is not None:
+            pipeline.also.append(judge.digest)
         await self.path.pump(slices.take(most), pipeline)
         if pipeline.check is not None:
             pipeline.check.finish(whole_file=offset + pipeline.size == state.length)
