@@ -53,7 +53,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
@@ -146,6 +146,11 @@ def _cut(part: Part) -> bool:
     the multiples of the part size, and a part that does not reach its multiple (nor the
     file's end) waits as a tail until the rest of its S3 part comes."""
     return part.part_size is not None and part.offset is not None
+
+
+def _only(part: Part) -> bool:
+    """The part is the whole file."""
+    return part.offset == 0 and part.last is True
 
 
 def _number(index: int, offset: int | None, part_size: int | None) -> int:
@@ -260,6 +265,9 @@ class _S3PartWriter:
         self._error: BaseException | None = None
         self._finished = False
         self._call = getattr(client, operation)
+        # The least size the store keeps this part at (not its last part), judged at commit.
+        self.least = 0
+        self.too_small: Callable[[int], PartRefused] = PartRefused
         self._args = {**args, "ContentLength": size, "Body": self._pipe}
         self._thread = threading.Thread(target=self._send, name="chute-s3-part", daemon=True)
         self._thread.start()
@@ -285,6 +293,9 @@ class _S3PartWriter:
         if self._pipe.written != self._pipe.size:
             self.abort()
             raise _size_differs(self._pipe.size, str(self._pipe.written))
+        if self._pipe.size < self.least:
+            self.abort()
+            raise self.too_small(self._pipe.size)
         self._pipe.commit()
         self._thread.join()
         self._finished = True
@@ -365,7 +376,9 @@ class S3Storage(Storage):
         return max(wanted, self.min_part_size, -(-length // MAX_PARTS))
 
     def _check(self, part: Part) -> int:
-        """The part's size, once the store's rules on parts are met (PartRefused)."""
+        """The part's size, once the store's rules on parts that its opening can judge are
+        met (PartRefused); its size against the least part size is judged at commit, once
+        its bytes came: a request that ends otherwise is answered for what it is."""
         if part.size is None:
             raise PartRefused(
                 "this server's storage needs each part's size before its bytes: "
@@ -373,22 +386,26 @@ class S3Storage(Storage):
             )
         if _number(part.index, part.offset, part.part_size) > MAX_PARTS:
             raise PartRefused(f"this server's storage takes at most {MAX_PARTS} parts per file")
-        only = part.offset == 0 and part.last is True
-        # A part cut at multiples of the part size may be shorter: it waits as a tail.
-        short = part.size if part.last is False and not _cut(part) else None
-        for small in (part.part_size, short):
-            if not only and small is not None and small < self.min_part_size:
-                raise PartRefused(
-                    f"parts of {small} bytes are too small for this server's storage: every "
-                    f"part but the last must have at least {self.min_part_size} bytes"
-                )
+        if not _only(part) and part.part_size is not None and part.part_size < self.min_part_size:
+            raise self._too_small(part.part_size)
         return part.size
+
+    def _too_small(self, size: int) -> PartRefused:
+        return PartRefused(
+            f"parts of {size} bytes are too small for this server's storage: every "
+            f"part but the last must have at least {self.min_part_size} bytes"
+        )
+
+    def _least(self, part: Part) -> int:
+        """The least bytes the part may have: a part that is not the last and does not
+        wait as a tail (whole S3 parts only) must have the store's least part size."""
+        return self.min_part_size if part.last is False and not _cut(part) else 0
 
     def open_part(self, upload_id: str, part: Part) -> PartWriter:
         size = self._check(part)
         s3_id, key = self._split(upload_id)
         if not _cut(part):
-            return self._part_writer(s3_id, key, part.index + 1, size)
+            return self._part_writer(s3_id, key, part.index + 1, size, least=self._least(part))
         assert part.offset is not None and part.part_size is not None
         start = part.offset - part.offset % part.part_size
         end = part.offset + size
@@ -411,11 +428,16 @@ class S3Storage(Storage):
             raise
         return writer
 
-    def _part_writer(self, s3_id: str, key: str, number: int, size: int) -> _S3PartWriter:
-        return _S3PartWriter(
+    def _part_writer(
+        self, s3_id: str, key: str, number: int, size: int, least: int = 0
+    ) -> _S3PartWriter:
+        writer = _S3PartWriter(
             self.part_client, "upload_part", f"upload of part {number} to {self._key(key)!r}", size,
             Bucket=self.bucket, Key=self._key(key), UploadId=s3_id, PartNumber=number,
         )  # fmt: skip
+        writer.least = least
+        writer.too_small = self._too_small
+        return writer
 
     def _tails(self, s3_id: str) -> str:
         """Where an upload's tails wait: beside the upload, under the storage's prefix."""

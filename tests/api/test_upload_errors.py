@@ -474,8 +474,8 @@ def test_chunk_over_the_limit_is_413(
         headers={"Content-Type": content_type},
     )
     if deployment.s3:
-        assert answer.status_code == 400, answer.text
-        assert answer.json()["detail"].endswith("the request has no Content-Length")
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"].endswith("send a Content-Length.")
     else:
         assert_error(answer, 413, detail)
     # A chunk_size over the limit.
