@@ -280,6 +280,12 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
                 return  # concatenated before
             raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
         manifest = _read_manifest(manifest_path)
+        if manifest is None and not (directory / "data").exists():
+            # What a completed upload's cleanup left (see `_remove_upload`).
+            if final.exists():
+                shutil.rmtree(directory, ignore_errors=True)
+                return
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
         if manifest is None:
             if _has_parts(directory):
                 raise ValueError(f"upload {upload_id!r} has parts: it cannot be a concatenation")
@@ -294,8 +300,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             if _is_file(final, manifest.first_inode):
                 # Renamed into place by a run that died before its cleanup.
                 _remove_sources(paths[1:])
-                shutil.rmtree(directory, ignore_errors=True)
-                _fsync_dir(directory.parent)
+                _remove_upload(directory)
                 return
             _size_and_inode(paths[0], listed[0])  # FileNotFoundError naming the source
             os.rename(paths[0], joined)
@@ -323,8 +328,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             os.replace(joined, final)
             _fsync_dir(final.parent)
         _remove_sources(paths[1:])
-        shutil.rmtree(directory, ignore_errors=True)
-        _fsync_dir(directory.parent)
+        _remove_upload(directory)
 
     def abort(self, upload_id: str) -> None:
         directory = self._upload_dir(upload_id)
@@ -479,6 +483,16 @@ def _remove_sources(paths: Sequence[Path]) -> None:
         path.unlink(missing_ok=True)
     for folder in {path.parent for path in paths}:
         _fsync_dir(folder)
+
+
+def _remove_upload(directory: Path) -> None:
+    """Remove a concatenated upload's folder, `data` first and the manifest next: a re-run
+    that finds the folder finds the manifest, or no `data`, which says the upload is
+    complete (as `complete` leaves it), never neither."""
+    (directory / "data").unlink(missing_ok=True)
+    (directory / _MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    _fsync_dir(directory.parent)
 
 
 def _put_back(directory: Path, manifest: _Manifest, first: Path) -> None:

@@ -683,14 +683,15 @@ class S3Storage(Storage):
         return parts
 
     def _blocks(self, sources: list[str]) -> Generator[bytes, None, None]:
-        """The sources' bytes, read from the store in order, PIPE_BYTES at most at a time."""
+        """The sources' bytes, read from the store in order, a MiB at most at a time (the
+        part pipe holds a few of them: more would only take memory)."""
         for source in sources:
             with _mapped(f"read of {source!r}"):
                 body = self.client.get_object(Bucket=self.bucket, Key=self._key(source))["Body"]
             try:
                 while True:
                     with _mapped(f"read of {source!r}"):
-                        block = body.read(PIPE_BYTES)
+                        block = body.read(MiB)
                     if not block:
                         break
                     yield block
@@ -753,15 +754,5 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": _DELETE_BATCH}
             )
             for page in pages:
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if not keys:
-                    continue
-                answer = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
-                )
-                if answer.get("Errors"):
-                    first = answer["Errors"][0]
-                    raise StorageError(
-                        f"delete of {prefix!r}: {len(answer['Errors'])} objects not deleted, "
-                        f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
-                    )
+                keys = [item["Key"] for item in page.get("Contents", [])]
+                self._delete_keys(keys, f"delete of {prefix!r}")

@@ -1,6 +1,7 @@
 """LocalStorage beyond the shared contract, on real files: room preallocated, parts kept
 aside in files of their own, completion by rename, file locks across processes, a full
-disk, and keys and ids that stay inside the root."""
+disk, keys and ids that stay inside the root, and concatenation by rename and kernel copy,
+run again after a process killed at each of its steps."""
 
 from __future__ import annotations
 
@@ -344,6 +345,8 @@ CRASHES = [
     ("copy_file_range", 2, "after"),  # all appended, the file not in place yet
     ("replace", 2, "after"),  # the file in place, the sources not removed yet
     ("unlink", 1, "after"),  # one source removed
+    ("unlink", 3, "after"),  # the sources removed, the upload's `data` too
+    ("unlink", 4, "after"),  # the manifest removed, the upload's folder not yet
 ]
 
 
