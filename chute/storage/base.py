@@ -100,6 +100,17 @@ class Storage(ABC):
         file `key`. Idempotent."""
 
     @abstractmethod
+    def concatenate(self, upload_id: str, key: str, sources: Sequence[str]) -> None:
+        """Complete the upload `upload_id` (begun with `begin(key)`, no part written to it)
+        into the file `key`: the stored files `sources` (keys that `complete` or `put_file`
+        stored) end to end, in order; then remove the sources. Idempotent: once `key` is
+        stored, calling it again changes nothing (sources already gone is fine then).
+
+        Raises ValueError for no sources, a source named twice or one that is `key`
+        (`check_sources`), FileNotFoundError when a source is missing (nothing is stored
+        then, and the upload stays pending), StorageFull, StorageError."""
+
+    @abstractmethod
     def abort(self, upload_id: str) -> None:
         """Remove an unfinished upload and all its parts. Idempotent."""
 
@@ -122,6 +133,19 @@ class Storage(ABC):
     def free_bytes(self) -> int | None:
         """Room left for new bytes, when the backend can tell."""
         return None
+
+
+def check_sources(key: str, sources: Sequence[str]) -> list[str]:
+    """The sources of a concatenation into `key`, once they make sense: at least one, none
+    twice (its bytes would be removed after the first use), none the file itself."""
+    listed = list(sources)
+    if not listed:
+        raise ValueError("a concatenation needs at least one source")
+    if len(set(listed)) != len(listed):
+        raise ValueError("a concatenation names a source twice")
+    if key in listed:
+        raise ValueError(f"a concatenation into {key!r} names it as a source")
+    return listed
 
 
 class HeldPart(Protocol):

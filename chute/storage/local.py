@@ -4,9 +4,13 @@ Layout under the root:
     uploads/<upload_id>/data          the assembled file, parts written in place
     uploads/<upload_id>/part-<i>      a part kept aside until the chunk size is known
     uploads/<upload_id>/locks         byte i locked while part i is being written
-    objects/<key>                     completed files: `data` renamed here
+    uploads/<upload_id>/concat.json   a concatenation's manifest: its key and sources
+    uploads/<upload_id>/concat        a concatenation's first source, the others appended
+    objects/<key>                     completed files: `data` (or `concat`) renamed here
 
 Completing an upload is a rename, not a copy (plus a copy of the rare parts kept aside).
+A concatenation renames its first source and has the kernel append the others
+(copy_file_range: no byte through Chute, and a reflink where the file system can).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,9 +39,14 @@ from chute.storage.base import (
     PlacedPart,
     Storage,
     StorageFull,
+    check_sources,
 )
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+# A concatenation's files in its upload's folder (see `LocalStorage.concatenate`).
+_MANIFEST = "concat.json"
+_JOINED = "concat"
 
 # Start writeback of what was written every so often, so the fdatasync at the end of a
 # part only waits for the tail instead of the whole part.
@@ -249,8 +260,83 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             _fsync_dir(final.parent)
         shutil.rmtree(directory, ignore_errors=True)
 
+    def concatenate(self, upload_id: str, key: str, sources: Sequence[str]) -> None:
+        # Crash safety rests on two files in the upload's folder, written before any source
+        # is touched and removed only once `key` is in place (with the folder):
+        # - `concat.json`, the manifest: the key, the sources, and the first source's size
+        #   and inode. It tells a re-run what "done" looks like and where the first source
+        #   ends, so whatever a run that died midway appended is cut off and appended again.
+        # - `concat`, a fixed name the first source is renamed to, so a re-run finds it
+        #   although its own name is gone. The other sources stay where they are until
+        #   the file is in place, so every byte is always somewhere a re-run can read it.
+        listed = check_sources(key, sources)
+        directory = self._upload_dir(upload_id)
+        final = self._object(key)
+        paths = [self._object(source) for source in listed]
+        manifest_path = directory / _MANIFEST
+        joined = directory / _JOINED
+        if not directory.exists():
+            if final.exists():
+                return  # concatenated before
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
+        manifest = _read_manifest(manifest_path)
+        if manifest is None and not (directory / "data").exists():
+            # What a completed upload's cleanup left (see `_remove_upload`).
+            if final.exists():
+                shutil.rmtree(directory, ignore_errors=True)
+                return
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
+        if manifest is None:
+            if _has_parts(directory):
+                raise ValueError(f"upload {upload_id!r} has parts: it cannot be a concatenation")
+            manifest = _Manifest(key, listed, *_size_and_inode(paths[0], listed[0]))
+            for path, source in zip(paths[1:], listed[1:], strict=True):
+                _size_and_inode(path, source)  # each must be there before anything moves
+            _write_durably(manifest_path, manifest.dumps())
+        elif (manifest.key, manifest.sources) != (key, listed):
+            raise ValueError(f"upload {upload_id!r} is the concatenation of other sources")
+
+        if not joined.exists():
+            if _is_file(final, manifest.first_inode):
+                # Renamed into place by a run that died before its cleanup.
+                _remove_sources(paths[1:])
+                _remove_upload(directory)
+                return
+            _size_and_inode(paths[0], listed[0])  # FileNotFoundError naming the source
+            os.rename(paths[0], joined)
+            _fsync_dir(directory)
+            _fsync_dir(paths[0].parent)
+        try:
+            with _map_no_space():
+                fd = os.open(joined, os.O_WRONLY)
+                try:
+                    end = manifest.first_size
+                    os.ftruncate(fd, end)  # what a run that died midway appended
+                    for path in paths[1:]:
+                        end += _copy_into(path, fd, end)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except Exception:
+            # Nothing is stored: the first source goes back, as it was, where it was. If
+            # that fails too, the manifest stays and a re-run (or abort) still finds it.
+            with contextlib.suppress(OSError):
+                _put_back(directory, manifest, paths[0])
+            raise
+        with _map_no_space():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(joined, final)
+            _fsync_dir(final.parent)
+        _remove_sources(paths[1:])
+        _remove_upload(directory)
+
     def abort(self, upload_id: str) -> None:
-        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+        directory = self._upload_dir(upload_id)
+        manifest = _read_manifest(directory / _MANIFEST)
+        if manifest is not None:
+            # A concatenation that died midway: its first source is not the upload's.
+            _put_back(directory, manifest, self._object(manifest.sources[0]))
+        shutil.rmtree(directory, ignore_errors=True)
 
     def open(self, key: str) -> BinaryIO:
         return self._object(key).open("rb")
@@ -324,7 +410,8 @@ def _file_size(parts: Sequence[PlacedPart]) -> int:
     return parts[-1].offset + parts[-1].size if parts else 0
 
 
-def _copy_into(source: Path, fd: int, offset: int) -> None:
+def _copy_into(source: Path, fd: int, offset: int) -> int:
+    """Copy the file `source` into `fd` at `offset`, in the kernel; its size."""
     with source.open("rb") as src:
         remaining = os.fstat(src.fileno()).st_size
         position = 0
@@ -334,3 +421,92 @@ def _copy_into(source: Path, fd: int, offset: int) -> None:
                 raise OSError(errno.EIO, f"short copy from {source}")
             position += n
             remaining -= n
+    return position
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """What a concatenation is, written before it touches a source."""
+
+    key: str
+    sources: list[str]
+    first_size: int
+    first_inode: int
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def _read_manifest(path: Path) -> _Manifest | None:
+    try:
+        return _Manifest(**json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+
+
+def _write_durably(path: Path, content: bytes) -> None:
+    """Write a file whole or not at all: beside it, made durable, then renamed."""
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    with _map_no_space():
+        with tmp.open("wb") as f:
+            f.write(content)
+            f.flush()
+            os.fdatasync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+def _size_and_inode(path: Path, key: str) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{key!r} is not stored") from None
+    return stat.st_size, stat.st_ino
+
+
+def _is_file(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except FileNotFoundError:
+        return False
+
+
+def _has_parts(directory: Path) -> bool:
+    data = directory / "data"
+    if data.exists() and data.stat().st_size > 0:
+        return True
+    return any(p.name.startswith("part-") for p in directory.iterdir())
+
+
+def _remove_sources(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in paths}:
+        _fsync_dir(folder)
+
+
+def _remove_upload(directory: Path) -> None:
+    """Remove a concatenated upload's folder, `data` first and the manifest next: a re-run
+    that finds the folder finds the manifest, or no `data`, which says the upload is
+    complete (as `complete` leaves it), never neither."""
+    (directory / "data").unlink(missing_ok=True)
+    (directory / _MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    _fsync_dir(directory.parent)
+
+
+def _put_back(directory: Path, manifest: _Manifest, first: Path) -> None:
+    """Undo a concatenation that did not finish: the first source, cut back to its own
+    bytes, returns to its place, and the manifest goes. Each step can be redone, so a
+    crash in between leaves a state that concatenate (or this) picks up."""
+    joined = directory / _JOINED
+    if joined.exists():
+        with open(joined, "rb+") as f:
+            os.ftruncate(f.fileno(), manifest.first_size)
+            os.fsync(f.fileno())
+        first.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(joined, first)
+        _fsync_dir(first.parent)
+        _fsync_dir(directory)
+    (directory / _MANIFEST).unlink(missing_ok=True)
+    _fsync_dir(directory)

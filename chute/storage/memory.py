@@ -8,6 +8,7 @@ passes over them:
 - `complete` takes only parts that were committed as recorded (same offset, same size,
   kept aside or not), contiguous from byte 0 with rising indices, and refuses the rest
   with StorageError, naming the part;
+- `concatenate` takes only an upload with no part committed, and stored sources;
 - an optional capacity makes it run out of room like a disk: `open_part` claims the part's
   room up front, as local disk preallocates it, and StorageFull says when there is none.
 
@@ -43,6 +44,7 @@ from chute.storage.base import (
     Storage,
     StorageError,
     StorageFull,
+    check_sources,
 )
 
 
@@ -180,6 +182,28 @@ class MemoryStorage(Storage, PartLocking):
             # The file takes the room its parts had; parts it does not use are dropped.
             old = self._files.get(key)
             self._used += len(data) - upload.held() - (len(old) if old is not None else 0)
+            self._files[key] = data
+            del self._uploads[upload_id]
+
+    def concatenate(self, upload_id: str, key: str, sources: Sequence[str]) -> None:
+        listed = [_check_key(source) for source in check_sources(_check_key(key), sources)]
+        with self._lock:
+            upload = self._uploads.get(upload_id)
+            if upload is None:
+                if key in self._files:
+                    return  # concatenated before
+                raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
+            if key != upload.key:
+                raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+            if upload.parts:
+                raise ValueError(f"upload {upload_id!r} has parts: it cannot be a concatenation")
+            missing = [source for source in listed if source not in self._files]
+            if missing:
+                raise FileNotFoundError(f"concatenation into {key!r}: {missing[0]!r} is not stored")
+            data = b"".join(self._files.pop(source) for source in listed)
+            # The file takes the room its sources had.
+            old = self._files.get(key)
+            self._used -= len(old) if old is not None else 0
             self._files[key] = data
             del self._uploads[upload_id]
 

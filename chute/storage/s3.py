@@ -28,6 +28,12 @@ back the part's last byte until `commit`: a store keeps a part only once all its
 ContentLength bytes arrived, so a request that fails its checks after the last byte came
 in (checksum, CSV start, size) aborts by cutting the body short, and nothing of it is kept.
 
+A concatenation (`concatenate`) is a multipart upload too, made of the sources' objects
+by UploadPartCopy: the store copies, no byte passes through Chute. A source over 5 GiB
+(S3's largest part) is copied in ranges. Only when a source other than the last is under
+the least part size, which S3 refuses as a part, do the sources stream through Chute:
+read with GetObject and sent as parts of `stream_part_size`, in bounded memory.
+
 No `PartLocking`: two uploads of the same part number replace each other whole in S3.
 Some stores (SeaweedFS) keep every upload of a part number and, at completion, take the
 newest of those whose ETag they are given; `complete` gives every ETag of the right size
@@ -53,7 +59,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
@@ -63,7 +71,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chute.config import MiB, Settings
+from chute.config import DEFAULT_CHUNK_SIZE, GiB, MiB, Settings
 from chute.storage.base import (
     Part,
     PartRefused,
@@ -72,9 +80,14 @@ from chute.storage.base import (
     Storage,
     StorageError,
     StorageFull,
+    check_sources,
 )
 
 MAX_PARTS = 10_000
+# S3's largest part: a larger source is copied into a concatenation in ranges.
+MAX_PART_BYTES = 5 * GiB
+# UploadPartCopy calls of one concatenation at once: each waits on the store's copy.
+_COPY_THREADS = 4
 # Bytes of one part held in memory between the request and the store.
 PIPE_BYTES = 4 * MiB
 _DELETE_BATCH = 1000
@@ -167,6 +180,28 @@ def _s3_parts(parts: Sequence[PlacedPart]) -> list[tuple[int, int]]:
         number = _number(part.index, part.offset, part.part_size)
         sizes[number] = sizes.get(number, 0) + part.size
     return sorted(sizes.items())
+
+
+def copy_plan(
+    sizes: Sequence[int],
+    min_part_size: int,
+    max_part_size: int = MAX_PART_BYTES,
+    max_parts: int = MAX_PARTS,
+) -> list[tuple[int, int, int]] | None:
+    """The S3 parts of a concatenation of sources of `sizes` bytes by server-side copy:
+    (source index, first byte, size) of each, in file order. A source over `max_part_size`
+    is cut into equal ranges, each then at least half of it (above any least part size).
+    None when the store would refuse the parts: a part but the last under `min_part_size`
+    (a source short of it that is not the last with bytes), or more than `max_parts`.
+    Empty sources give no part; no sources with bytes give no part either."""
+    plan: list[tuple[int, int, int]] = []
+    for index, size in enumerate(sizes):
+        pieces = -(-size // max_part_size)
+        bounds = [size * k // pieces for k in range(pieces + 1)] if pieces else []
+        plan += [(index, start, end - start) for start, end in pairwise(bounds)]
+    if len(plan) > max_parts or any(size < min_part_size for _, _, size in plan[:-1]):
+        return None
+    return plan
 
 
 def _size_differs(announced: int, came: str) -> PartRefused:
@@ -311,6 +346,11 @@ class _S3PartWriter:
 
 class S3Storage(Storage):
     max_parts = MAX_PARTS
+    # The part size of a concatenation streamed through Chute, as `part_size` raises it:
+    # the server's default chunk size, which partial tus uploads use too.
+    stream_part_size = DEFAULT_CHUNK_SIZE
+    # The largest part a concatenation copies: S3's.
+    max_part_bytes = MAX_PART_BYTES
 
     def __init__(self, client: Any, part_client: Any, bucket: str, prefix: str, min_part_size: int):
         self.client = client
@@ -547,6 +587,154 @@ class S3Storage(Storage):
             raise StorageError(f"{what}: the store assembled {stored} bytes, not {size}")
         self._drop_tails(s3_id)
 
+    def concatenate(self, upload_id: str, key: str, sources: Sequence[str]) -> None:
+        listed = check_sources(key, sources)
+        s3_id, begun_key = self._split(upload_id)
+        if key != begun_key:
+            raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+        full = self._key(key)
+        what = f"concatenation into {key!r}"
+        with _mapped(what):
+            try:
+                self.client.list_parts(Bucket=self.bucket, Key=full, UploadId=s3_id, MaxParts=1)
+            except ClientError as exc:
+                if _code(exc) not in _NO_SUCH_UPLOAD:
+                    raise
+                if not self._exists(full):
+                    raise FileNotFoundError(
+                        f"upload {upload_id} is neither pending nor complete"
+                    ) from None
+                # Completed before: what a run that died after it may have left is the
+                # removal of the sources.
+                self._delete_keys([self._key(source) for source in listed], what)
+                self._drop_tails(s3_id)
+                return
+            sizes = [self._size(source) for source in listed]
+        plan = copy_plan(sizes, self.min_part_size, self.max_part_bytes)
+        if plan:
+            parts = self._copy_parts(s3_id, key, listed, sizes, plan)
+        else:
+            parts = self._stream_parts(s3_id, key, listed, sizes)
+        self.complete(upload_id, key, parts)
+        self._delete_keys([self._key(source) for source in listed], what)
+
+    def _size(self, key: str) -> int:
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _code(exc) in _NO_SUCH_KEY:
+                raise FileNotFoundError(f"{key!r} is not stored") from None
+            raise
+        return int(answer["ContentLength"])
+
+    def _copy_parts(
+        self,
+        s3_id: str,
+        key: str,
+        sources: list[str],
+        sizes: list[int],
+        plan: list[tuple[int, int, int]],
+    ) -> list[PlacedPart]:
+        """Copy the planned ranges of the sources into the upload's parts, in the store;
+        the parts as `complete` takes them (S3 part number: index + 1)."""
+        full = self._key(key)
+        # A source copied whole needs no range (and a store need not support ranges then).
+        cut = {index for index, _, size in plan if size != sizes[index]}
+
+        def copy(number: int, index: int, start: int, size: int) -> None:
+            source = sources[index]
+            args: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": full,
+                "UploadId": s3_id,
+                "PartNumber": number,
+                "CopySource": {"Bucket": self.bucket, "Key": self._key(source)},
+            }
+            if index in cut:
+                args["CopySourceRange"] = f"bytes={start}-{start + size - 1}"
+            with _mapped(f"copy of {source!r} into part {number} of {key!r}"):
+                self.client.upload_part_copy(**args)
+
+        pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="chute-s3-copy")
+        try:
+            futures = [pool.submit(copy, n, *piece) for n, piece in enumerate(plan, start=1)]
+            for future in futures:
+                future.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+        parts, offset = [], 0
+        for index, (_, _, size) in enumerate(plan):
+            parts.append(PlacedPart(index, offset, size))
+            offset += size
+        return parts
+
+    def _stream_parts(
+        self, s3_id: str, key: str, sources: list[str], sizes: list[int]
+    ) -> list[PlacedPart]:
+        """Send the sources' bytes, read from the store, as parts of the stream part size
+        (S3 takes no part under its least size but the last), one pipe at a time."""
+        total = sum(sizes)
+        part_size = self.part_size(self.stream_part_size, total)
+        parts: list[PlacedPart] = []
+        with contextlib.closing(self._blocks(sources)) as blocks:
+            pending = memoryview(b"")
+            # At least one part: a file of no bytes is one empty part.
+            for index in range(max(1, -(-total // part_size))):
+                offset = index * part_size
+                size = min(part_size, total - offset)
+                writer = self._part_writer(s3_id, key, index + 1, size)
+                try:
+                    need = size
+                    while need:
+                        if not pending:
+                            block = next(blocks, None)
+                            if block is None:
+                                raise StorageError(
+                                    f"concatenation into {key!r}: the sources ended before "
+                                    f"their {total} bytes"
+                                )
+                            pending = memoryview(block)
+                        n = min(need, len(pending))
+                        writer.write(pending[:n])
+                        pending, need = pending[n:], need - n
+                    writer.commit()
+                except BaseException:
+                    writer.abort()
+                    raise
+                parts.append(PlacedPart(index, offset, size, part_size=part_size))
+        return parts
+
+    def _blocks(self, sources: list[str]) -> Generator[bytes, None, None]:
+        """The sources' bytes, read from the store in order, a MiB at most at a time (the
+        part pipe holds a few of them: more would only take memory)."""
+        for source in sources:
+            with _mapped(f"read of {source!r}"):
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(source))["Body"]
+            try:
+                while True:
+                    with _mapped(f"read of {source!r}"):
+                        block = body.read(MiB)
+                    if not block:
+                        break
+                    yield block
+            finally:
+                body.close()
+
+    def _delete_keys(self, keys: list[str], what: str) -> None:
+        """Delete objects by full key; those already gone are no error."""
+        for i in range(0, len(keys), _DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[i : i + _DELETE_BATCH]]
+            with _mapped(what):
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise StorageError(
+                    f"{what}: {len(answer['Errors'])} objects not deleted, first "
+                    f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
+                )
+
     def abort(self, upload_id: str) -> None:
         s3_id, key = self._split(upload_id)
         self._drop_tails(s3_id)
@@ -588,15 +776,5 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": _DELETE_BATCH}
             )
             for page in pages:
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if not keys:
-                    continue
-                answer = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
-                )
-                if answer.get("Errors"):
-                    first = answer["Errors"][0]
-                    raise StorageError(
-                        f"delete of {prefix!r}: {len(answer['Errors'])} objects not deleted, "
-                        f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
-                    )
+                keys = [item["Key"] for item in page.get("Contents", [])]
+                self._delete_keys(keys, f"delete of {prefix!r}")

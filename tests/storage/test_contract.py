@@ -439,3 +439,124 @@ def test_lock_part_of_an_aborted_upload_fails(locking: PartLocking) -> None:
     locking.abort(upload_id)
     with pytest.raises(FileNotFoundError), locking.lock_part(upload_id, 0, timeout=0.1):
         pass
+
+
+# Concatenation: stored files joined end to end into an upload's file.
+
+
+def stored(backend: Backend, key: str, data: bytes, tmp_path: Path) -> None:
+    """Store `data` as `key` the two ways a source comes: an upload's parts, or put_file."""
+    if len(data) > backend.part:
+        upload_id = backend.storage.begin(key)
+        parts = put_all(backend, upload_id, data)
+        backend.storage.complete(upload_id, key, parts)
+    else:
+        source = tmp_path / "source"
+        source.write_bytes(data)
+        backend.storage.put_file(key, source)
+
+
+def sources_of(backend: Backend, tmp_path: Path, sizes: list[int]) -> dict[str, bytes]:
+    """Stored sources of `sizes` bytes, by key, the keys in an order that is not theirs
+    by name (so a sorted listing would misplace them)."""
+    names = ["partials/c", "partials/a", "partials/d", "partials/b"]
+    sources = {}
+    for n, size in enumerate(sizes):
+        sources[names[n]] = data_of(size, seed=20 + n)
+        stored(backend, names[n], sources[names[n]], tmp_path)
+    return sources
+
+
+def test_concatenate_joins_the_sources_in_order(backend: Backend, tmp_path: Path) -> None:
+    # One source an upload stored in parts, then put_file ones; the last one short.
+    sources = sources_of(backend, tmp_path, [backend.part + 3, backend.part, 17])
+    upload_id = backend.storage.begin(KEY)
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert read(backend.storage, KEY) == b"".join(sources.values())
+    assert backend.keys() == {KEY}  # the sources are removed
+    assert backend.uploads() == set()
+
+
+def test_concatenate_of_one_source_is_that_file(backend: Backend, tmp_path: Path) -> None:
+    sources = sources_of(backend, tmp_path, [backend.part + 5])
+    upload_id = backend.storage.begin(KEY)
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert read(backend.storage, KEY) == sources["partials/c"]
+    assert backend.keys() == {KEY}
+
+
+@pytest.mark.parametrize("sizes", [[0, 0], [0, 1, 0]])
+def test_empty_sources_add_nothing(backend: Backend, tmp_path: Path, sizes: list[int]) -> None:
+    sources = sources_of(backend, tmp_path, [backend.part, *sizes])
+    upload_id = backend.storage.begin(KEY)
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert read(backend.storage, KEY) == b"".join(sources.values())
+    # No bytes at all make an empty file.
+    empty = sources_of(backend, tmp_path, sizes)
+    upload_id = backend.storage.begin("jobs/2/input.csv")
+    backend.storage.concatenate(upload_id, "jobs/2/input.csv", list(empty))
+    assert read(backend.storage, "jobs/2/input.csv") == b"".join(empty.values())
+    assert backend.keys() == {KEY, "jobs/2/input.csv"}
+
+
+def test_concatenate_is_idempotent(backend: Backend, tmp_path: Path) -> None:
+    sources = sources_of(backend, tmp_path, [backend.part, 10])
+    upload_id = backend.storage.begin(KEY)
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    # A worker that runs it again (after a crash, say) finds it done: sources gone is fine.
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert read(backend.storage, KEY) == b"".join(sources.values())
+    assert backend.keys() == {KEY}
+    assert backend.uploads() == set()
+
+
+@pytest.mark.parametrize(
+    ("names", "why"),
+    [
+        ([], "at least one source"),
+        (["partials/c", "partials/a", "partials/c"], "twice"),
+        (["partials/c", KEY], "names it as a source"),
+    ],
+)
+def test_concatenate_refuses_sources_that_make_no_sense(
+    backend: Backend, tmp_path: Path, names: list[str], why: str
+) -> None:
+    sources = sources_of(backend, tmp_path, [5, 6])
+    upload_id = backend.storage.begin(KEY)
+    with pytest.raises(ValueError, match=why):
+        backend.storage.concatenate(upload_id, KEY, names)
+    # Nothing happened: the sources are there, and the upload still takes the right ones.
+    assert backend.keys() == set(sources)
+    assert upload_id in backend.uploads()
+    backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert read(backend.storage, KEY) == b"".join(sources.values())
+
+
+@pytest.mark.parametrize("missing", [0, 1, 2])
+def test_concatenate_of_a_missing_source_stores_nothing(
+    backend: Backend, tmp_path: Path, missing: int
+) -> None:
+    sources = sources_of(backend, tmp_path, [backend.part, backend.part, 9])
+    names = list(sources)
+    backend.storage.delete(names[missing])
+    upload_id = backend.storage.begin(KEY)
+    with pytest.raises(FileNotFoundError, match=names[missing]):
+        backend.storage.concatenate(upload_id, KEY, names)
+    present = {name: data for n, (name, data) in enumerate(sources.items()) if n != missing}
+    assert backend.keys() == set(present)
+    for name, data in present.items():
+        assert read(backend.storage, name) == data
+    assert upload_id in backend.uploads()
+    # Once the source is there, the same upload completes.
+    stored(backend, names[missing], sources[names[missing]], tmp_path)
+    backend.storage.concatenate(upload_id, KEY, names)
+    assert read(backend.storage, KEY) == b"".join(sources.values())
+
+
+def test_concatenate_into_an_unknown_upload_fails(backend: Backend, tmp_path: Path) -> None:
+    sources = sources_of(backend, tmp_path, [3, 4])
+    upload_id = backend.storage.begin(KEY)
+    backend.storage.abort(upload_id)
+    with pytest.raises(FileNotFoundError):
+        backend.storage.concatenate(upload_id, KEY, list(sources))
+    assert backend.keys() == set(sources)

@@ -1,6 +1,7 @@
 """LocalStorage beyond the shared contract, on real files: room preallocated, parts kept
 aside in files of their own, completion by rename, file locks across processes, a full
-disk, and keys and ids that stay inside the root."""
+disk, keys and ids that stay inside the root, and concatenation by rename and kernel copy,
+run again after a process killed at each of its steps."""
 
 from __future__ import annotations
 
@@ -270,3 +271,161 @@ def test_free_bytes_is_the_disks(storage: LocalStorage) -> None:
     free = storage.free_bytes()
     stat = os.statvfs(storage.root)
     assert abs(free - stat.f_bavail * stat.f_frsize) < 64 * 1024 * 1024
+
+
+# Concatenation: the first source renamed, the others appended by the kernel.
+
+
+def stored_sources(storage: LocalStorage, tmp_path: Path, sizes: list[int]) -> dict[str, bytes]:
+    sources = {}
+    for n, size in enumerate(sizes):
+        key = f"partials/{n}"
+        sources[key] = data_of(size, seed=30 + n)
+        file = tmp_path / "source"
+        file.write_bytes(sources[key])
+        storage.put_file(key, file)
+    return sources
+
+
+def test_concatenate_renames_the_first_source(storage: LocalStorage, tmp_path: Path) -> None:
+    sources = stored_sources(storage, tmp_path, [3 * CHUNK, 2 * CHUNK + 1, 7])
+    first = storage.path("partials/0").stat().st_ino
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, list(sources))
+    final = storage.path(KEY)
+    assert final.stat().st_ino == first  # the first source itself, not a copy of it
+    assert final.stat().st_nlink == 1
+    assert final.read_bytes() == b"".join(sources.values())
+    assert not upload_dir(storage, upload_id).exists()
+    assert not storage.path("partials").exists() or not any(storage.path("partials").iterdir())
+
+
+def test_concatenate_refuses_an_upload_with_parts(storage: LocalStorage, tmp_path: Path) -> None:
+    sources = stored_sources(storage, tmp_path, [10, 20])
+    upload_id = storage.begin(KEY)
+    put(storage, upload_id, 0, b"id\n", part_size=CHUNK)
+    with pytest.raises(ValueError, match="has parts"):
+        storage.concatenate(upload_id, KEY, list(sources))
+    for key, data in sources.items():
+        assert read(storage, key) == data
+
+
+CONCATENATE_AND_DIE = """
+import os, sys
+from pathlib import Path
+from chute.storage.local import LocalStorage
+
+root, upload_id, name, nth, when, key, *sources = sys.argv[1:]
+real = getattr(os, name)
+calls = 0
+
+def dying(*args):
+    # The process dies at the nth call of os.<name>: before it, after it, or (a copy)
+    # once half of its bytes are copied.
+    global calls
+    calls += 1
+    if calls < int(nth):
+        return real(*args)
+    if when == "half":
+        src, dst, count, *offsets = args
+        real(src, dst, count // 2, *offsets)
+    elif when == "after":
+        real(*args)
+    os._exit(3)
+
+setattr(os, name, dying)
+LocalStorage(Path(root)).concatenate(upload_id, key, sources)
+"""
+
+# Where a worker may die: (function, its nth call, before / after it / half of a copy).
+CRASHES = [
+    ("replace", 1, "after"),  # the manifest is written, nothing moved yet
+    ("rename", 1, "after"),  # the first source is in the upload's folder
+    ("copy_file_range", 1, "half"),  # half of the second source appended
+    ("copy_file_range", 2, "after"),  # all appended, the file not in place yet
+    ("replace", 2, "after"),  # the file in place, the sources not removed yet
+    ("unlink", 1, "after"),  # one source removed
+    ("unlink", 3, "after"),  # the sources removed, the upload's `data` too
+    ("unlink", 4, "after"),  # the manifest removed, the upload's folder not yet
+]
+
+
+def die_concatenating(
+    storage: LocalStorage, upload_id: str, sources: list[str], crash: tuple[str, int, str]
+) -> None:
+    name, nth, when = crash
+    died = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CONCATENATE_AND_DIE,
+            str(storage.root),
+            upload_id,
+            name,
+            str(nth),
+            when,
+            KEY,
+            *sources,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert died.returncode == 3, died.stderr.decode()  # it died where it was told to
+
+
+@pytest.mark.parametrize("crash", CRASHES, ids=[f"{n}-{i}-{w}" for n, i, w in CRASHES])
+def test_concatenate_again_after_a_crash(
+    storage: LocalStorage, tmp_path: Path, crash: tuple[str, int, str]
+) -> None:
+    sources = stored_sources(storage, tmp_path, [3 * CHUNK, 5 * CHUNK + 3, 2 * CHUNK + 1])
+    first = storage.path("partials/0").stat().st_ino
+    upload_id = storage.begin(KEY)
+    die_concatenating(storage, upload_id, list(sources), crash)
+    storage.concatenate(upload_id, KEY, list(sources))
+    final = storage.path(KEY)
+    assert final.read_bytes() == b"".join(sources.values())
+    assert final.stat().st_ino == first
+    assert not upload_dir(storage, upload_id).exists()
+    assert not any(storage.path("partials").iterdir())
+    storage.concatenate(upload_id, KEY, list(sources))  # and again: done
+    assert final.read_bytes() == b"".join(sources.values())
+
+
+@pytest.mark.parametrize("crash", CRASHES[:4], ids=[f"{n}-{i}-{w}" for n, i, w in CRASHES[:4]])
+def test_abort_after_a_crash_gives_the_sources_back(
+    storage: LocalStorage, tmp_path: Path, crash: tuple[str, int, str]
+) -> None:
+    sources = stored_sources(storage, tmp_path, [3 * CHUNK, 5 * CHUNK + 3, 2 * CHUNK + 1])
+    first = storage.path("partials/0").stat().st_ino
+    upload_id = storage.begin(KEY)
+    die_concatenating(storage, upload_id, list(sources), crash)
+    storage.abort(upload_id)
+    for key, data in sources.items():
+        assert read(storage, key) == data
+    assert storage.path("partials/0").stat().st_ino == first
+    assert not storage.path(KEY).exists()
+    assert not upload_dir(storage, upload_id).exists()
+
+
+def test_a_failure_midway_puts_the_first_source_back(storage: LocalStorage, tmp_path: Path) -> None:
+    sources = stored_sources(storage, tmp_path, [3 * CHUNK, 2 * CHUNK, 5])
+    first = storage.path("partials/0").stat().st_ino
+    # A source that is there but cannot be read as a file: the kernel copy of it fails.
+    unreadable = storage.path("partials/1")
+    unreadable.unlink()
+    unreadable.mkdir()
+    upload_id = storage.begin(KEY)
+    with pytest.raises(IsADirectoryError):
+        storage.concatenate(upload_id, KEY, list(sources))
+    assert storage.path("partials/0").stat().st_ino == first
+    assert read(storage, "partials/0") == sources["partials/0"]
+    assert names(storage, upload_id) == {"data", "locks"}
+    assert not storage.path(KEY).exists()
+    # Once the source is a file again, the same upload completes.
+    unreadable.rmdir()
+    unreadable.write_bytes(sources["partials/1"])
+    storage.concatenate(upload_id, KEY, list(sources))
+    assert read(storage, KEY) == b"".join(sources.values())
+    assert storage.path(KEY).stat().st_ino == first

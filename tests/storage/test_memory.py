@@ -218,3 +218,33 @@ def test_memory_urls_name_one_store_per_process() -> None:
             forget(name)
     with pytest.raises(ValueError, match="names its store"):
         storage_at("memory://")
+
+
+def test_concatenate_takes_only_an_upload_without_parts(
+    storage: MemoryStorage, tmp_path: Path
+) -> None:
+    for name, data in (("partials/a", b"id\n"), ("partials/b", b"1\n")):
+        (tmp_path / "source").write_bytes(data)
+        storage.put_file(name, tmp_path / "source")
+    upload_id = storage.begin(KEY)
+    put(storage, upload_id, 0, b"x", part_size=PART)
+    with pytest.raises(ValueError, match="has parts"):
+        storage.concatenate(upload_id, KEY, ["partials/a", "partials/b"])
+    other = storage.begin("jobs/2/input.csv")
+    with pytest.raises(ValueError, match="another key"):
+        storage.concatenate(other, KEY, ["partials/a", "partials/b"])
+    assert storage.keys() == {"partials/a", "partials/b"}
+    storage.concatenate(other, "jobs/2/input.csv", ["partials/a", "partials/b"])
+    assert read(storage, "jobs/2/input.csv") == b"id\n1\n"
+
+
+def test_concatenate_counts_room_like_a_disk(tmp_path: Path) -> None:
+    storage = MemoryStorage(capacity=100)
+    for name, size in (("partials/a", 40), ("partials/b", 30)):
+        source = tmp_path / name.replace("/", "-")
+        source.write_bytes(b"x" * size)
+        storage.put_file(name, source)
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, ["partials/a", "partials/b"])
+    # The file holds the room its sources held, no more.
+    assert storage.free_bytes() == 30

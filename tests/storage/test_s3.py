@@ -1,25 +1,29 @@
 """S3Storage beyond the shared contract, on a real S3-compatible server (SeaweedFS): S3's
 rules on parts (refused with PartRefused, before any byte), the store's answers mapped
-into the contract's errors, the last byte held back so a part cut off keeps nothing, and
-parts streamed in bounded memory."""
+into the contract's errors, the last byte held back so a part cut off keeps nothing,
+parts streamed in bounded memory, and concatenation: sources copied as parts in the store
+(in ranges above the largest part), or streamed when one is too small to be a part."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import random
 import threading
 import time
+import tracemalloc
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
 
-from chute.config import MiB
+from chute.config import GiB, MiB
 from chute.storage import Part, PartRefused, PlacedPart, StorageError
-from chute.storage.s3 import MAX_PARTS, S3Storage
+from chute.storage.s3 import MAX_PART_BYTES, MAX_PARTS, S3Storage, copy_plan
 from tests.conftest import storage_of
 from tests.s3_support import SeaweedFS
-from tests.storage.support import put, read
+from tests.storage.support import data_of, put, read
 
 PART = 5 * MiB  # SeaweedFS enforces S3's minimum for every part but the last
 KEY = "jobs/1/input.csv"
@@ -247,3 +251,173 @@ def test_the_stores_answer_is_named_in_the_error(storage: S3Storage) -> None:
     storage.abort(upload_id)
     with pytest.raises(FileNotFoundError, match="the S3 store answered NoSuchUpload"):
         put(storage, upload_id, 0, b"id,name\n1,a\n", part_size=PART, last=True)
+
+
+# Concatenation: parts copied in the store, or streamed when a source is too small a part.
+
+
+def test_copy_plan_copies_each_source_whole_when_it_can() -> None:
+    assert copy_plan([PART, PART + 1, 10], PART) == [(0, 0, PART), (1, 0, PART + 1), (2, 0, 10)]
+    # An empty source gives no part, wherever it is; the last with bytes may be small.
+    assert copy_plan([0, PART, 0, 10, 0], PART) == [(1, 0, PART), (3, 0, 10)]
+    assert copy_plan([0, 0], PART) == []
+    assert copy_plan([MAX_PART_BYTES], PART) == [(0, 0, MAX_PART_BYTES)]
+
+
+def test_copy_plan_cuts_a_source_over_5_gib_into_ranges() -> None:
+    assert 5 * GiB == MAX_PART_BYTES
+    assert copy_plan([MAX_PART_BYTES + 1], PART) == [
+        (0, 0, 5 * GiB // 2),
+        (0, 5 * GiB // 2, 5 * GiB // 2 + 1),
+    ]
+    huge = 23 * GiB + 7
+    plan = copy_plan([PART, huge, 100], PART)
+    assert plan is not None
+    assert [piece for piece in plan if piece[0] != 1] == [(0, 0, PART), (2, 0, 100)]
+    ranges = [(start, size) for index, start, size in plan if index == 1]
+    assert len(ranges) == 5  # ceil(23 GiB / 5 GiB)
+    assert [start for start, _ in ranges] == list(
+        accumulate([0] + [size for _, size in ranges[:-1]])
+    )
+    assert sum(size for _, size in ranges) == huge
+    assert all(4 * GiB < size <= MAX_PART_BYTES for _, size in ranges)
+
+
+def test_copy_plan_gives_up_where_s3_would_refuse_the_parts() -> None:
+    # A source under the least part size that is not the last with bytes.
+    assert copy_plan([PART - 1, PART], PART) is None
+    assert copy_plan([PART, 1, 0, PART], PART) is None
+    assert copy_plan([PART, 1, 0], PART) is not None
+    # More parts than S3 takes.
+    assert copy_plan([PART] * MAX_PARTS, PART) is not None
+    assert copy_plan([PART] * (MAX_PARTS + 1), PART) is None
+
+
+def test_copy_plan_holds_to_s3s_rules_for_any_sizes() -> None:
+    rng = random.Random(7)
+    least, most = 5, 40  # small stand-ins for 5 MiB and 5 GiB
+    for _ in range(2000):
+        sizes = [rng.choice([0, 1, 4, 5, 6, 39, 40, 41, 79, 80, 81, 200]) for _ in range(4)]
+        plan = copy_plan(sizes, least, most, max_parts=12)
+        with_bytes = [size for size in sizes if size]
+        pieces = sum(-(-size // most) for size in sizes)
+        refused = any(size < least for size in with_bytes[:-1]) or pieces > 12
+        assert (plan is None) == refused, sizes
+        if plan is None:
+            continue
+        # Every byte of every source once, in order, in parts S3 takes.
+        assert [(i, start + size) for i, start, size in plan if start + size == sizes[i]] == [
+            (i, size) for i, size in enumerate(sizes) if size
+        ]
+        at: dict[int, int] = {}
+        for i, start, size in plan:
+            assert start == at.get(i, 0)
+            at[i] = start + size
+            assert 0 < size <= most
+        assert all(size >= least for _, _, size in plan[:-1])
+        assert [i for i, _, _ in plan] == sorted(i for i, _, _ in plan)
+
+
+def part_sizes(storage: S3Storage, key: str) -> list[int]:
+    """The sizes of the parts a stored file was assembled from, as the store tells them."""
+    s3, full = storage.client, storage.prefix + key
+    count = s3.head_object(Bucket=storage.bucket, Key=full, PartNumber=1).get("PartsCount", 1)
+    return [
+        s3.head_object(Bucket=storage.bucket, Key=full, PartNumber=n)["ContentLength"]
+        for n in range(1, count + 1)
+    ]
+
+
+def stored_sources(storage: S3Storage, tmp_path: Path, sizes: list[int]) -> dict[str, bytes]:
+    sources = {}
+    for n, size in enumerate(sizes):
+        key = f"partials/{n}"
+        sources[key] = data_of(size, seed=40 + n)
+        (tmp_path / "source").write_bytes(sources[key])
+        storage.put_file(key, tmp_path / "source")
+    return sources
+
+
+def test_sources_are_copied_as_parts(storage: S3Storage, tmp_path: Path) -> None:
+    sources = stored_sources(storage, tmp_path, [PART + 1, PART, 10])
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, list(sources))
+    assert read(storage, KEY) == b"".join(sources.values())
+    assert part_sizes(storage, KEY) == [PART + 1, PART, 10]  # one part per source
+
+
+def test_a_source_over_the_largest_part_is_copied_in_ranges(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    # 5 GiB stands for 8 MiB here: the same ranged copies, of a size a test can send.
+    storage.max_part_bytes = 8 * MiB
+    sources = stored_sources(storage, tmp_path, [13 * MiB + 1, 17 * MiB, 100])
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, list(sources))
+    assert read(storage, KEY) == b"".join(sources.values())
+    # 13 MiB + 1 in two ranges, 17 MiB (17,825,792 bytes) in three.
+    half = (13 * MiB + 1) // 2
+    assert part_sizes(storage, KEY) == [half, half + 1, 5_941_930, 5_941_931, 5_941_931, 100]
+
+
+def test_small_sources_stream_through_in_parts(storage: S3Storage, tmp_path: Path) -> None:
+    # A first source under 5 MiB cannot be a part: the file is streamed, in parts of the
+    # stream part size, each filled across the sources' ends.
+    storage.stream_part_size = PART
+    sources = stored_sources(storage, tmp_path, [100, PART + 1, 200, PART + 7])
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, list(sources))
+    assert read(storage, KEY) == b"".join(sources.values())
+    assert part_sizes(storage, KEY) == [PART, PART, 308]
+    assert {o["Key"] for o in listed(storage)} == {storage.prefix + KEY}
+
+
+def listed(storage: S3Storage) -> list[dict[str, object]]:
+    pages = storage.client.get_paginator("list_objects_v2").paginate(
+        Bucket=storage.bucket, Prefix=storage.prefix
+    )
+    return [o for page in pages for o in page.get("Contents", [])]
+
+
+def test_streaming_holds_no_source_in_memory(storage: S3Storage, tmp_path: Path) -> None:
+    size = 32 * MiB
+    (tmp_path / "big").write_bytes(os.urandom(size))
+    storage.put_file("partials/big", tmp_path / "big")
+    (tmp_path / "small").write_bytes(b"id,x\n")
+    storage.put_file("partials/small", tmp_path / "small")
+    upload_id = storage.begin(KEY)
+    tracemalloc.start()
+    try:
+        storage.concatenate(upload_id, KEY, ["partials/small", "partials/big"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The pipe's few MiB and a block read (about 7 MiB here), not the 32 MiB source.
+    assert peak < 12 * MiB, peak
+    with storage.open(KEY) as f:
+        assert f.read(5) == b"id,x\n"
+    assert (
+        storage.client.head_object(Bucket=storage.bucket, Key=storage.prefix + KEY)["ContentLength"]
+        == size + 5
+    )
+
+
+def test_concatenate_again_removes_sources_a_crash_left(storage: S3Storage, tmp_path: Path) -> None:
+    sources = stored_sources(storage, tmp_path, [PART, 10])
+    upload_id = storage.begin(KEY)
+    storage.concatenate(upload_id, KEY, list(sources))
+    # What a worker that died after CompleteMultipartUpload leaves: the sources.
+    for key, data in sources.items():
+        (tmp_path / "source").write_bytes(data)
+        storage.put_file(key, tmp_path / "source")
+    storage.concatenate(upload_id, KEY, list(sources))
+    assert {o["Key"] for o in listed(storage)} == {storage.prefix + KEY}
+    assert read(storage, KEY) == b"".join(sources.values())
+
+
+def test_concatenate_is_for_the_key_begun(storage: S3Storage, tmp_path: Path) -> None:
+    stored_sources(storage, tmp_path, [3])
+    upload_id = storage.begin(KEY)
+    with pytest.raises(ValueError, match="another key"):
+        storage.concatenate(upload_id, "jobs/2/input.csv", ["partials/0"])
+    storage.abort(upload_id)
