@@ -206,12 +206,16 @@ async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep
         with rt.sessions() as session:
             return records.open_patch(session, rt.settings, user.id, tus_id, offset)
 
-    state = await appender.path.in_thread(open_patch)
     body = Body(request.stream())
-    if state.complete:
-        if _has_body(request):
-            await body.drain(0)
+    try:
+        state = await appender.path.in_thread(open_patch)
+        if state.complete and _has_body(request):
             raise ChuteError(Problem.PATCH_TOO_LARGE, left=0)
+    except ChuteError:
+        # A short body is read, so the client sees the answer; a long one is cut off.
+        await body.drain(rt.settings.max_body_bytes)
+        raise
+    if state.complete:
         return Response(status_code=204, headers=_state_headers(state))
     offset = await appender.append(state, _content_length(request), checksum, body)
     with rt.sessions() as session:
