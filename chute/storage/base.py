@@ -84,6 +84,10 @@ class Storage(ABC):
         `wanted`: a backend with rules on parts (S3) raises it so the file fits them."""
         return wanted
 
+    def check_part(self, part: Part) -> None:
+        """Refuse (PartRefused) a part this backend can never take, judged from what is
+        known before its bytes; the caller asks before it records anything of a request."""
+
     @abstractmethod
     def begin(self, key: str) -> str:
         """Start an upload whose file `complete` will store as `key`; return its id."""

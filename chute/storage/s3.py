@@ -430,6 +430,9 @@ class S3Storage(Storage):
             raise self._too_small(part.part_size)
         return part.size
 
+    def check_part(self, part: Part) -> None:
+        self._check(part)
+
     def _too_small(self, size: int) -> PartRefused:
         return PartRefused(
             f"parts of {size} bytes are too small for this server's storage: every "

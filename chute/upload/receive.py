@@ -76,6 +76,19 @@ async def _file_bytes(events: AsyncIterator[Any], announced: int | None) -> Asyn
     raise malformed("the file part has no end")
 
 
+def _shape(request: ChunkRequest, size: int | None) -> Part:
+    """The chunk as its request describes it, before the upload is opened."""
+    cs = request.chunk_size
+    return Part(
+        index=request.index,
+        offset=None if cs is None else request.index * cs,
+        most=size or 0,
+        size=size,
+        last=request.is_last,
+        part_size=cs,
+    )
+
+
 class _SpoolWriter:
     """The file part, kept in a temporary file until the fields after it say where it goes."""
 
@@ -226,6 +239,8 @@ class ChunkReceiver:
             raise ChuteError(Problem.EMPTY_CHUNK)
         chunks.check_part_count(self.rt.storage, request)
         with storage_errors():
+            # What the storage refuses from the request alone binds nothing of the upload.
+            self.rt.storage.check_part(_shape(request, size))
             plan = await self.path.in_thread(lambda: self._open(request))
         if size is not None and size > plan.limit:
             raise plan.over_limit

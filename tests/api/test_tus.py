@@ -444,7 +444,7 @@ def test_a_final_upload_takes_only_finished_partials_of_its_user(
     done = partial(client, data[:1000])
     answer = client.http.post(
         "/api/tus/",
-        headers={**TUS, "Upload-Length": "1000", "Upload-Concat": "partial"},
+        headers={**TUS, "Upload-Length": str(len(data) - 1000), "Upload-Concat": "partial"},
     )
     unfinished = answer.headers["Location"]
     assert final(client, [done, unfinished]).status_code == 409

@@ -55,10 +55,17 @@ def storage_for(seaweedfs: SeaweedFS, bucket: str, **settings: str) -> S3Storage
 
 
 def refusal(storage: S3Storage, part: Part) -> str:
+    """Why the store refuses `part`: when it opens, or (its size against the least part
+    size) when its bytes are committed."""
     upload_id = storage.begin(KEY)
     try:
         with pytest.raises(PartRefused) as caught:
-            storage.open_part(upload_id, part).abort()
+            writer = storage.open_part(upload_id, part)
+            try:
+                writer.write(b"x" * (part.size or 0))
+                writer.commit()
+            finally:
+                writer.abort()
     finally:
         storage.abort(upload_id)
     return str(caught.value)
@@ -85,6 +92,15 @@ def test_parts_too_small_are_refused_but_the_last(storage: S3Storage) -> None:
     upload_id = storage.begin("jobs/2/input.csv")
     put(storage, upload_id, 2, b"tail\n", part_size=PART, last=True)
     storage.abort(upload_id)
+
+
+def test_rules_on_a_parts_shape_are_told_before_anything_opens(storage: S3Storage) -> None:
+    """`check_part`: what the store refuses from what is known before a part's bytes."""
+    with pytest.raises(PartRefused, match="send a Content-Length"):
+        storage.check_part(Part(0, 0, most=PART, size=None, last=False, part_size=PART))
+    with pytest.raises(PartRefused, match="parts of 10 bytes are too small"):
+        storage.check_part(Part(1, 10, 10, 10, last=False, part_size=10))
+    storage.check_part(Part(0, 0, 10, 10, last=True, part_size=10))  # the whole file
 
 
 def test_more_than_max_parts_are_refused(storage: S3Storage) -> None:
