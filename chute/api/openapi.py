@@ -102,6 +102,25 @@ VALIDATION = Answer(422, "A parameter or a field of the body is missing or not v
 
 Entry = Problem | Answer
 
+# What a tus request that carries bytes may answer about them (the route streams its
+# body itself, so FastAPI knows of no body).
+TUS_BODY: tuple[Entry, ...] = (
+    CLIENT_GONE,
+    Problem.BODY_IDLE,
+    Problem.BODY_TOO_SLOW,
+    Problem.BODY_TOO_LARGE,
+    Problem.OFFSET_DIFFERS,
+    Problem.UPLOAD_REPLACED,
+    Problem.PATCH_TOO_LARGE,
+    Problem.CHECKSUM_MISMATCH_TUS,
+    Problem.NOT_CSV,
+    Problem.PART_REFUSED,
+    Problem.CHUNK_BUSY,
+    Problem.TOO_MANY_UPLOADS,
+    Problem.STORAGE_FULL,
+    Problem.STORAGE_UNAVAILABLE,
+)
+
 # What only a route's service knows it answers, beyond the derived errors.
 ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ("POST", "/api/auth/token"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
@@ -130,6 +149,34 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
         Problem.STORAGE_FULL,
     ),
     ("DELETE", "/api/job/{job_id}/upload-data"): (Problem.UPLOAD_COMPLETE,),
+    ("POST", "/api/tus/"): (
+        Problem.TUS_BAD_HEADER,
+        Problem.TUS_VERSION,
+        Problem.TUS_CONTENT_TYPE,
+        Problem.EMPTY_FILE,
+        Problem.FILE_TOO_LARGE,
+        Problem.JOB_NOT_FOUND,
+        Problem.TUS_UPLOAD_NOT_FOUND,
+        Problem.NOT_ACCEPTING_DATA,
+        Problem.UPLOAD_EXISTS,
+        Problem.PARTIAL_UNFINISHED,
+        Problem.INVALID_FIELD,
+        *TUS_BODY,
+    ),
+    ("HEAD", "/api/tus/{tus_id}"): (Problem.TUS_VERSION, Problem.TUS_UPLOAD_NOT_FOUND),
+    ("PATCH", "/api/tus/{tus_id}"): (
+        Problem.TUS_BAD_HEADER,
+        Problem.TUS_VERSION,
+        Problem.TUS_CONTENT_TYPE,
+        Problem.TUS_UPLOAD_NOT_FOUND,
+        Problem.NOT_ACCEPTING_DATA,
+        *TUS_BODY,
+    ),
+    ("DELETE", "/api/tus/{tus_id}"): (
+        Problem.TUS_VERSION,
+        Problem.TUS_UPLOAD_NOT_FOUND,
+        Problem.UPLOAD_COMPLETE,
+    ),
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
 }
