@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -195,6 +196,9 @@ class TusPartial(Base):
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
     parts_received: Mapped[int] = mapped_column(default=0)
     tus_metadata: Mapped[str | None] = mapped_column(Text)
+    # Its first bytes (at most 64 KiB): if it comes first in a final upload, they are the
+    # file's, checked as CSV when that final upload is created.
+    head: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     touched_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     completed_at: Mapped[datetime | None]

@@ -93,6 +93,18 @@ def not_csv(why: str) -> ChuteError:
     return ChuteError(Problem.NOT_CSV, why=why)
 
 
+class HeadKeeper:
+    """Keeps a stream's first HEAD_BYTES, judging nothing (a tus partial upload's start,
+    checked by `CsvStartCheck` once a final upload puts it first)."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+
+
 class CsvStartCheck:
     """Feed it chunk 0's bytes in order, then call `finish`. Raises ChuteError (422)."""
 

@@ -123,6 +123,7 @@ class _Stored:
     pipeline: Pipeline
     writer: PartWriter | None
     held: HeldPart | None
+    check: CsvStartCheck | None
 
 
 class ChunkReceiver:
@@ -263,7 +264,7 @@ class ChunkReceiver:
             plan.limit, plan.over_limit, writer, check, lambda: self._held_open(plan.storage_id)
         )
         await self.path.pump(source, pipeline)
-        return _Stored(request, plan, pipeline, writer, held)
+        return _Stored(request, plan, pipeline, writer, held, check)
 
     def _open_spool(self) -> _SpoolWriter:
         directory = self.settings.data_dir / "tmp"
@@ -288,8 +289,8 @@ class ChunkReceiver:
         sha = pipeline.hash.hexdigest()
         if request.sha256 is not None and request.sha256 != sha:
             raise ChuteError(Problem.CHECKSUM_MISMATCH, actual=sha, expected=request.sha256)
-        if pipeline.check is not None:
-            pipeline.check.finish(whole_file=request.total_chunks == 1)
+        if stored.check is not None:
+            stored.check.finish(whole_file=request.total_chunks == 1)
         storage_id = stored.plan.storage_id
         if stored.writer is not None:
             assert stored.held is not None

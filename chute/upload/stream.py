@@ -22,7 +22,6 @@ from chute.errors import ChuteError, Problem
 from chute.runtime import Runtime
 from chute.storage import Part, PartRefused, PartWriter, StorageError, StorageFull
 from chute.storage.base import HeldPart
-from chute.upload.csvcheck import CsvStartCheck
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +107,12 @@ class Sink(Protocol):
     def write(self, data: Buffer) -> None: ...
 
 
+class Feeder(Protocol):
+    """Sees the first bytes of a file as they pass (`CsvStartCheck`, `HeadKeeper`)."""
+
+    def feed(self, data: bytes | bytearray) -> None: ...
+
+
 class Pipeline:
     """Runs in a worker thread, one batch at a time, in order: count, hash, check, write."""
 
@@ -116,7 +121,7 @@ class Pipeline:
         limit: int,
         over_limit: ChuteError,
         writer: Sink | None,
-        check: CsvStartCheck | None = None,
+        check: Feeder | None = None,
         held_open: Callable[[], bool] | None = None,
     ) -> None:
         self.limit = limit

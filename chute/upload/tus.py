@@ -28,7 +28,7 @@ from chute.names import name_problem
 from chute.runtime import Runtime
 from chute.storage import Part
 from chute.upload import core, tus_records
-from chute.upload.csvcheck import CsvStartCheck
+from chute.upload.csvcheck import CsvStartCheck, HeadKeeper
 from chute.upload.stream import Body, Buffer, PartPath, Pipeline, UploadSlots
 from chute.upload.tus_records import TusState, record, still_at
 
@@ -192,6 +192,8 @@ class TusPatch:
         self.path = PartPath(rt, executor)
         self.slots = slots
         self.user_id = user_id
+        # A partial upload's first bytes, once its first part is stored (recorded with it).
+        self.head: bytes | None = None
 
     def _in_session(self, fn: Callable[[Session], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -285,24 +287,31 @@ class TusPatch:
             with self.rt.sessions() as session:
                 return tus_records.held_open(session, state.tus_id, state.storage_id)
 
-        # The file's first bytes are checked as CSV; a partial upload's, of no job yet and
-        # of no known place in the file, are not (the job checks its file when it runs).
+        # The file's first bytes are checked as CSV. A partial upload's, of no job yet and
+        # of no known place in the file, are kept, and checked if a final upload puts
+        # that partial first.
         check = CsvStartCheck(state.params) if offset == 0 and state.params is not None else None
+        keeper = HeadKeeper() if offset == 0 and state.params is None else None
         pipeline = Pipeline(
-            most, ChuteError(Problem.PATCH_TOO_LARGE, left=most), writer, check, held_open
-        )
+            most, ChuteError(Problem.PATCH_TOO_LARGE, left=most), writer, check or keeper,
+            held_open,
+        )  # fmt: skip
         if judge is not None and judge.digest is not None:
             pipeline.also.append(judge.digest)
         await self.path.pump(slices.take(most), pipeline)
-        if pipeline.check is not None:
-            pipeline.check.finish(whole_file=offset + pipeline.size == state.length)
+        if check is not None:
+            check.finish(whole_file=offset + pipeline.size == state.length)
+        if keeper is not None:
+            self.head = bytes(keeper.head)
         await self.path.commit(writer, held, held_open, index)
         return core.NewPart(index, pipeline.size, pipeline.hash.hexdigest(), offset)
 
     async def _record(self, state: TusState, parts: list[core.NewPart]) -> None:
         completed = await self.path.in_thread(
             self._in_session(
-                lambda s: record(s, self.user_id, state.tus_id, state.storage_id, parts)
+                lambda s: record(
+                    s, self.user_id, state.tus_id, state.storage_id, parts, head=self.head
+                )
             )
         )
         if completed and state.job_id is not None:

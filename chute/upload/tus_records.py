@@ -28,6 +28,7 @@ from chute.db.models import Job, TusPartial, TusPartialPart, Upload, utcnow
 from chute.errors import ChuteError, Problem
 from chute.storage import Storage
 from chute.upload import core
+from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.stream import storage_errors
 
 TUS_ID_LENGTH = 32
@@ -227,6 +228,11 @@ def create_final(
         partials.append(partial)
     length = sum(p.length for p in partials)
     check_length(settings, length)
+    # The file's first bytes are the first partial's: checked as CSV, as chunk 0 is.
+    head = partials[0].head or b""
+    check = CsvStartCheck(job.params)
+    check.feed(head)
+    check.finish(whole_file=len(head) == length)
     with storage_errors():
         storage_id = storage.begin(input_key(job.id))
     sources: list[dict[str, Any]] = []
@@ -350,7 +356,12 @@ def still_at(session: Session, user_id: int, tus_id: str, storage_id: str, offse
 
 
 def record(
-    session: Session, user_id: int, tus_id: str, storage_id: str, parts: list[core.NewPart]
+    session: Session,
+    user_id: int,
+    tus_id: str,
+    storage_id: str,
+    parts: list[core.NewPart],
+    head: bytes | None = None,
 ) -> bool:
     """Record parts that continue the upload; True if this completed a job's upload."""
     found = _locked_by_id(session, user_id, tus_id)
@@ -358,6 +369,8 @@ def record(
     if not isinstance(found, TusPartial):
         job, upload = found
         return core.record_parts(session, job, upload, parts)
+    if parts[0].offset == 0:
+        found.head = head
     for part in parts:
         assert part.offset is not None
         session.add(

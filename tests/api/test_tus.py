@@ -477,3 +477,18 @@ def test_a_partial_upload_can_be_discarded(client: Client) -> None:
     assert client.http.delete(url, headers=TUS).status_code == 204
     assert head(client, url).status_code == 404
     assert final(client, [url]).status_code == 404
+
+
+def test_a_final_upload_whose_file_is_not_csv_is_refused(client: Client) -> None:
+    """The file's first bytes are checked however they came: here, in a partial upload
+    that the final upload puts first."""
+    binary = partial(client, b"\x89PNG\r\n\x1a\n" + b"\x00" * 500)
+    text = partial(client, csv_bytes(10))
+    before = client.http.get("/api/job").json()["total"]
+    answer = final(client, [binary, text])
+    assert answer.status_code == 422, answer.text
+    assert "CSV" in answer.json()["detail"]
+    assert client.http.get("/api/job").json()["total"] == before
+    # Nothing was taken: the partials are still there, and join the other way round.
+    assert head(client, binary).status_code == 200
+    assert final(client, [text]).status_code == 201

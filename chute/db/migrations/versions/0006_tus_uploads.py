@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("bytes_received", sa.BigInteger(), nullable=False),
         sa.Column("parts_received", sa.Integer(), nullable=False),
         sa.Column("tus_metadata", sa.Text(), nullable=True),
+        sa.Column("head", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("touched_at", UTCDateTime(), nullable=False),
         sa.Column("completed_at", UTCDateTime(), nullable=True),
