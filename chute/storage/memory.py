@@ -168,16 +168,24 @@ class MemoryStorage(Storage, PartLocking):
             self._claim_locked(max(reserve, 0))
         return _MemoryPartWriter(self, upload_id, part, max(reserve, 0))
 
+    def _pending(self, upload_id: str, key: str) -> _Upload | None:
+        """The unfinished upload `upload_id` of `key`, or None once it stored `key`
+        (under the lock)."""
+        upload = self._uploads.get(upload_id)
+        if upload is None:
+            if key in self._files:
+                return None
+            raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
+        if key != upload.key:
+            raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+        return upload
+
     def complete(self, upload_id: str, key: str, parts: Sequence[PlacedPart]) -> None:
         _check_key(key)
         with self._lock:
-            upload = self._uploads.get(upload_id)
+            upload = self._pending(upload_id, key)
             if upload is None:
-                if key in self._files:
-                    return  # completed before
-                raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
-            if key != upload.key:
-                raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+                return  # completed before
             data = _assemble(upload, parts, f"completion of {key!r}")
             # The file takes the room its parts had; parts it does not use are dropped.
             old = self._files.get(key)
@@ -188,13 +196,9 @@ class MemoryStorage(Storage, PartLocking):
     def concatenate(self, upload_id: str, key: str, sources: Sequence[str]) -> None:
         listed = [_check_key(source) for source in check_sources(_check_key(key), sources)]
         with self._lock:
-            upload = self._uploads.get(upload_id)
+            upload = self._pending(upload_id, key)
             if upload is None:
-                if key in self._files:
-                    return  # concatenated before
-                raise FileNotFoundError(f"upload {upload_id} is neither pending nor complete")
-            if key != upload.key:
-                raise ValueError(f"upload {upload_id!r} was begun for another key than {key!r}")
+                return  # concatenated before
             if upload.parts:
                 raise ValueError(f"upload {upload_id!r} has parts: it cannot be a concatenation")
             missing = [source for source in listed if source not in self._files]

@@ -114,6 +114,29 @@ def _job_taking_an_upload(
     return job, upload.storage_id
 
 
+def _tus_upload(
+    storage: Storage,
+    settings: Settings,
+    job: Job,
+    storage_id: str,
+    length: int,
+    metadata: str | None,
+    file_name: str | None,
+) -> Upload:
+    """A job's tus upload row: its file's length known, so its part size too."""
+    return Upload(
+        job_id=job.id,
+        storage_id=storage_id,
+        file_name=file_name,
+        protocol="tus",
+        tus_id=_new_tus_id(),
+        tus_metadata=metadata,
+        total_chunks=None,
+        chunk_size=storage.part_size(settings.chunk_size, length),
+        file_size=length,
+    )
+
+
 def create_upload(
     session: Session,
     storage: Storage,
@@ -129,17 +152,7 @@ def create_upload(
     job, replaced = _job_taking_an_upload(session, storage, user_id, job_id)
     with storage_errors():
         storage_id = storage.begin(input_key(job.id))
-    upload = Upload(
-        job_id=job.id,
-        storage_id=storage_id,
-        file_name=file_name,
-        protocol="tus",
-        tus_id=_new_tus_id(),
-        tus_metadata=metadata,
-        total_chunks=None,
-        chunk_size=storage.part_size(settings.chunk_size, length),
-        file_size=length,
-    )
+    upload = _tus_upload(storage, settings, job, storage_id, length, metadata, file_name)
     session.add(upload)
     try:
         session.commit()
@@ -258,18 +271,8 @@ def create_final(
         ]
         start += partial.length
         session.delete(partial)
-    upload = Upload(
-        job_id=job.id,
-        storage_id=storage_id,
-        file_name=file_name,
-        protocol="tus",
-        tus_id=_new_tus_id(),
-        tus_metadata=metadata,
-        total_chunks=None,
-        chunk_size=storage.part_size(settings.chunk_size, length),
-        file_size=length,
-        sources=sources,
-    )
+    upload = _tus_upload(storage, settings, job, storage_id, length, metadata, file_name)
+    upload.sources = sources
     session.add(upload)
     session.flush()
     try:
