@@ -39,6 +39,8 @@ def _state_headers(state: records.TusState) -> dict[str, str]:
     headers = {"Upload-Offset": str(state.offset), "Upload-Length": str(state.length)}
     if state.job_id is not None:
         headers["Chute-Job-Id"] = str(state.job_id)
+    if state.concat is not None:
+        headers["Upload-Concat"] = state.concat
     if state.expires_at is not None:
         headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
     return headers

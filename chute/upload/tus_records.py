@@ -51,6 +51,8 @@ class TusState:
     complete: bool
     # The job's params (for the CSV check of the file's first bytes); None for a partial.
     params: dict[str, Any] | None
+    # Upload-Concat, as HEAD answers it: "partial", "final;<paths>", or None.
+    concat: str | None = None
 
 
 def _state(upload: Upload, job: Job, settings: Settings) -> TusState:
@@ -67,6 +69,9 @@ def _state(upload: Upload, job: Job, settings: Settings) -> TusState:
         expires_at=expires_at(upload, settings.upload_expiry),
         complete=upload.completed_at is not None,
         params=dict(job.params),
+        concat=None
+        if upload.sources is None
+        else "final;" + " ".join(f"/api/tus/{s['tus_id']}" for s in upload.sources),
     )
 
 
@@ -83,6 +88,7 @@ def _partial_state(partial: TusPartial, settings: Settings) -> TusState:
         expires_at=partial.touched_at + timedelta(seconds=settings.upload_expiry),
         complete=partial.completed_at is not None,
         params=None,
+        concat="partial",
     )
 
 
@@ -259,6 +265,7 @@ def create_final(
         ).all()
         sources.append(
             {
+                "tus_id": partial.tus_id,
                 "storage_id": partial.storage_id,
                 "key": partial_key(partial.tus_id),
                 "part_size": partial.part_size,

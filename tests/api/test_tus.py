@@ -322,6 +322,7 @@ def partial(client: Client, data: bytes) -> str:
     assert answer.status_code == 201, answer.text
     assert "Chute-Job-Id" not in answer.headers
     url = answer.headers["Location"]
+    assert head(client, url).headers["Upload-Concat"] == "partial"
     assert patch(client, url, 0, data, **{"Upload-Concat": "partial"}).status_code == 204
     return url
 
@@ -348,7 +349,11 @@ def test_partial_uploads_are_joined_by_a_final_upload(server: Server, client: Cl
     assert answer.status_code == 201, answer.text
     job_id = int(answer.headers["Chute-Job-Id"])
     assert answer.headers["Upload-Offset"] == answer.headers["Upload-Length"] == str(len(data))
-    assert head(client, answer.headers["Location"]).headers["Upload-Offset"] == str(len(data))
+    answer = head(client, answer.headers["Location"])
+    assert answer.headers["Upload-Offset"] == str(len(data))
+    assert answer.headers["Upload-Concat"] == "final;" + " ".join(
+        "/api/tus/" + url.rsplit("/", 1)[1] for url in urls
+    )
     job = client.wait_for(job_id, "succeeded", "failed", timeout=60)
     assert job["status"] == "succeeded", job
     assert client.stored(job_id) == (len(data), sha256(data))
