@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -375,20 +375,26 @@ class Server:
                 cwd=self.data_dir.parent,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chute serve exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/config", timeout=1).status_code == 200:
-                    if self.wants_worker and (
-                        self.worker is None or self.worker.poll() is not None
-                    ):
-                        self.worker = self.start_worker()
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
+        if self.answers(self.process):
+            if self.wants_worker and (self.worker is None or self.worker.poll() is not None):
+                self.worker = self.start_worker()
+            return
         raise RuntimeError(f"chute serve did not answer in 30 s:\n{self.log()}")
+
+    def answers(self, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+        """Wait until the server answers /api/config; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        # One client for all the tries: each new one costs 40 ms of CPU (its SSL context).
+        with httpx.Client(timeout=1) as http:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"chute serve exited:\n{self.log()}")
+                try:
+                    if http.get(f"{self.url}/api/config").status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        return False
 
     def close_clients(self) -> None:
         for http in self._clients:
@@ -456,7 +462,14 @@ class Server:
 
 def storage_of(env: dict[str, str]) -> Storage:
     """The storage that a server with these CHUTE_* settings uses, opened by the test."""
-    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in env.items() if k.startswith("CHUTE_")}
+    return _storage(tuple(sorted((k, v) for k, v in env.items() if k.startswith("CHUTE_"))))
+
+
+# Opened once per settings: an S3 storage makes two boto3 sessions, about 0.4 s of CPU,
+# and tests list the storage in polling loops.
+@lru_cache(maxsize=16)
+def _storage(settings: tuple[tuple[str, str], ...]) -> Storage:
+    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in settings}
     return make_storage(Settings.model_validate(fields))
 
 
