@@ -29,11 +29,14 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
+# Tests run in 4 processes on 2 cores: most of their time is spent waiting on servers,
+# sleeps and timeouts. Each process takes a module's tests of one deployment at a time
+# (tests/conftest.py: `work_unit`), so the module's server is started once.
 test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/ruff format --check chute tests bench
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadscope
 	node --test tests/js/
 
 bench: $(STAMP) $(NODE_STAMP)

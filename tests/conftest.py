@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,59 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "deployments: run the module's servers over every deployment (DESIGN §1)"
     )
+
+
+# Under pytest-xdist (`make test` runs `pytest -n 4 --dist loadscope`), the unit of work a
+# worker takes is a module's tests of one deployment: they share the module's server. The
+# real-network tests share one pair of namespaces and one server: one unit. Units whose
+# path starts with one of these go first, in this order: the longest, so that no worker
+# is left with a long one at the end while the others idle.
+LONG_FIRST = (
+    "tests/net",
+    "tests/api/test_upload_robustness.py",
+    "tests/e2e/test_web_upload.py",
+    "tests/api/test_upload_s3.py",
+    "tests/test_cli_upload.py",
+    "tests/scaleout/",
+    "tests/jobs/test_engine.py",
+    "tests/client/test_api.py",
+    "tests/api/test_upload_errors.py",
+    "tests/test_admin_password.py",
+)
+_DEPLOYMENT_ID = re.compile(r"\[(embedded|scaleout)[-\]]")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work of a test under pytest-xdist: its module and deployment."""
+    path = nodeid.split("::")[0]
+    if path.startswith("tests/net/"):
+        return "tests/net"
+    found = _DEPLOYMENT_ID.search(nodeid)
+    return f"{path}[{found.group(1)}]" if found else path
+
+
+def _unit_rank(unit: str) -> int:
+    return next((i for i, p in enumerate(LONG_FIRST) if unit.startswith(p)), len(LONG_FIRST))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Stable: each unit's tests keep their order (and stay together).
+        items.sort(key=lambda item: _unit_rank(work_unit(item.nodeid)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` with `work_unit` as the scope, taken in the collection's order."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return ByUnit(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -195,10 +249,37 @@ def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
         deployment.store.remove_bucket(bucket)
 
 
+# Ports for test servers: below the kernel's ephemeral range (32768 and up), so no client
+# socket of the tests can take a server's port while it restarts on it, and a slice of its
+# own for each pytest-xdist worker, so two workers never hand out the same port.
+PORT_BASE, PORT_SLICE, PORT_SLICES = 20000, 1500, 8
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else os.getpid()
+    start = PORT_BASE + (index % PORT_SLICES) * PORT_SLICE
+    return range(start, start + PORT_SLICE)
+
+
+_PORTS = _port_slice()
+_next_port = secrets.randbelow(len(_PORTS))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, from this process's slice, not handed out again
+    until the slice has gone round."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 @dataclass
@@ -294,20 +375,26 @@ class Server:
                 cwd=self.data_dir.parent,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chute serve exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/config", timeout=1).status_code == 200:
-                    if self.wants_worker and (
-                        self.worker is None or self.worker.poll() is not None
-                    ):
-                        self.worker = self.start_worker()
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
+        if self.answers(self.process):
+            if self.wants_worker and (self.worker is None or self.worker.poll() is not None):
+                self.worker = self.start_worker()
+            return
         raise RuntimeError(f"chute serve did not answer in 30 s:\n{self.log()}")
+
+    def answers(self, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+        """Wait until the server answers /api/config; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        # One client for all the tries: each new one costs 40 ms of CPU (its SSL context).
+        with httpx.Client(timeout=1) as http:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"chute serve exited:\n{self.log()}")
+                try:
+                    if http.get(f"{self.url}/api/config").status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        return False
 
     def close_clients(self) -> None:
         for http in self._clients:
@@ -342,10 +429,24 @@ class Server:
         )
 
     def add_user(self, name: str | None = None, password: str = "pw-for-tests") -> str:
+        """A user in the server's database, made by the function `chute user add` calls,
+        in this process: the command costs a second of start-up, and tests/test_cli.py
+        runs it for real. Before the first start (no schema yet) the command makes it."""
         self._users += 1
         name = name or f"user{self._users}"
-        result = self.cli("user", "add", name, stdin=password + "\n")
-        assert result.returncode == 0, result.stderr
+        if self.process is None:
+            result = self.cli("user", "add", name, stdin=password + "\n")
+            assert result.returncode == 0, result.stderr
+            return name
+        from chute.auth.service import add_user
+        from chute.db.session import make_engine, make_sessionmaker
+
+        engine = make_engine(self.database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                add_user(session, name, password)
+        finally:
+            engine.dispose()
         return name
 
     def client(self, name: str | None = None, password: str = "pw-for-tests") -> Client:
@@ -361,7 +462,14 @@ class Server:
 
 def storage_of(env: dict[str, str]) -> Storage:
     """The storage that a server with these CHUTE_* settings uses, opened by the test."""
-    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in env.items() if k.startswith("CHUTE_")}
+    return _storage(tuple(sorted((k, v) for k, v in env.items() if k.startswith("CHUTE_"))))
+
+
+# Opened once per settings: an S3 storage makes two boto3 sessions, about 0.4 s of CPU,
+# and tests list the storage in polling loops.
+@lru_cache(maxsize=16)
+def _storage(settings: tuple[tuple[str, str], ...]) -> Storage:
+    fields = {k.removeprefix("CHUTE_").lower(): v for k, v in settings}
     return make_storage(Settings.model_validate(fields))
 
 

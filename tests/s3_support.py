@@ -49,8 +49,18 @@ class SeaweedFS:
     process: subprocess.Popen[bytes]
     log_path: Path
     startup_seconds: float
+    _client: Any = None
 
     def client(self, secret: str = SECRET_KEY) -> Any:
+        """A client of the store; with the right secret, the same one each time (boto3's
+        clients are thread-safe, and each new one costs CPU)."""
+        if secret == SECRET_KEY:
+            if self._client is None:
+                self._client = self._new_client(secret)
+            return self._client
+        return self._new_client(secret)
+
+    def _new_client(self, secret: str) -> Any:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import time
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,18 @@ from tests.client_support import (
     token_of,
     user_env,
 )
-from tests.conftest import Client, Server, ServerFactory
+from tests.conftest import Client, Server, ServerFactory, serving
 from tests.factories import HOSTILE, csv_bytes, csv_of_size, split
 
 CHUNK = 64 * KiB
 
 
-@pytest.fixture
-def slow_server(make_server: ServerFactory) -> Server:
-    return make_server(CHUTE_CHUNK_SIZE=str(CHUNK))
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with small chunks, shared by the module's upload tests: each has a user
+    of its own, and the checks read only that user's jobs and their requests in the log."""
+    with serving(tmp_path_factory.mktemp("cli-upload"), CHUTE_CHUNK_SIZE=str(CHUNK)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +178,8 @@ def test_ctrl_c_stops_the_upload_and_the_same_command_resumes(
     assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
 
 
-def test_upload_rides_out_a_server_restart(slow_server: Server, tmp_path: Path) -> None:
+def test_upload_rides_out_a_server_restart(make_server: ServerFactory, tmp_path: Path) -> None:
+    slow_server = make_server(CHUTE_CHUNK_SIZE=str(CHUNK))  # its own: it is killed
     user = slow_server.client()
     path, data = csv_file(tmp_path, 40_000, seed=2)
     env = user_env(slow_server, tmp_path / "home", token_of(user))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ServerFactory
+from tests.conftest import Server, ServerFactory
 from tests.factories import csv_bytes, sha256, split
 
 LISTEN = "0A"
@@ -52,8 +52,7 @@ def test_two_api_processes_listen_each_on_its_own_socket(make_server: ServerFact
     assert client.stored(job_id) == (len(data), sha256(data))
 
 
-def test_one_api_process_by_default(make_server: ServerFactory) -> None:
-    server = make_server()
+def test_one_api_process_by_default(server: Server) -> None:
     assert listening_sockets(server.port) == 1
 
 

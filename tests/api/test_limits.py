@@ -82,8 +82,7 @@ def big_json(size: int) -> Iterator[bytes]:
     yield b'", "password": "x"}'
 
 
-def test_large_bodies_are_413_as_they_stream_and_never_held(make_server: ServerFactory) -> None:
-    server = make_server()
+def test_large_bodies_are_413_as_they_stream_and_never_held(server: Server) -> None:
     (pid,) = serving_pids(server)
     # The peak from here: it tells whether the bodies below were held in memory.
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -271,9 +270,10 @@ def test_upload_body_with_a_large_epilogue_is_413(make_server: ServerFactory) ->
 
 @pytest.mark.parametrize("case", ["another-users-job", "no-such-job", "disk-full"])
 def test_file_first_is_refused_before_any_byte_is_spooled(
-    make_server: ServerFactory, case: str
+    server: Server, make_server: ServerFactory, case: str
 ) -> None:
-    server = make_server(CHUTE_MIN_FREE_BYTES=str(10**18 if case == "disk-full" else 0))
+    if case == "disk-full":
+        server = make_server(CHUTE_MIN_FREE_BYTES=str(10**18))
     client = server.client()
     owner = server.client() if case == "another-users-job" else client
     job_id = owner.new_job() if case != "no-such-job" else 10**6

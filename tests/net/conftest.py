@@ -41,13 +41,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.client_support import user_env
@@ -338,16 +336,8 @@ class NetServer(Server):
                 cwd=self.data_dir.parent,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chute serve exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/config", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"chute serve did not answer in 30 s:\n{self.log()}")
+        if not self.answers(self.process):
+            raise RuntimeError(f"chute serve did not answer in 30 s:\n{self.log()}")
 
     def held_lock_files(self) -> list[str]:
         """Part-lock files the server's processes hold open. A part is locked only while
