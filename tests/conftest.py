@@ -71,6 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # is left with a long one at the end while the others idle.
 LONG_FIRST = (
     "tests/net",
+    "tests/tus/test_tus_js.py",
+    "tests/api/test_tus.py",
     "tests/api/test_upload_robustness.py",
     "tests/e2e/test_web_upload.py",
     "tests/api/test_upload_s3.py",
@@ -80,6 +82,8 @@ LONG_FIRST = (
     "tests/client/test_api.py",
     "tests/api/test_upload_errors.py",
     "tests/test_admin_password.py",
+    "tests/tus/test_tuspy.py",
+    "tests/e2e/test_uppy.py",
 )
 _DEPLOYMENT_ID = re.compile(r"\[(embedded|scaleout)[-\]]")
 
