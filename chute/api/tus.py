@@ -5,7 +5,9 @@ Thin: headers in, headers out. The rules are `chute.upload.tus`'s, the records t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from email.utils import format_datetime
 from typing import TypeVar
 
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chute.api.deps import CurrentUser, RuntimeDep
+from chute.db.models import utcnow
 from chute.errors import ChuteError, Problem
 from chute.jobs.service import create_job
 from chute.runtime import Runtime
@@ -220,11 +223,17 @@ async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep
     if state.complete:
         return Response(status_code=204, headers=_state_headers(state))
     offset = await appender.append(state, _content_length(request), checksum, body)
-    with rt.sessions() as session:
-        after = records.state_of(session, rt.settings, user.id, tus_id)
-    return Response(
-        status_code=204, headers={**_state_headers(after), "Upload-Offset": str(offset)}
-    )
+    return Response(status_code=204, headers=_state_headers(_after(state, offset, rt)))
+
+
+def _after(state: records.TusState, offset: int, rt: Runtime) -> records.TusState:
+    """The upload once a PATCH took it to `offset`: a recorded part touched it just now,
+    so its expiry counts from now (none once complete); no second look in the database."""
+    if offset == state.offset:
+        return state
+    complete = offset == state.length
+    expires = None if complete else utcnow() + timedelta(seconds=rt.settings.upload_expiry)
+    return dataclasses.replace(state, offset=offset, complete=complete, expires_at=expires)
 
 
 @router.delete("/{tus_id}", status_code=204)
