@@ -71,15 +71,17 @@ def pytest_configure(config: pytest.Config) -> None:
 # is left with a long one at the end while the others idle.
 LONG_FIRST = (
     "tests/net",
-    "tests/api/test_upload_robustness.py",
     "tests/e2e/test_web_upload.py",
-    "tests/api/test_upload_s3.py",
-    "tests/test_cli_upload.py",
-    "tests/scaleout/",
     "tests/jobs/test_engine.py",
+    "tests/api/test_upload_robustness.py",
+    "tests/test_cli_upload.py",
+    "tests/api/test_openapi.py",
     "tests/client/test_api.py",
-    "tests/api/test_upload_errors.py",
     "tests/test_admin_password.py",
+    "tests/scaleout/",
+    "tests/api/test_limits.py",
+    "tests/storage/test_s3.py",
+    "tests/api/test_upload_errors.py",
 )
 _DEPLOYMENT_ID = re.compile(r"\[(embedded|scaleout)[-\]]")
 
