@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.api.test_upload import chunk_parts, form_body, post_form
-from tests.conftest import Client, Server, ServerFactory
+from tests.conftest import Client, Server, serving
 from tests.factories import csv_bytes, csv_of_size, sha256, split
 from tests.s3_support import SeaweedFS
 
@@ -21,9 +21,29 @@ STORED = "Data chunk uploaded successfully"
 COMPLETE = "Data uploaded successfully and job started"
 
 
-@pytest.fixture
-def s3_server(make_server: ServerFactory, seaweedfs: SeaweedFS, s3_bucket: str) -> Server:
-    return make_server(**seaweedfs.env(s3_bucket, "chute"))
+# One bucket and one server for the module: each test has a user and jobs of its own, and
+# checks that a request stored nothing by comparing the whole bucket before and after it.
+@pytest.fixture(scope="module")
+def s3_bucket(seaweedfs: SeaweedFS) -> Iterator[str]:
+    bucket = seaweedfs.new_bucket()
+    yield bucket
+    seaweedfs.remove_bucket(bucket)
+
+
+@pytest.fixture(scope="module")
+def s3_server(
+    tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS, s3_bucket: str
+) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("chute-s3"), **seaweedfs.env(s3_bucket, "chute")) as srv:
+        yield srv
+
+
+Holding = tuple[list[str], list[tuple[str, int]]]
+
+
+def bucket_holds(seaweedfs: SeaweedFS, bucket: str) -> Holding:
+    """Every object of the bucket, and every part of its unfinished uploads that holds bytes."""
+    return seaweedfs.keys(bucket), seaweedfs.stored_parts(bucket)
 
 
 def test_chunks_in_parallel_become_the_file_and_the_job_runs(
@@ -66,7 +86,8 @@ def test_chunks_in_parallel_become_the_file_and_the_job_runs(
     assert pq.read_table(io.BytesIO(answer.content)).num_rows == 700_000
     keys = seaweedfs.keys(s3_bucket)
     assert f"chute/jobs/{job_id}/input.csv" in keys
-    assert any(k.endswith("/data.parquet") for k in keys)
+    assert any(k.startswith(f"chute/jobs/{job_id}/") and k.endswith("/data.parquet") for k in keys)
+    # The upload's parts became the file: no unfinished upload of the module holds any.
     assert seaweedfs.stored_parts(s3_bucket) == []
 
     # A re-send after completion answers as the completing chunk did, and starts nothing.
@@ -89,9 +110,10 @@ def test_a_small_file_in_one_chunk_is_fine(s3_server: Server) -> None:
     assert client.stored(job_id) == (len(data), sha256(data))
 
 
-def assert_nothing_stored(seaweedfs: SeaweedFS, bucket: str, client: Client, job_id: int) -> None:
-    assert seaweedfs.keys(bucket) == []
-    assert seaweedfs.stored_parts(bucket) == []
+def assert_nothing_stored(
+    seaweedfs: SeaweedFS, bucket: str, before: Holding, client: Client, job_id: int
+) -> None:
+    assert bucket_holds(seaweedfs, bucket) == before
     status = client.http.get(f"/api/job/{job_id}/upload-data").json()
     assert status["state"] == "empty" and status["chunks"] == []
 
@@ -102,6 +124,7 @@ def test_the_file_part_must_come_last(
     client = s3_server.client()
     data = csv_bytes(1_000)
     job_id = client.new_job()
+    before = bucket_holds(seaweedfs, s3_bucket)
 
     # A field after the file: the Content-Length announced more bytes for the file than it
     # had, and S3 took that size before the bytes.
@@ -109,7 +132,7 @@ def test_the_file_part_must_come_last(
     answer = post_form(client, job_id, parts)
     assert answer.status_code == 422, answer.text
     assert "needs each part's size before its bytes" in answer.json()["detail"]
-    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+    assert_nothing_stored(seaweedfs, s3_bucket, before, client, job_id)
 
     # No Content-Length (chunked transfer encoding): the file part's size cannot be known.
     def chunked(body: bytes) -> Iterator[bytes]:
@@ -123,10 +146,12 @@ def test_the_file_part_must_come_last(
     )
     assert answer.status_code == 422, answer.text
     assert "send a Content-Length" in answer.json()["detail"]
-    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+    assert_nothing_stored(seaweedfs, s3_bucket, before, client, job_id)
 
     # The same chunk, sent as clients send it, is taken.
     assert client.send_chunk(job_id, 0, 1, data).status_code == 200
+    # Its job ends before the next test lists the bucket.
+    assert client.wait_for(job_id, "succeeded", "failed")["status"] == "succeeded"
 
 
 def test_chunks_below_the_minimum_part_size_are_refused(
@@ -136,6 +161,7 @@ def test_chunks_below_the_minimum_part_size_are_refused(
     data = csv_bytes(100_000)
     chunks = split(data, 1024 * 1024)
     job_id = client.new_job()
+    before = bucket_holds(seaweedfs, s3_bucket)
     answer = client.send_chunk(job_id, 0, len(chunks), chunks[0])
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"] == (
@@ -151,7 +177,7 @@ def test_chunks_below_the_minimum_part_size_are_refused(
     # Spooled (file first), the same rule.
     answer = post_form(client, job_id, chunk_parts(0, len(chunks), chunks[0], file_first=True))
     assert answer.status_code == 422, answer.text
-    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+    assert_nothing_stored(seaweedfs, s3_bucket, before, client, job_id)
     # What the storage can take is what /api/config says.
     assert client.http.get("/api/config").json()["max_total_chunks"] == 10_000
     answer = client.send_chunk(job_id, 0, 10_001, chunks[0])
@@ -213,6 +239,7 @@ def test_a_body_that_does_not_end_as_predicted_is_answered_for_what_it_is(
     # refusal for a size the chunk does not have.
     client = s3_server.client()
     job_id = client.new_job()
+    before = bucket_holds(seaweedfs, s3_bucket)
     chunk = csv_of_size(PART)[:PART]
     malformed = "The request body is not valid multipart/form-data: the body ended before"
     # No closing boundary: under, at and over the least part size.
@@ -235,7 +262,7 @@ def test_a_body_that_does_not_end_as_predicted_is_answered_for_what_it_is(
         answer = post_form(client, job_id, chunk_parts(1, 3, b"", file_first=file_first))
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"] == "The chunk is empty."
-    assert_nothing_stored(seaweedfs, s3_bucket, client, job_id)
+    assert_nothing_stored(seaweedfs, s3_bucket, before, client, job_id)
 
 
 def test_a_recorded_chunk_sent_again_smaller_is_a_conflict(s3_server: Server) -> None:
