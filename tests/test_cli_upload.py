@@ -406,7 +406,9 @@ def test_upload_rides_out_423_and_a_stalled_chunk(
     assert "2 retried" in result.stderr
     assert [s.verdict for s in seen] == [rule.verdicts[0], STALL, PASS, PASS]
     assert [s.index for s in seen[:3]] == [0, 0, 0]
-    assert seen[0].answered_at is not None and seen[1].at - seen[0].answered_at >= 1.0
+    # The proxy notes an answer once it has handed it to the kernel, which the client may
+    # read a moment before that: 50 ms of slack, against the 1 s it must wait.
+    assert seen[0].answered_at is not None and seen[1].at - seen[0].answered_at >= 0.95
     assert seen[2].at - seen[1].at >= 1.0
     job_id = only_job(user)
     assert stored_sha256(user, job_id) == hashlib.sha256(data).hexdigest()
