@@ -180,7 +180,7 @@ def test_both_clients_finish_after_a_silent_drop_mid_chunk(
     link: Link, net_server: NetServer, tmp_path: Path
 ) -> None:
     link.shape(RATE)
-    # One user for both clients: making a user takes seconds (`chute user add`).
+    # One user for both clients.
     user = net_server.client(None, PASSWORD)
     cli_file = csv_file(tmp_path / "cli.csv", CLI_BYTES, seed=1)
     web_file = csv_file(tmp_path / "web.csv", WEB_BYTES, seed=2)
