@@ -109,6 +109,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items.sort(key=lambda item: _unit_rank(work_unit(item.nodeid)))
 
 
+@pytest.hookimpl(optionalhook=True)  # plain `pytest` works without pytest-xdist too
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadscope` with `work_unit` as the scope, taken in the collection's order."""
     if config.getoption("dist") != "loadscope":

@@ -19,7 +19,7 @@ SET_COOKIE_NAME = "chute_session"
 
 @pytest.fixture(scope="module")
 def account(server: Server) -> str:
-    """One user for the module (creating one costs a process start and an argon2 hash)."""
+    """One user for the module (creating one costs an argon2 hash)."""
     return server.add_user("auth-tests", password=PASSWORD)
 
 

@@ -135,7 +135,7 @@ def assert_succeeded_with(client: Client, job_id: int, data: bytes) -> dict[str,
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
-    """One user for the module's tests (each makes its own jobs): a user costs a process."""
+    """One user for the module's tests (each makes its own jobs)."""
     return server.client()
 
 

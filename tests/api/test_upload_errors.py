@@ -50,7 +50,7 @@ def chunks(data: bytes, chunk: int) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
-    """One user for the module's tests (each makes its own jobs): a user costs a process."""
+    """One user for the module's tests (each makes its own jobs)."""
     return server.client()
 
 

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.deployments
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
-    """One user for the module's tests (each makes its own jobs): a user costs a process."""
+    """One user for the module's tests (each makes its own jobs)."""
     return server.client()
 
 
