@@ -16,6 +16,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ class NewJob:
 def job_of(metadata: dict[str, str]) -> int | NewJob:
     """The job a creation names (`job_id`), or the one it asks for (`name`, `kind`,
     `params` as JSON). Uppy sends the file's name as `name`: a job named after its file."""
-    import json
-
     raw_id = metadata.get("job_id")
     if raw_id is not None:
         if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > 19:

@@ -235,13 +235,7 @@ def create_final(
     job, replaced = _job_taking_an_upload(session, storage, user_id, job_id)
     partials = []
     for tus_id in partial_ids:
-        partial = session.scalar(
-            select(TusPartial)
-            .where(TusPartial.tus_id == tus_id, TusPartial.user_id == user_id)
-            .with_for_update()
-        )
-        if partial is None:
-            raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
+        partial = _locked_partial(session, user_id, tus_id)
         if partial.completed_at is None:
             raise ChuteError(Problem.PARTIAL_UNFINISHED)
         partials.append(partial)
@@ -292,6 +286,18 @@ def create_final(
     return _state(upload, job, settings), queued
 
 
+def _locked_partial(session: Session, user_id: int, tus_id: str) -> TusPartial:
+    """The user's partial upload `tus_id`, locked; 404 for another user's or none."""
+    partial = session.scalar(
+        select(TusPartial)
+        .where(TusPartial.tus_id == tus_id, TusPartial.user_id == user_id)
+        .with_for_update()
+    )
+    if partial is None:
+        raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
+    return partial
+
+
 def _locked_by_id(session: Session, user_id: int, tus_id: str) -> tuple[Job, Upload] | TusPartial:
     """The user's tus upload `tus_id` (and its job) or partial upload, locked; 404 for
     another user's."""
@@ -299,14 +305,7 @@ def _locked_by_id(session: Session, user_id: int, tus_id: str) -> tuple[Job, Upl
         select(Upload.job_id).where(Upload.tus_id == tus_id, Upload.protocol == "tus")
     )
     if job_id is None:
-        partial = session.scalar(
-            select(TusPartial)
-            .where(TusPartial.tus_id == tus_id, TusPartial.user_id == user_id)
-            .with_for_update()
-        )
-        if partial is None:
-            raise ChuteError(Problem.TUS_UPLOAD_NOT_FOUND)
-        return partial
+        return _locked_partial(session, user_id, tus_id)
     try:
         job, upload = core.locked(session, user_id, job_id)
     except ChuteError:
