@@ -1,7 +1,7 @@
 """S3-compatible storage: an upload is one S3 multipart upload, a chunk is one part.
 
 The multipart upload is created on the file's final key. `begin(key)` is given the key
-that `complete` will use (the upload service knows it when it opens an upload: a job's
+that `complete` will use (the upload core knows it when it opens an upload: a job's
 input key is a pure function of the job id), so CompleteMultipartUpload puts the file in
 place. The other way, a staging key and a server-side copy at the end, would copy tens of
 GB once more (and CopyObject stops at 5 GiB). The storage id is `"<UploadId> <key>"`: S3
@@ -118,7 +118,7 @@ def _storage_error(what: str, exc: BaseException) -> Exception:
         if code in _NO_SUCH_UPLOAD:
             # Whether the upload was discarded or the store lost it (or this API stores in
             # another bucket than the one that began it), only the database can tell: the
-            # upload path asks it (chute.upload.service.held_open).
+            # upload path asks it (chute.upload.core.held_open).
             return FileNotFoundError(
                 f"{what}: the S3 store answered NoSuchUpload{where}: the multipart upload "
                 "does not exist there"
