@@ -51,7 +51,8 @@ def _state_headers(state: records.TusState) -> dict[str, str]:
 
 def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
-    return int(raw) if raw is not None and raw.isdigit() else None
+    # isascii: str.isdigit() also takes digits such as '²', which int() refuses.
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
 
 
 def _has_body(request: Request) -> bool:
