@@ -63,6 +63,11 @@ class PlacedPart:
     part_size: int | None = None
 
 
+def file_size(parts: Sequence[PlacedPart]) -> int:
+    """The size of the file that recorded `parts` (in file order) make."""
+    return parts[-1].offset + parts[-1].size if parts else 0
+
+
 class PartWriter(Protocol):
     """Receives one part's bytes in order, from one thread at a time."""
 

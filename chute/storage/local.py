@@ -40,6 +40,7 @@ from chute.storage.base import (
     Storage,
     StorageFull,
     check_sources,
+    file_size,
 )
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -251,7 +252,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
                 for part in parts:
                     if not part.placed:
                         _copy_into(directory / f"part-{part.index}", fd, part.offset)
-                os.ftruncate(fd, _file_size(parts))
+                os.ftruncate(fd, file_size(parts))
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -404,10 +405,6 @@ def _try_lock(fd: int, index: int, kind: int) -> bool:
             return False
         raise
     return True
-
-
-def _file_size(parts: Sequence[PlacedPart]) -> int:
-    return parts[-1].offset + parts[-1].size if parts else 0
 
 
 def _copy_into(source: Path, fd: int, offset: int) -> int:

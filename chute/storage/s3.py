@@ -81,6 +81,7 @@ from chute.storage.base import (
     StorageError,
     StorageFull,
     check_sources,
+    file_size,
 )
 
 MAX_PARTS = 10_000
@@ -585,7 +586,7 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Key=full, UploadId=s3_id, MultipartUpload={"Parts": listed}
             )
             stored = self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"]
-        size = parts[-1].offset + parts[-1].size if parts else 0
+        size = file_size(parts)
         if stored != size:
             raise StorageError(f"{what}: the store assembled {stored} bytes, not {size}")
         self._drop_tails(s3_id)
