@@ -48,6 +48,11 @@ class Part:
     # The upload's part size, when known: no part crosses a multiple of it.
     part_size: int | None = None
 
+    @property
+    def room(self) -> int:
+        """The room the part needs at most: its announced size, within `most`."""
+        return self.most if self.size is None else min(self.size, self.most)
+
 
 @dataclass(frozen=True)
 class PlacedPart:

@@ -225,7 +225,7 @@ class LocalStorage(Storage, PartLocking, LocalPaths):
             fd = os.open(directory / "data", os.O_WRONLY)
             writer = _FileRangeWriter(fd, part.offset, None, None)
             start = part.offset
-        reserve = part.most if part.size is None else min(part.size, part.most)
+        reserve = part.room
         try:
             with _map_no_space():
                 if reserve > 0:

@@ -162,7 +162,7 @@ class MemoryStorage(Storage, PartLocking):
         return upload_id
 
     def open_part(self, upload_id: str, part: Part) -> PartWriter:
-        reserve = part.most if part.size is None else min(part.size, part.most)
+        reserve = part.room
         with self._lock:
             self._upload(upload_id)
             self._claim_locked(max(reserve, 0))

@@ -186,8 +186,7 @@ class PartPath:
     ) -> PartWriter:
         """A writer for `part`, aborted when `stack` closes unless committed before."""
         storage = self.rt.storage
-        most = part.most if part.size is None else min(part.size, part.most)
-        self.check_room(await self.in_thread(storage.free_bytes), most)
+        self.check_room(await self.in_thread(storage.free_bytes), part.room)
         with storage_errors():
             writer = await self.in_thread(lambda: storage.open_part(storage_id, part))
         stack.callback(writer.abort)
