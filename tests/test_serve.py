@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import select
@@ -10,12 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import uvicorn
 
-from tests.conftest import Server, ServerFactory
+from chute.serve import BODY_BATCH, BodyBatches
+from tests.conftest import Server, ServerFactory, free_port
 from tests.factories import csv_bytes, sha256, split
 
 LISTEN = "0A"
@@ -201,3 +205,86 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
     )
     raised, expected = result.stdout.split()
     assert int(raised) == int(expected) > 256
+
+
+# --- request bodies reach the application in batches (`BodyBatches`) --------------------------
+
+
+class BodyRecorder:
+    """An ASGI app that notes the size and arrival time of every body message it takes,
+    then answers 200."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, float]] = []
+
+    async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            self.messages.append((len(message.get("body", b"")), time.monotonic()))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.contextmanager
+def batching_server(app: BodyRecorder) -> Iterator[int]:
+    """uvicorn with Chute's protocol in a thread, serving `app` on a free port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=BodyBatches, loop="uvloop",
+                            log_level="warning", lifespan="off")  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def post_head(length: int) -> bytes:
+    return f"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def test_a_fast_body_reaches_the_app_in_batches_not_socket_reads() -> None:
+    app = BodyRecorder()
+    size = 8 * 1024 * 1024
+    with batching_server(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(post_head(size))
+        piece = b"x" * (64 * 1024)
+        for _ in range(size // len(piece)):
+            sock.sendall(piece)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    sizes = [n for n, _ in app.messages]
+    assert sum(sizes) == size
+    # Every message but the last holds a whole batch; with uvicorn's own rule, each
+    # held what one socket read gave, 64 KiB or so: 128 messages or more here.
+    assert all(n >= BODY_BATCH for n in sizes[:-1]), sizes
+    assert len(sizes) <= size // BODY_BATCH + 1
+
+
+def test_a_trickled_body_still_reaches_the_app_as_it_comes() -> None:
+    app = BodyRecorder()
+    pieces, pause = 6, 0.2
+    with batching_server(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(post_head(pieces * 100))
+        sent: list[float] = []
+        for _ in range(pieces):
+            sent.append(time.monotonic())
+            sock.sendall(b"y" * 100)
+            time.sleep(pause)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    # Each small piece is handed over within BODY_WAIT and some scheduling, long before
+    # the next one comes: the app never waits for a batch that a slow client never fills.
+    arrivals = [at for n, at in app.messages if n]
+    assert len(arrivals) == pieces, app.messages
+    assert all(at - start < pause / 2 for at, start in zip(arrivals, sent, strict=True))
