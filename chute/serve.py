@@ -51,6 +51,10 @@ BODY_BATCH = 256 * 1024
 BODY_WAIT = 0.002
 # ...and the socket is no longer read while this much waits for the application.
 BODY_HIGH_WATER = 1024 * 1024
+# A connection lost with body bytes the app has not taken yet: how long they wait for it,
+# and how often it is checked whether it took them.
+HAND_OVER_WITHIN = 30.0
+HAND_OVER_POLL = 0.005
 
 
 class BodyBatches(HttpToolsProtocol):
@@ -87,6 +91,19 @@ class BodyBatches(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_wake()
+        self._lose_after_hand_over(exc, self.loop.time() + HAND_OVER_WITHIN)
+
+    def _lose_after_hand_over(self, exc: Exception | None, deadline: float) -> None:
+        """uvicorn drops body bytes not yet taken when the connection is lost: the app
+        sees the disconnect first. A client that sent a part and then closed must have
+        that part kept, so the app is handed the bytes first, and learns the connection
+        is gone once it has taken them (or HAND_OVER_WITHIN seconds later)."""
+        cycle = self.cycle
+        waiting = cycle is not None and cycle.body and not cycle.response_complete
+        if waiting and self.loop.time() < deadline:
+            cycle.message_event.set()
+            self.loop.call_later(HAND_OVER_POLL, self._lose_after_hand_over, exc, deadline)
+            return
         super().connection_lost(exc)
 
     def _wake_up(self, event: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import itertools
@@ -214,16 +215,20 @@ class BodyRecorder:
     """An ASGI app that notes the size and arrival time of every body message it takes,
     then answers 200."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy_first: float = 0.0) -> None:
+        self.busy_first = busy_first
         self.messages: list[tuple[int, float]] = []
+        self.disconnected = threading.Event()
 
     async def __call__(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
             return
+        await asyncio.sleep(self.busy_first)
         more = True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
+                self.disconnected.set()
                 return
             self.messages.append((len(message.get("body", b"")), time.monotonic()))
             more = message.get("more_body", False)
@@ -288,3 +293,15 @@ def test_a_trickled_body_still_reaches_the_app_as_it_comes() -> None:
     arrivals = [at for n, at in app.messages if n]
     assert len(arrivals) == pieces, app.messages
     assert all(at - start < pause / 2 for at, start in zip(arrivals, sent, strict=True))
+
+
+def test_bytes_sent_before_the_client_went_are_handed_over_before_the_disconnect() -> None:
+    # The app is busy while the client sends a part of the body and closes: it must
+    # still get those bytes (a part they complete is kept), then the disconnect.
+    app = BodyRecorder(busy_first=0.5)
+    sent = 300 * 1024
+    with batching_server(app) as port:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(post_head(4 * sent) + b"z" * sent)
+        assert app.disconnected.wait(10)
+    assert sum(n for n, _ in app.messages) == sent
