@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, docs, events, jobs, openapi, results, tus, uploads, web
+from chute.api import auth, config, docs, events, health, jobs, openapi, results, tus, uploads, web
 from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            checks.close()
             executor.shutdown(wait=True, cancel_futures=True)
             runtime.close()
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     for module in (auth, jobs, uploads, tus, results, events, config):
         app.include_router(module.router)
+    checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
     docs.mount(app)

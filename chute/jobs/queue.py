@@ -35,3 +35,7 @@ class JobQueue:
 
     def enqueue(self, job_id: int) -> None:
         self._task(job_id)
+
+    def check_ready(self) -> None:
+        """Raise unless the queue's store answers now (`GET /readyz`)."""
+        self.huey.pending_count()

@@ -150,6 +150,13 @@ class Storage(ABC):
         """Room left for new bytes, when the backend can tell."""
         return None
 
+    def check_ready(self) -> None:
+        """Raise StorageError unless the backend answers now (`GET /readyz`)."""
+        try:
+            self.free_bytes()
+        except OSError as exc:
+            raise StorageError(f"the storage does not answer: {exc.strerror or exc}") from exc
+
 
 def check_sources(key: str, sources: Sequence[str]) -> list[str]:
     """The sources of a concatenation into `key`, once they make sense: at least one, none
