@@ -111,6 +111,7 @@ class Problem(Enum):
         503,
         "The server's storage did not answer as it should; send the chunk again shortly.",
     )
+    NOT_READY = (503, "Chute is not ready: no answer from the {parts}.")
     STORAGE_FULL = (507, "The server's storage is full; the chunk was discarded, send it later.")
 
     @property

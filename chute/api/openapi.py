@@ -123,6 +123,7 @@ TUS_BODY: tuple[Entry, ...] = (
 
 # What only a route's service knows it answers, beyond the derived errors.
 ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
+    ("GET", "/readyz"): (Problem.NOT_READY,),
     ("POST", "/api/auth/token"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
     ("POST", "/api/auth/login"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
     ("POST", "/api/job/{job_id}/cancel"): (Problem.JOB_NOT_CANCELLABLE,),
