@@ -8,6 +8,7 @@ import getpass
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,21 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from chute.backup import BackupError, backup
+
+    try:
+        copied = backup(_settings(), Path(args.dest))
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        print(f"chute: no backup taken: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Backed up {', '.join(copied.databases)} and {copied.files} files "
+        f"({copied.bytes / 1e6:.1f} MB) to {args.dest}. Serve it with CHUTE_DATA_DIR={args.dest}."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chute", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = user_commands.add_parser("add", help="create a user (password from stdin if piped)")
     add.add_argument("name")
     add.set_defaults(func=cmd_user_add)
+
+    backup = commands.add_parser(
+        "backup", help="copy the embedded deployment's data dir, while it runs, to DEST"
+    )
+    backup.add_argument("dest", help="an empty or new directory outside the data dir")
+    backup.set_defaults(func=cmd_backup)
 
     from chute.client.cli import add_commands
 
