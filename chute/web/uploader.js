@@ -711,6 +711,7 @@ export class Uploader extends EventTarget {
       form.append("chunk_sha256", sha);
       form.append("file", blob, this.#file.name);
       const headers = await this.#headers(); // asked for each try: a token may have expired
+      if (signal.aborted) throw aborted();
       run.inflight.set(index, 0);
       try {
         return await this.#watched(signal, (attempt, alive) =>
@@ -862,6 +863,7 @@ export class Uploader extends EventTarget {
     let response;
     let text;
     const headers = await this.#headers();
+    if (signal.aborted) throw aborted(); // stopped while the headers were being had
     try {
       response = await this.#fetch(this.#url(path), {
         method,
