@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 from tests.e2e.conftest import browser, playwright
 
-__all__ = ["browser", "playwright", "PACKAGE", "TYPESCRIPT", "REACT", "tool", "run"]
+__all__ = ["PACKAGE", "REACT", "TYPESCRIPT", "browser", "playwright", "run", "tool"]
 
 PACKAGE = ROOT / "chute" / "web"
 TYPESCRIPT = ROOT / "examples" / "typescript"

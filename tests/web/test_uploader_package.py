@@ -90,5 +90,7 @@ def test_the_packed_package_installs_offline_and_type_checks_in_a_fresh_folder(
     )
     assert names.returncode == 0, names.stderr
     assert "Uploader" in names.stdout.split() and "UploadMemory" in names.stdout.split()
-    deep = run("node", "--input-type=module", "-e", "await import('@chute/uploader/app.js')", cwd=app)
+    deep = run(
+        "node", "--input-type=module", "-e", "await import('@chute/uploader/app.js')", cwd=app
+    )
     assert deep.returncode != 0 and "ERR_PACKAGE_PATH_NOT_EXPORTED" in deep.stderr, deep.stderr

@@ -103,7 +103,7 @@ export function App() {
         </p>
       </form>
       <p>
-        <progress aria-label="Upload progress" max="100" value={percent} /> <output>{percent} %</output>
+        <progress aria-label="Upload progress" max="100" value={percent} /> <span id="percent">{percent} %</span>
       </p>
       <p role="status">
         Upload: {upState}
