@@ -1,5 +1,5 @@
 // Types of uploader.js, written by hand: every export there is declared here and nothing
-// else (tests/web/test_uploader_package.py compares the two lists).
+// else (tests/js/declarations.test.mjs compares the two lists, class members too).
 
 /** Retry policy: exponential backoff with jitter, per chunk and per status request. */
 export interface RetryPolicy {

@@ -24,7 +24,7 @@
 // (planning, resuming, retrying, hashing, events) is the same code everywhere.
 //
 // uploader.d.ts declares every export of this file by hand: change both together
-// (tests/web/test_uploader_package.py compares them).
+// (tests/js/declarations.test.mjs compares them).
 
 /** Retry policy: exponential backoff with jitter, per chunk and per status request. */
 export const DEFAULT_RETRY = Object.freeze({ maxRetries: 10, baseDelay: 500, maxDelay: 30_000 });
