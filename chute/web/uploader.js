@@ -626,10 +626,11 @@ export class Uploader extends EventTarget {
       signal,
       (status) => status === 429 || status === 503,
     );
-    if (signal.aborted) throw aborted();
+    // Kept even when paused or cancelled meanwhile: the job exists, and a resume uses it.
     this.#jobId = job.id;
-    this.#opts.memory?.remember(this.#file, this.#jobId);
     this.#emit("jobcreated", { job });
+    if (signal.aborted) throw aborted();
+    this.#opts.memory?.remember(this.#file, this.#jobId);
   }
 
   #planShape(config, held) {

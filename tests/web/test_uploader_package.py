@@ -49,6 +49,9 @@ def test_the_packed_package_holds_the_module_and_its_types_and_nothing_else(
     manifest = json.loads((PACKAGE / "package.json").read_text())
     assert manifest["type"] == "module"
     assert "dependencies" not in manifest
+    # The package's module is the file Chute's page imports, not a copy.
+    assert manifest["exports"]["."] == {"types": "./uploader.d.ts", "import": "./uploader.js"}
+    assert 'from "./uploader.js";' in (PACKAGE / "app.js").read_text()
 
 
 def test_the_packed_package_installs_offline_and_type_checks_in_a_fresh_folder(
@@ -74,6 +77,19 @@ def test_the_packed_package_installs_offline_and_type_checks_in_a_fresh_folder(
     for name in ("typed.ts", "tsconfig.json"):
         shutil.copy(TYPESCRIPT / name, app / name)
     assert tsc(app) == ""
+    # As a bundler (Vite, webpack) resolves it, too.
+    bundler = app / "bundler"
+    bundler.mkdir()
+    (bundler / "tsconfig.json").write_text(
+        json.dumps(
+            {
+                "extends": "../tsconfig.json",
+                "compilerOptions": {"module": "esnext", "moduleResolution": "bundler"},
+                "files": ["../typed.ts"],
+            }
+        )
+    )
+    assert tsc(bundler) == ""
 
     # The types are the installed package's: a misuse is refused there too.
     (app / "typed.ts").write_text(MISUSE)
