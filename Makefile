@@ -18,6 +18,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The uploader package's examples, each with its own pins: TypeScript for the typed one
+# (tests/js/declarations.test.mjs and tests/web use its tsc), React and Vite for the page.
+EXAMPLE_STAMPS := examples/typescript/node_modules/.installed examples/react/node_modules/.installed
+examples/%/node_modules/.installed: examples/%/package.json examples/%/package-lock.json
+	cd examples/$* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	$(BIN)/chute serve
 
@@ -32,7 +39,7 @@ $(CHROMIUM):
 # Tests run in 4 processes on 2 cores: most of their time is spent waiting on servers,
 # sleeps and timeouts. Each process takes a module's tests of one deployment at a time
 # (tests/conftest.py: `work_unit`), so the module's server is started once.
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
+test: $(STAMP) $(NODE_STAMP) $(EXAMPLE_STAMPS) $(CHROMIUM)
 	$(BIN)/ruff format --check chute tests bench
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy

@@ -1,8 +1,13 @@
-// Chute's chunked uploader: one framework-free ES module that any page can import.
+// Chute's chunked uploader: one framework-free ES module. Chute's own page imports it
+// from /static/uploader.js; an application's front end installs it as the package
+// @chute/uploader (this folder's package.json; types in uploader.d.ts).
 //
-//   import { Uploader } from "/static/uploader.js";
-//   const up = new Uploader(file, jobId);
-//   up.addEventListener("progress", (e) => show(e.detail));
+//   import { Uploader } from "@chute/uploader";
+//   const up = new Uploader(file, jobId, {        // or {name: "Sales"}: a job made on start()
+//     baseUrl: "https://chute.example.org",        // "" (the default): the page's own origin
+//     headers: async () => ({ Authorization: `Bearer ${await getToken()}` }),
+//     onProgress: (p) => show(p.percent),
+//   });
 //   const outcome = await up.start();   // {outcome: "complete" | "cancelled" | "failed", ...}
 //
 // It speaks the server's chunk protocol (DESIGN.md §2): the chunk size and the chunks
@@ -17,6 +22,9 @@
 // The network is behind a transport (`xhrTransport` in browsers, for progress inside
 // a chunk; `fetchTransport` wherever there is no XMLHttpRequest), so everything else
 // (planning, resuming, retrying, hashing, events) is the same code everywhere.
+//
+// uploader.d.ts declares every export of this file by hand: change both together
+// (tests/js/declarations.test.mjs compares them).
 
 /** Retry policy: exponential backoff with jitter, per chunk and per status request. */
 export const DEFAULT_RETRY = Object.freeze({ maxRetries: 10, baseDelay: 500, maxDelay: 30_000 });
@@ -388,7 +396,9 @@ export async function inspectCsv(file, { maxFileBytes = Infinity } = {}) {
 // ---------------------------------------------------------------------------
 
 /**
- * Uploads one file to one job. Events (CustomEvent, data in `detail`):
+ * Uploads one file to one job: an existing job (its id), or one it makes on start()
+ * (`{name, kind, params}`, as POST /api/job takes them; kind defaults to "profile").
+ * Events (CustomEvent, data in `detail`):
  * - `progress`  {phase: "verifying" | "sending", bytesSent, bytesTotal, percent, speed
  *                (bytes/s), secondsLeft (null while unknown), chunksDone, totalChunks,
  *                chunkNumber (1-based, the chunk being sent)}; at least once a second
@@ -396,9 +406,14 @@ export async function inspectCsv(file, { maxFileBytes = Infinity } = {}) {
  * - `retrying`  {index (null for a status request), attempt, delay (ms), status, reason}
  * - `error`     {error: UploadError, message, status}
  * - `complete`  {answer}
+ * - `jobcreated` {job} (the server's answer to POST /api/job)
  * - `paused`, `resumed`, `cancelled`, `statechange` {state}
  *
- * Options: baseUrl (""), headers ({}; a bearer token for scripts), fetch, transport,
+ * Options: baseUrl ("": the page's own origin; else the server's URL, no trailing
+ * slash), headers ({}; or a function, sync or async, called before every request and
+ * returning them, so an application's bearer token is fresh: a 401 answer then asks it
+ * once more and sends again), onProgress and onStateChange (listeners of `progress`
+ * and `statechange` given the event's detail and its state), fetch, transport,
  * chunkSize and parallel (default: the server's /api/config), retry (DEFAULT_RETRY),
  * memory (an UploadMemory), verifyHeld (true: hash the chunks the server already holds
  * and refuse to mix files), random (Math.random, for jitter), stallTimeout (ms,
@@ -425,13 +440,25 @@ export class Uploader extends EventTarget {
   #lastEmit = 0;
   #ticker = null;
   #phase = "sending";
+  #newJob = null; // {name, kind, params} of the job to make on start()
   #finished;
   #settle;
 
-  constructor(file, jobId, options = {}) {
+  constructor(file, job, options = {}) {
     super();
     this.#file = file;
-    this.#jobId = jobId;
+    if (isJobId(job)) {
+      this.#jobId = job;
+    } else if (job && typeof job === "object" && typeof job.name === "string") {
+      this.#jobId = null;
+      this.#newJob = { kind: "profile", params: {}, ...job };
+    } else {
+      throw new TypeError("The job must be a job's id or the job to create ({name, kind, params}).");
+    }
+    const { headers = {} } = options;
+    if (typeof headers !== "function" && (typeof headers !== "object" || headers === null)) {
+      throw new TypeError("The headers option must be an object or a function that returns one.");
+    }
     this.#opts = { baseUrl: "", headers: {}, verifyHeld: true, random: Math.random, ...options };
     this.#fetch = options.fetch || globalThis.fetch.bind(globalThis);
     this.#transport = options.transport || defaultTransport(this.#fetch);
@@ -440,12 +467,17 @@ export class Uploader extends EventTarget {
     this.#finished = new Promise((resolve) => {
       this.#settle = resolve;
     });
+    if (options.onProgress) this.addEventListener("progress", (e) => options.onProgress(e.detail));
+    if (options.onStateChange) {
+      this.addEventListener("statechange", (e) => options.onStateChange(e.detail.state));
+    }
   }
 
   get file() {
     return this.#file;
   }
 
+  /** The job's id; null until the job to create is made. */
   get jobId() {
     return this.#jobId;
   }
@@ -455,11 +487,14 @@ export class Uploader extends EventTarget {
     return this.#state;
   }
 
-  /** Start; resolves once the upload ends: {outcome: "complete", answer} | {outcome: "cancelled"} | {outcome: "failed", error}. */
+  /**
+   * Start; resolves once the upload ends: {outcome: "complete", jobId, answer} |
+   * {outcome: "cancelled", jobId} | {outcome: "failed", jobId, error}.
+   */
   start() {
     if (this.#state === "idle") {
       this.#setState("running");
-      this.#opts.memory?.remember(this.#file, this.#jobId);
+      if (this.#jobId !== null) this.#opts.memory?.remember(this.#file, this.#jobId);
       this.#go();
     }
     return this.#finished;
@@ -486,6 +521,12 @@ export class Uploader extends EventTarget {
     if (!["idle", "running", "paused"].includes(this.#state)) return;
     this.#stopRun();
     this.#setState("cancelled");
+    if (this.#jobId === null) {
+      // No job was made yet (or its making was cut off): nothing on the server to discard.
+      this.#emit("cancelled", {});
+      this.#settle({ outcome: "cancelled", jobId: null });
+      return;
+    }
     this.#opts.memory?.forget(this.#jobId);
     try {
       const { status, body } = await this.#api("DELETE", "upload-data", new AbortController().signal);
@@ -501,7 +542,7 @@ export class Uploader extends EventTarget {
       this.#emit("error", { error: new UploadError(message), message, status: 0 });
     }
     this.#emit("cancelled", {});
-    this.#settle({ outcome: "cancelled" });
+    this.#settle({ outcome: "cancelled", jobId: this.#jobId });
   }
 
   // --- one attempt at sending, from asking the server to the last chunk -----------
@@ -527,6 +568,7 @@ export class Uploader extends EventTarget {
     const signal = run.controller.signal;
     const file = this.#file;
     if (file.size === 0) throw new UploadError(`${file.name} is empty.`, { code: "empty" });
+    if (this.#jobId === null) await this.#createJob(signal);
     const config = this.#shape?.config || (await this.#withRetries(() => this.#api("GET", "/api/config", signal), signal));
     const held = await this.#withRetries(() => this.#api("GET", "upload-data", signal), signal);
     const shape = this.#planShape(config, held);
@@ -571,7 +613,24 @@ export class Uploader extends EventTarget {
     this.#emitProgress(true);
     this.#opts.memory?.forget(this.#jobId);
     this.#emit("complete", { answer: completing });
-    this.#settle({ outcome: "complete", answer: completing });
+    this.#settle({ outcome: "complete", jobId: this.#jobId, answer: completing });
+  }
+
+  /**
+   * POST /api/job, once: sent again only on answers that say no job was made (429, 503),
+   * so a lost answer cannot leave two jobs behind.
+   */
+  async #createJob(signal) {
+    const job = await this.#withRetries(
+      () => this.#api("POST", "/api/job", signal, this.#newJob),
+      signal,
+      (status) => status === 429 || status === 503,
+    );
+    // Kept even when paused or cancelled meanwhile: the job exists, and a resume uses it.
+    this.#jobId = job.id;
+    this.#emit("jobcreated", { job });
+    if (signal.aborted) throw aborted();
+    this.#opts.memory?.remember(this.#file, this.#jobId);
   }
 
   #planShape(config, held) {
@@ -652,13 +711,15 @@ export class Uploader extends EventTarget {
       form.append("file_size", String(this.#file.size));
       form.append("chunk_sha256", sha);
       form.append("file", blob, this.#file.name);
+      const headers = await this.#headers(); // asked for each try: a token may have expired
+      if (signal.aborted) throw aborted();
       run.inflight.set(index, 0);
       try {
         return await this.#watched(signal, (attempt, alive) =>
           this.#transport.send({
             url,
             form,
-            headers: this.#opts.headers,
+            headers,
             signal: attempt,
             onProgress: (loaded, total) => {
               alive();
@@ -713,16 +774,19 @@ export class Uploader extends EventTarget {
     }
   }
 
-  /** A status request, retried as `isRetryable` says; the answer's body. */
-  async #withRetries(call, signal) {
-    return (await this.#retrying(signal, null, call)).body;
+  /** A status request, retried as `retryable` says; the answer's body. */
+  async #withRetries(call, signal, retryable = isRetryable) {
+    return (await this.#retrying(signal, null, call, retryable)).body;
   }
 
   /**
    * The one retry loop: `call()` until a 2xx (returned) or a final answer (thrown as an
    * UploadError), waiting between tries as `#delay` says; `index` is the chunk's, or null.
+   * A 401 is sent again once, without waiting, when the headers come from a function:
+   * the token may have expired since it was asked for.
    */
-  async #retrying(signal, index, call) {
+  async #retrying(signal, index, call, retryable = isRetryable) {
+    let askedAgain = false;
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw aborted();
       let result = null;
@@ -731,12 +795,17 @@ export class Uploader extends EventTarget {
         result = await call();
       } catch (error) {
         if (signal.aborted) throw aborted();
+        if (error instanceof UploadError) throw error; // the headers function failed
         failure = error;
       }
       const status = result ? result.status : 0;
       if (status >= 200 && status < 300) return result;
+      if (status === 401 && typeof this.#opts.headers === "function" && !askedAgain) {
+        askedAgain = true;
+        continue;
+      }
       const reason = describe(status, result?.body, failure?.message);
-      if (!isRetryable(status)) throw new UploadError(reason, { status, index });
+      if (!retryable(status)) throw new UploadError(reason, { status, index });
       if (attempt >= this.#retry.maxRetries) {
         const message =
           index === null
@@ -773,13 +842,34 @@ export class Uploader extends EventTarget {
     return path.startsWith("/") ? `${base}${path}` : `${base}/api/job/${this.#jobId}/${path}`;
   }
 
-  async #api(method, path, signal) {
+  /** The extra headers for one request: the option's object, or what its function gives. */
+  async #headers() {
+    const option = this.#opts.headers;
+    if (typeof option !== "function") return option;
+    let headers;
+    try {
+      headers = await option();
+    } catch (error) {
+      throw new UploadError(`The headers could not be had: ${error?.message || error}`, { code: "headers" });
+    }
+    if (typeof headers !== "object" || headers === null) {
+      throw new UploadError("The headers function must return an object of header names and values.", {
+        code: "headers",
+      });
+    }
+    return headers;
+  }
+
+  async #api(method, path, signal, body = undefined) {
     let response;
     let text;
+    const headers = await this.#headers();
+    if (signal.aborted) throw aborted(); // stopped while the headers were being had
     try {
       response = await this.#fetch(this.#url(path), {
         method,
-        headers: this.#opts.headers,
+        headers: body === undefined ? headers : { ...headers, "Content-Type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
         signal,
         credentials: "same-origin",
       });
@@ -840,7 +930,7 @@ export class Uploader extends EventTarget {
       error instanceof UploadError ? error : new UploadError(error?.message || String(error));
     this.#setState("failed");
     this.#emit("error", { error: failure, message: failure.message, status: failure.status });
-    this.#settle({ outcome: "failed", error: failure });
+    this.#settle({ outcome: "failed", jobId: this.#jobId, error: failure });
   }
 
   #setState(state) {
@@ -851,6 +941,11 @@ export class Uploader extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** A job's id as the server gives it (a positive integer), or the same in a string. */
+function isJobId(job) {
+  return (Number.isSafeInteger(job) && job > 0) || (typeof job === "string" && /^[1-9][0-9]*$/.test(job));
 }
 
 // The answer a complete upload would have had, for when the server's was not seen.
