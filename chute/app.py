@@ -16,11 +16,12 @@ from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from chute.api import auth, config, docs, events, health, jobs, openapi, results, tus, uploads, web
-from chute.api.headers import SecurityHeaders
+from chute.api.headers import RequestIds, SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
 from chute.jobs.runner import run_job
+from chute.logs import configure
 from chute.runtime import build_runtime
 from chute.upload.stream import UploadSlots
 
@@ -73,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
 class _ChuteApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
-        return SecurityHeaders(tus.TusResumable(super().build_middleware_stack()))
+        return RequestIds(SecurityHeaders(tus.TusResumable(super().build_middleware_stack())))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -105,4 +106,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory`: settings from the CHUTE_* environment."""
-    return create_app(Settings())
+    settings = Settings()
+    configure(settings.log_format)
+    return create_app(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import getpass
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from chute.logs import configure
 
 if TYPE_CHECKING:
     from chute.config import Settings
@@ -93,11 +96,12 @@ class _AdminPassword:
             print("It is shown only this once.", flush=True)
             return
         os.replace(staged, self.path)
-        print(
-            f"Created user 'admin'. Its password is in {self.path} on {socket.gethostname()}, "
-            "readable by this account only (it is printed only to a terminal). "
-            "Sign in with it, then delete the file.",
-            flush=True,
+        # Not a terminal: a supervisor's log, in the deployment's log format.
+        logging.getLogger("chute.admin").info(
+            "Created user 'admin'. Its password is in %s on %s, readable by this account only "
+            "(it is printed only to a terminal). Sign in with it, then delete the file.",
+            self.path,
+            socket.gethostname(),
         )
 
 
@@ -106,6 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from chute.db.session import make_engine, make_sessionmaker
 
     settings = _settings()
+    configure(settings.log_format)
     _prepare(settings)
     engine = make_engine(settings.resolved_database_url)
     password = _AdminPassword(settings.data_dir)
@@ -137,7 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if not settings.embedded_queue:
         # Scale-out: API processes only; `chute worker` runs jobs, on any number of hosts.
-        print("chute: the queue is on Redis; run `chute worker` to run jobs", flush=True)
+        configure(settings.log_format)
+        logging.getLogger("chute").info("the queue is on Redis; run `chute worker` to run jobs")
     elif not args.no_worker:
         # The embedded deployment's worker: its own process, so jobs never slow the API.
         worker = subprocess.Popen(

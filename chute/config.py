@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     queue_url: str = ""
     # The queue's name: Huey's key prefix on Redis, so several Chutes can share one Redis.
     queue_name: str = Field("chute", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # "text" or "json": one JSON object per log line, for a log collector.
+    log_format: str = Field("text", pattern=r"^(text|json)$")
 
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
     max_chunk_bytes: int = Field(256 * MiB, ge=1)

@@ -33,6 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chute.config import Settings
+from chute.logs import configure
 
 _PR_SET_PDEATHSIG = 1
 # Open files an API process asks for: a connection is one.
@@ -204,6 +205,8 @@ def _config(host: str, port: int) -> uvicorn.Config:
         port=port,
         http=_protocol(settings),
         loop="uvloop",
+        # uvicorn's loggers go through Chute's handler (`chute.logs.configure`).
+        log_config=None,
         timeout_keep_alive=settings.keepalive_timeout,
         # X-Forwarded-* are trusted only behind a proxy configured to set them.
         proxy_headers=False,
@@ -212,6 +215,7 @@ def _config(host: str, port: int) -> uvicorn.Config:
 
 
 def serve(host: str, port: int, processes: int) -> None:
+    configure(Settings().log_format)
     # Before the API processes start: they inherit it.
     raise_open_files_limit()
     if processes <= 1:
@@ -244,6 +248,7 @@ def serve(host: str, port: int, processes: int) -> None:
 
 def _serve_one(host: str, port: int) -> None:
     stop_with_parent()
+    configure(Settings().log_format)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,4 +1,5 @@
-"""Headers every answer carries (DESIGN §2), added by a pure ASGI middleware.
+"""Headers every answer carries (DESIGN §2), added by pure ASGI middleware; and each
+request's id (`RequestIds`), for its log lines and its answer's X-Request-ID (DESIGN §8).
 
 It only touches the `http.response.start` message, so streamed bodies (SSE, downloads,
 the upload's answers) pass through as they are sent. It wraps the whole application,
@@ -7,8 +8,15 @@ Starlette's error middleware included, so a 500 carries them too.
 
 from __future__ import annotations
 
+import re
+import secrets
+
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chute.logs import request_id
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class SecurityHeaders:
@@ -35,3 +43,29 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RequestIds:
+    """Gives each HTTP request an id, for its log lines and its answer's X-Request-ID."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        # A client's id is kept when it is a plain token (it goes into log lines).
+        rid = sent if _CLIENT_ID.fullmatch(sent) else secrets.token_hex(8)
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)

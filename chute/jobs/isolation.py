@@ -31,7 +31,9 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from chute.config import Settings
 from chute.jobs.kinds import MAX_ERROR, JobCancelled, JobFailed, cut_text, cut_texts, load_kinds
+from chute.logs import configure
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,7 @@ def _run(
 def _child(percent: Any, cancel: Event, tasks: Connection, send: Connection) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure(Settings().log_format)  # the worker's settings, from the same environment
     try:
         kinds = load_kinds()  # imports every kind's code ahead of the job
     except Exception:

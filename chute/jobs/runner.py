@@ -39,6 +39,7 @@ UNREADABLE = "The job could not read its uploaded file."
 class Claim:
     job_id: int
     token: str
+    user_id: int
     kind: str
     params: dict[str, Any]
     storage_id: str
@@ -126,6 +127,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
         claim = Claim(
             job_id=job_id,
             token=token,
+            user_id=job.user_id,
             kind=job.kind,
             params=dict(job.params),
             storage_id=upload.storage_id,
@@ -133,7 +135,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | None:
             sources=sources_for_assembly(upload),
         )
         session.commit()
-    log.info("job %s: running (%s)", job_id, claim.kind)
+    log.info("job %s: running (%s)", job_id, claim.kind, extra=_fields(claim, "running"))
     return claim
 
 
@@ -205,8 +207,15 @@ def _finish(rt: Runtime, claim: Claim, to: JobStatus, **values: Any) -> bool:
         session.commit()
     done = bool(result.rowcount)  # type: ignore[attr-defined]
     if done:
-        log.info("job %s: %s after %.2f s", claim.job_id, to.value, time.monotonic() - claim.t0)
+        seconds = round(time.monotonic() - claim.t0, 3)
+        extra = {**_fields(claim, to.value), "seconds": seconds}
+        log.info("job %s: %s after %.2f s", claim.job_id, to.value, seconds, extra=extra)
     return done
+
+
+def _fields(claim: Claim, status: str) -> dict[str, object]:
+    """A job transition's fields in its log line (`chute.logs`)."""
+    return {"user_id": claim.user_id, "job_id": claim.job_id, "kind": claim.kind, "status": status}
 
 
 def _clean_up_lost(rt: Runtime, claim: Claim) -> None:

@@ -10,11 +10,12 @@ from chute.config import Settings
 from chute.jobs.isolation import start_spare
 from chute.jobs.runner import run_job
 from chute.jobs.sweeper import Sweeper, remove_stale_scratch
+from chute.logs import configure
 from chute.runtime import build_runtime
 
 
 def run_worker(settings: Settings, threads: int = 2) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure(settings.log_format)
     rt = build_runtime(settings, handler=run_job)
     # What runs of a worker that was killed left here (a whole copy of a job's input,
     # maybe); folders of runs live in other workers sharing this data dir are kept.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -48,6 +49,8 @@ from chute.upload.stream import (
     UploadSlots,
     storage_errors,
 )
+
+log = logging.getLogger(__name__)
 
 # Room for the form fields and part headers around a chunk's bytes.
 FORM_OVERHEAD = 64 * 1024
@@ -304,6 +307,12 @@ class ChunkReceiver:
                 return chunks.record_chunk(session, self.settings, self.user_id, request, chunk)
 
         recorded = await self.path.in_thread(record)
+        log.info(
+            "job %s: chunk %s recorded (%s bytes)%s", self.job_id, request.index, pipeline.size,
+            ", the upload is complete" if recorded.completed_now else "",
+            extra={"user_id": self.user_id, "job_id": self.job_id, "chunk": request.index,
+                   "bytes": pipeline.size, "protocol": "chunks"},
+        )  # fmt: skip
         if recorded.completed_now:
             await self.path.enqueue(self.job_id)
         return {

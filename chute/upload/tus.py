@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from chute.upload import core, tus_records
 from chute.upload.csvcheck import CsvStartCheck, HeadKeeper
 from chute.upload.stream import Body, Buffer, PartPath, Pipeline, UploadSlots
 from chute.upload.tus_records import TusState, record, still_at
+
+log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination,concatenation"
@@ -313,5 +316,11 @@ class TusPatch:
                 )
             )
         )
+        for part in parts:
+            log.info(
+                "upload %s: part %s recorded (%s bytes)", state.tus_id, part.index, part.size,
+                extra={"user_id": self.user_id, "job_id": state.job_id, "chunk": part.index,
+                       "bytes": part.size, "protocol": "tus"},
+            )  # fmt: skip
         if completed and state.job_id is not None:
             await self.path.enqueue(state.job_id)
