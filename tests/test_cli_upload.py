@@ -124,7 +124,7 @@ def test_killed_upload_resumes_with_only_the_missing_chunks(
     total = len(split(data, CHUNK))
     env = user_env(slow_server, tmp_path / "home", token_of(user))
     # A bandwidth limit keeps the first run slow enough to be killed in the middle.
-    command = ["upload", str(path), "--new", "killed", "--parallel", "2", "--limit-rate", "128K"]
+    command = ["upload", str(path), "--new", "killed", "--parallel", "2", "--limit-rate", "32K"]
     first = subprocess.Popen(
         chute_command(*command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -155,8 +155,9 @@ def test_ctrl_c_stops_the_upload_and_the_same_command_resumes(
     user = slow_server.client()
     path, data = csv_file(tmp_path, 40_000, seed=5)
     env = user_env(slow_server, tmp_path / "home", token_of(user))
-    # 128K: the whole file takes 8 s, so a loaded machine still signals it midway.
-    command = ["upload", str(path), "--parallel", "3", "--limit-rate", "128K"]
+    # 32K: the whole file would take 32 s, so even a loaded machine, whose polls of the
+    # server may take seconds, signals it midway (it is interrupted after 3 chunks).
+    command = ["upload", str(path), "--parallel", "3", "--limit-rate", "32K"]
     first = subprocess.Popen(
         chute_command(*command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

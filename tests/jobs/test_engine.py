@@ -48,8 +48,14 @@ def leftovers(server: Server, job_id: int) -> list[str]:
     the storage, local or S3), and the worker's scratch files (on local disk)."""
     held = storage_holds(server)
     files = sorted(k for k in held.files if k.startswith(f"jobs/{job_id}/"))
-    scratch = server.data_dir / "scratch"
-    return files + sorted(held.uploads) + sorted(str(p) for p in scratch.rglob("*"))
+    # os.walk, not rglob: the worker may remove a folder while it is listed (the walk
+    # skips what vanished; rglob raises).
+    scratch = [
+        os.path.join(root, name)
+        for root, dirs, names in os.walk(server.data_dir / "scratch")
+        for name in dirs + names
+    ]
+    return files + sorted(held.uploads) + sorted(scratch)
 
 
 def wait_until(what: str, check: Any, timeout: float = 30) -> Any:
