@@ -53,7 +53,10 @@ RETRY_AFTER: JsonObject = {
 SECURITY_SCHEMES: JsonObject = {
     "bearer": {
         "type": "oauth2",
-        "description": "A token from POST /api/auth/token, sent as `Authorization: Bearer`.",
+        "description": (
+            "A token from POST /api/auth/token, or an access token (JWT) of the identity "
+            "provider set by CHUTE_OIDC_ISSUER, sent as `Authorization: Bearer`."
+        ),
         "flows": {"password": {"tokenUrl": "/api/auth/token", "scopes": {}}},
     },
     "session": {
