@@ -19,6 +19,7 @@ and asks for no compression (so the size limit is the size read).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, JWKRegistry, Key, OKPKey, RSAKey
 
@@ -94,14 +94,19 @@ def _public_signing_key(item: object) -> Key | None:
     if item.get("kty") not in ("RSA", "EC", "OKP") or "d" in item:
         return None
     try:
-        key = JWKRegistry.import_key(item)
-    except (JoseError, ValueError, TypeError):
-        return None
-    if isinstance(key, RSAKey):
-        raw = key.raw_value
-        if isinstance(raw, rsa.RSAPublicKey) and raw.key_size < MIN_RSA_BITS:
+        if item["kty"] == "RSA" and _modulus_bits(item["n"]) < MIN_RSA_BITS:
             return None
+        key = JWKRegistry.import_key(item)
+    except (JoseError, ValueError, TypeError, KeyError):
+        return None
     return key if isinstance(key, RSAKey | ECKey | OKPKey) else None
+
+
+def _modulus_bits(n: object) -> int:
+    if not isinstance(n, str):
+        raise TypeError("n is not a string")
+    raw = base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))
+    return int.from_bytes(raw, "big").bit_length()
 
 
 class FetchError(Exception):
