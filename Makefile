@@ -18,6 +18,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The OpenID Connect provider the identity tests run against, with its own pins
+# (tests/auth/package-lock.json).
+OIDC_STAMP := tests/auth/node_modules/.installed
+$(OIDC_STAMP): tests/auth/package.json tests/auth/package-lock.json
+	cd tests/auth && npm ci --no-audit --no-fund --loglevel=error
+	touch $(OIDC_STAMP)
+
 run: $(STAMP)
 	$(BIN)/chute serve
 
@@ -32,7 +39,7 @@ $(CHROMIUM):
 # Tests run in 4 processes on 2 cores: most of their time is spent waiting on servers,
 # sleeps and timeouts. Each process takes a module's tests of one deployment at a time
 # (tests/conftest.py: `work_unit`), so the module's server is started once.
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
+test: $(STAMP) $(NODE_STAMP) $(OIDC_STAMP) $(CHROMIUM)
 	$(BIN)/ruff format --check chute tests bench
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy
