@@ -1,7 +1,6 @@
 """Bearer JWTs from the host application's OpenID Connect provider (DESIGN §7).
 
-joserfc does the JOSE work: maintained, typed (mypy strict), and it covers RSA, EC and OKP
-(EdDSA) keys and JWKS in one library, with JWS calls low enough that Chute picks the key.
+Why joserfc: maintained, typed, EdDSA (OKP) keys and JWKS built in, and Chute picks the key.
 
 What a token must be, checked in this order (any failure: `Problem.BAD_TOKEN`, a 401
 whose words say which rule failed and nothing of the token or of Chute's internals):
