@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -120,34 +120,24 @@ class ProviderKeys:
     token needs (none are cached yet, or its key id is new), at most `FETCH_TIMEOUT`s.
     """
 
-    def __init__(
-        self,
-        issuer: str,
-        *,
-        max_age: float,
-        min_interval: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, issuer: str, *, max_age: float, min_interval: float) -> None:
         self.issuer = issuer
         self.max_age = max_age
         self.min_interval = min_interval
-        self._clock = clock
-        self._http = httpx.Client(
-            timeout=FETCH_TIMEOUT,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
-        )
         self._lock = threading.Lock()
+        self._http: httpx.Client | None = None  # made by the first fetch, under the lock
         self._keys = KeySet()
         self._fetched_at: float | None = None  # of the keys in use
         self._tried_at: float | None = None  # of the last fetch, whatever came of it
         self._jwks_uri: str | None = None
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
 
     def find(self, kid: str | None) -> Sequence[Key]:
-        now = self._clock()
+        now = time.monotonic()
         if self._fetched_at is None:
             self._refresh(asked_at=now, wait=True)
         elif now - self._fetched_at >= self.max_age:
@@ -166,7 +156,7 @@ class ProviderKeys:
             return False
         try:
             tried = self._tried_at
-            now = self._clock()
+            now = time.monotonic()
             if tried is not None and (tried >= asked_at or now - tried < self.min_interval):
                 return tried >= asked_at
             self._tried_at = now
@@ -202,7 +192,13 @@ class ProviderKeys:
         return uri
 
     def _get_json(self, url: str) -> dict[str, Any]:
-        deadline = self._clock() + FETCH_TIMEOUT
+        if self._http is None:
+            self._http = httpx.Client(
+                timeout=FETCH_TIMEOUT,
+                follow_redirects=False,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            )
+        deadline = time.monotonic() + FETCH_TIMEOUT
         body = bytearray()
         try:
             with self._http.stream("GET", url) as answer:
@@ -215,7 +211,7 @@ class ProviderKeys:
                     body += part
                     if len(body) > MAX_ANSWER_BYTES:
                         raise FetchError(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
-                    if self._clock() > deadline:
+                    if time.monotonic() > deadline:
                         raise FetchError(f"{url} took more than {FETCH_TIMEOUT:g} s to answer")
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: {type(exc).__name__}") from None

@@ -197,9 +197,12 @@ def test_a_token_changed_after_signing_is_refused() -> None:
     assert "signature does not verify" in refused(f"{head}.{body}.{signature}")
 
 
-def test_without_a_kid_the_single_published_key_of_its_type_verifies() -> None:
-    only = KeySet.parse({"keys": [RSA.as_dict(private=False)]})
-    assert verifier(only).verify(sign(claims(), kid=None), now=NOW).subject == "user-42"
+def test_without_a_kid_the_published_keys_of_its_type_are_tried() -> None:
+    other = RSAKey.generate_key(2048, parameters={"kid": "rsa-2"})
+    both = KeySet.parse({"keys": [other.as_dict(private=False), RSA.as_dict(private=False)]})
+    assert verifier(both).verify(sign(claims(), kid=None), now=NOW).subject == "user-42"
+    stranger = RSAKey.generate_key(2048)
+    assert "signature does not verify" in refused(sign(claims(), stranger, kid=None))
 
 
 @pytest.mark.parametrize(
