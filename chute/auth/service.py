@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from chute.auth.oidc import Identity
 
 USERNAME_MAX = 100
+# The password hash of a user no password signs in: the identity provider's users.
+NO_PASSWORD = ""
 # Room kept after a name taken from a token for a suffix that makes it unique ("-12").
 _SUFFIX_ROOM = 12
 
@@ -73,7 +75,7 @@ def user_for_identity(session: Session, identity: Identity) -> User:
             continue
         user = User(
             username=name,
-            password_hash=None,
+            password_hash=NO_PASSWORD,
             oidc_issuer=identity.issuer,
             oidc_subject=identity.subject,
         )

@@ -221,7 +221,7 @@ def test_a_provider_token_signs_in_and_uploads_through_the_chunk_endpoint(
     assert answer.status_code == 200, answer.text
     assert answer.json()["username"] == "alice"
     [(user_id, username, issuer, password_hash)] = user_rows(chute, "alice-app")
-    assert (username, issuer, password_hash) == ("alice", provider.issuer, None)
+    assert (username, issuer, password_hash) == ("alice", provider.issuer, "")
 
     client = Client(bearer(chute, token), "alice", chute.data_dir, chute.env, chute.chunk)
     data = csv_bytes(3000)

@@ -42,7 +42,7 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 def test_a_user_is_created_once_and_found_again(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         made = user_for_identity(session, Identity(ISSUER, "sub-1", "alice"))
-        assert (made.username, made.password_hash) == ("alice", None)
+        assert (made.username, made.password_hash) == ("alice", "")
         assert (made.oidc_issuer, made.oidc_subject) == (ISSUER, "sub-1")
     with sessions() as session:
         # The claim changed at the provider: the user keeps its id and its name.
@@ -110,6 +110,8 @@ def test_the_database_refuses_a_second_row_for_one_identity(
 ) -> None:
     with sessions() as session:
         user_for_identity(session, Identity(ISSUER, "sub-1", "erin"))
-        session.add(User(username="erin-copy", oidc_issuer=ISSUER, oidc_subject="sub-1"))
+        session.add(
+            User(username="erin-copy", password_hash="", oidc_issuer=ISSUER, oidc_subject="sub-1")
+        )
         with pytest.raises(IntegrityError):
             session.commit()
