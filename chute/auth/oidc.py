@@ -75,6 +75,10 @@ class _Registry(JWSRegistry):
     `Ed25519`); providers still sign with `EdDSA`, and `_usable` checks the curve itself.
     """
 
+    # joserfc's 512-byte cap on the header would refuse providers that put a certificate
+    # chain (`x5c`) in it; the token as a whole is capped at MAX_TOKEN_CHARS.
+    max_header_length = 8 * 1024
+
     def get_alg(self, name: str) -> JWSAlgModel:
         if name not in ALGORITHMS:
             raise JoseError(f"algorithm {name!r} is not accepted")

@@ -205,6 +205,12 @@ def test_without_a_kid_the_published_keys_of_its_type_are_tried() -> None:
     assert "signature does not verify" in refused(sign(claims(), stranger, kid=None))
 
 
+def test_a_header_with_a_certificate_chain_is_taken() -> None:
+    chain = [b64(secrets.token_bytes(900)) for _ in range(3)]  # the size of real certificates
+    token = sign(claims(), x5c=chain, x5t=b64(secrets.token_bytes(20)))
+    assert verifier().verify(token, now=NOW).subject == "user-42"
+
+
 @pytest.mark.parametrize(
     ("header", "why"),
     [
