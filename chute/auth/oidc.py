@@ -30,7 +30,8 @@ from joserfc.jwt import JWTClaimsRegistry
 from chute.auth.jwks import KeySource
 from chute.errors import ChuteError, Problem
 
-# Algorithm: the key type it needs, and the curves it takes (None: any size, RSA).
+# Algorithm: the key type it needs, and the curves it takes (None: RSA, 2048 bits and up
+# as `chute.auth.jwks` keeps them).
 ALGORITHMS: dict[str, tuple[type[RSAKey | ECKey | OKPKey], frozenset[str] | None]] = {
     "RS256": (RSAKey, None),
     "ES256": (ECKey, frozenset({"P-256"})),
