@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -96,6 +97,18 @@ def test_keys_are_fetched_once_and_kept(provider: FakeProvider) -> None:
         for _ in range(5):
             assert kids(source, "k1") == ["k1"]
         assert provider.hits == {"/.well-known/openid-configuration": 1, "/jwks": 1}
+    finally:
+        source.close()
+
+
+def test_requests_arriving_together_share_one_fetch(provider: FakeProvider) -> None:
+    provider.publish(KEY)
+    source = provider.keys()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            found = list(pool.map(lambda _: kids(source, "k1"), range(32)))
+        assert found == [["k1"]] * 32
+        assert provider.hits["/jwks"] == 1
     finally:
         source.close()
 

@@ -445,6 +445,14 @@ def test_another_issuer_with_the_same_subject_is_another_user(
             assert refused(server, provider.token("alice-app")).startswith(
                 "The bearer token was refused"
             )
+            server.stop()
+            server.close_clients()
+            # Without an issuer, no JWT signs in, and none makes a user.
+            for name in oidc_settings(second):
+                del server.env[name]
+            server.start()
+            assert refused(server, second.token("carol-app")) == "Not signed in."
+            assert user_rows(server, "carol-app") == []
         finally:
             server.close_clients()
             server.stop(kill=True)
