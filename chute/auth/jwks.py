@@ -117,13 +117,16 @@ class ProviderKeys:
     """`KeySource` for one issuer: its discovery document and JWKS, fetched with httpx.
 
     Safe to share between threads; `find` blocks only while keys are fetched that the
-    token needs (none are cached yet, or its key id is new), at most `FETCH_TIMEOUT`s.
+    token needs (none are cached yet, or its key id is new), at most `timeout` seconds.
     """
 
-    def __init__(self, issuer: str, *, max_age: float, min_interval: float) -> None:
+    def __init__(
+        self, issuer: str, *, max_age: float, min_interval: float, timeout: float = FETCH_TIMEOUT
+    ) -> None:
         self.issuer = issuer
         self.max_age = max_age
         self.min_interval = min_interval
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None  # made by the first fetch, under the lock
         self._keys = KeySet()
@@ -151,7 +154,7 @@ class ProviderKeys:
     def _refresh(self, *, asked_at: float, wait: bool) -> bool:
         """Fetch the keys unless a fetch was tried within `min_interval` or since
         `asked_at` (another request's fetch then answers this one). True if fetched."""
-        taken = self._lock.acquire(timeout=2 * FETCH_TIMEOUT) if wait else self._lock.acquire(False)
+        taken = self._lock.acquire(timeout=2 * self.timeout) if wait else self._lock.acquire(False)
         if not taken:
             return False
         try:
@@ -171,16 +174,18 @@ class ProviderKeys:
             self._lock.release()
 
     def _fetch(self) -> KeySet:
+        deadline = time.monotonic() + self.timeout
         try:
-            self._jwks_uri = self._discover()
+            self._jwks_uri = self._discover(deadline)
         except FetchError:
             if self._jwks_uri is None:
                 raise
             log.warning("Discovery at %s failed; using its last jwks_uri", self.issuer)
-        return KeySet.parse(self._get_json(self._jwks_uri))
+        return KeySet.parse(self._get_json(self._jwks_uri, deadline))
 
-    def _discover(self) -> str:
-        document = self._get_json(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
+    def _discover(self, deadline: float) -> str:
+        url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
+        document = self._get_json(url, deadline)
         # OpenID Connect Discovery: the document must name the issuer it was asked for.
         if document.get("issuer") != self.issuer:
             raise FetchError("the discovery document names another issuer")
@@ -191,17 +196,19 @@ class ProviderKeys:
             raise FetchError("the discovery document has no usable jwks_uri")
         return uri
 
-    def _get_json(self, url: str) -> dict[str, Any]:
+    def _get_json(self, url: str, deadline: float) -> dict[str, Any]:
+        """The JSON object at `url`, read whole by `deadline` (a `time.monotonic()`)."""
         if self._http is None:
             self._http = httpx.Client(
-                timeout=FETCH_TIMEOUT,
                 follow_redirects=False,
                 headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             )
-        deadline = time.monotonic() + FETCH_TIMEOUT
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(f"no time left to ask {url}")
         body = bytearray()
         try:
-            with self._http.stream("GET", url) as answer:
+            with self._http.stream("GET", url, timeout=left) as answer:
                 if answer.status_code != 200:
                     raise FetchError(f"{url} answered {answer.status_code}")
                 declared = answer.headers.get("content-length", "0")
@@ -212,7 +219,7 @@ class ProviderKeys:
                     if len(body) > MAX_ANSWER_BYTES:
                         raise FetchError(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
                     if time.monotonic() > deadline:
-                        raise FetchError(f"{url} took more than {FETCH_TIMEOUT:g} s to answer")
+                        raise FetchError(f"{url} answered too slowly")
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: {type(exc).__name__}") from None
         try:

@@ -3,6 +3,7 @@ loopback that answers what a test tells it: a provider that misbehaves or is att
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -28,6 +29,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     # False: no Content-Length, the body ends when the connection closes (HTTP/1.0).
     sized: bool = True
+    # Seconds between two bytes of the body: a provider that drips its answer.
+    drip: float = 0.0
 
 
 @dataclass
@@ -70,7 +73,14 @@ def provider() -> Iterator[FakeProvider]:
             if answer.sized and "Content-Length" not in answer.headers:
                 self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
-            self.wfile.write(answer.body)
+            if not answer.drip:
+                self.wfile.write(answer.body)
+                return
+            with contextlib.suppress(ConnectionError):  # the client gave up
+                for byte in answer.body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(answer.drip)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -203,6 +213,20 @@ def test_a_provider_answering_nonsense_gives_no_keys(provider: FakeProvider, spo
         assert kids(source, "k1") == []
         assert kids(source, None) == []
         assert provider.hits.get("/keys", 0) == 0
+    finally:
+        source.close()
+
+
+def test_a_provider_dripping_its_answer_is_given_up_on_in_time(provider: FakeProvider) -> None:
+    provider.publish(KEY)
+    slow = provider.answers["/jwks"]
+    provider.answers["/jwks"] = Answer(body=slow.body, drip=0.05)  # about 10 s in all
+    source = provider.keys()
+    source.timeout = 1.0
+    try:
+        started = time.monotonic()
+        assert kids(source, "k1") == []
+        assert time.monotonic() - started < 2
     finally:
         source.close()
 
