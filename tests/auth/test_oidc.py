@@ -192,11 +192,10 @@ def b64(data: bytes) -> str:
 
 
 def claims(provider: Provider, **changes: Any) -> dict[str, Any]:
+    """Claims the provider's token for alice-app would hold (for tokens made here)."""
     now = int(time.time())
-    return {"iss": provider.issuer, "aud": AUDIENCE, "sub": "alice-app", "exp": now + 300} | {
-        "iat": now,
-        **changes,
-    }
+    iss, sub = provider.issuer, "alice-app"
+    return {"iss": iss, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 300, **changes}
 
 
 def signed_by(key: RSAKey, payload: dict[str, Any], kid: str | None = None) -> str:
