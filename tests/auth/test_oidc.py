@@ -39,6 +39,7 @@ CLIENTS = [
     {"id": "alice-app", "secret": "alice-secret", "alg": "RS256", "name": "alice"},
     {"id": "bob-app", "secret": "bob-secret", "alg": "ES256", "name": "bob"},
     {"id": "carol-app", "secret": "carol-secret", "alg": "EdDSA"},
+    {"id": "dave-app", "secret": "dave-secret", "alg": "EdDSA", "name": "dave"},
     {"id": "late-app", "secret": "late-secret", "alg": "RS256", "clock": "expired"},
     {"id": "early-app", "secret": "early-secret", "alg": "ES256", "clock": "future"},
 ]
@@ -282,11 +283,10 @@ def test_each_algorithm_signs_in_and_a_token_without_a_name_uses_the_subject(
     assert answer.json()["username"] == name
 
 
-def test_a_name_already_taken_gets_a_suffix(tmp_path: Path, provider: Provider) -> None:
-    with serving(tmp_path, EMBEDDED, **oidc_settings(provider)) as server:
-        server.add_user("bob")
-        assert me(server, provider.token("bob-app")).json()["username"] == "bob-2"
-        assert [row[1] for row in user_rows(server, "bob-app")] == ["bob-2"]
+def test_a_name_already_taken_gets_a_suffix(chute: Server, provider: Provider) -> None:
+    chute.add_user("dave")  # a local user, before the provider's dave is first seen
+    assert me(chute, provider.token("dave-app")).json()["username"] == "dave-2"
+    assert [row[1] for row in user_rows(chute, "dave-app")] == ["dave-2"]
 
 
 def test_a_token_for_another_audience_is_refused_and_creates_no_user(
