@@ -25,6 +25,13 @@ examples/%/node_modules/.installed: examples/%/package.json examples/%/package-l
 	cd examples/$* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The OpenID Connect provider the identity tests run against, with its own pins
+# (tests/auth/package-lock.json).
+OIDC_STAMP := tests/auth/node_modules/.installed
+$(OIDC_STAMP): tests/auth/package.json tests/auth/package-lock.json
+	cd tests/auth && npm ci --no-audit --no-fund --loglevel=error
+	touch $(OIDC_STAMP)
+
 run: $(STAMP)
 	$(BIN)/chute serve
 
@@ -39,7 +46,7 @@ $(CHROMIUM):
 # Tests run in 4 processes on 2 cores: most of their time is spent waiting on servers,
 # sleeps and timeouts. Each process takes a module's tests of one deployment at a time
 # (tests/conftest.py: `work_unit`), so the module's server is started once.
-test: $(STAMP) $(NODE_STAMP) $(EXAMPLE_STAMPS) $(CHROMIUM)
+test: $(STAMP) $(NODE_STAMP) $(EXAMPLE_STAMPS) $(OIDC_STAMP) $(CHROMIUM)
 	$(BIN)/ruff format --check chute tests bench
 	$(BIN)/ruff check chute tests bench
 	$(BIN)/mypy

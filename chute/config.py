@@ -122,10 +122,34 @@ class Settings(BaseSettings):
     # S3's least size of every part but the last; some compatible stores allow less.
     s3_min_part_size: int = Field(5 * MiB, ge=1)
 
+    # Identity from the host application's OpenID Connect provider (DESIGN §7). Empty
+    # issuer: off, only Chute's own users sign in. Its bearer JWTs must name the audience.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    # The claim a first-seen user's name is taken from; `sub` when the token lacks it.
+    oidc_name_claim: str = Field("preferred_username", min_length=1, max_length=100)
+    # Seconds the provider's keys (and discovery document) are used before being fetched
+    # again; a token with an unknown key id fetches them sooner, but never more often
+    # than once per `oidc_jwks_min_interval` seconds, whatever tokens attackers send.
+    oidc_jwks_max_age: float = Field(3600.0, gt=0)
+    oidc_jwks_min_interval: float = Field(30.0, gt=0)
+    # Seconds of clock skew allowed on exp, nbf and iat.
+    oidc_leeway: int = Field(30, ge=0, le=300)
+
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
         return public_origin(value) if value.strip() else ""
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _check_oidc_issuer(cls, value: str) -> str:
+        return oidc_issuer(value) if value.strip() else ""
+
+    @field_validator("oidc_audience")
+    @classmethod
+    def _check_oidc_audience(cls, value: str) -> str:
+        return value.strip()
 
     @field_validator("forwarded_allow_ips")
     @classmethod
@@ -134,6 +158,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Self:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError(
+                "CHUTE_OIDC_AUDIENCE must be set when CHUTE_OIDC_ISSUER is: without it, a "
+                "token the provider issued for any other application would be accepted"
+            )
         if self.signin_block > self.signin_max_block:
             raise ValueError("CHUTE_SIGNIN_BLOCK must not exceed CHUTE_SIGNIN_MAX_BLOCK")
         if self.chunk_size > self.max_chunk_bytes:
@@ -200,6 +229,30 @@ def public_origin(url: str) -> str:
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}"
+
+
+def oidc_issuer(url: str) -> str:
+    """CHUTE_OIDC_ISSUER as tokens name it in `iss`: https, or http on a loopback host."""
+    value = url.strip()
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if (
+        not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or port == -1
+    ):
+        raise ValueError(
+            "CHUTE_OIDC_ISSUER must be the provider's https address as its tokens name it "
+            "(http only on a loopback host), with no query or fragment"
+        )
+    return value
 
 
 def trusted_proxies(value: str) -> list[str]:

@@ -20,6 +20,12 @@ class Problem(Enum):
     TUS_BAD_HEADER = (400, "{what}.")
     NOT_AUTHENTICATED = (401, "Not signed in.")
     BAD_CREDENTIALS = (401, "Wrong user name or password.")
+    # A bearer JWT from the identity provider that Chute does not take; {why}: which rule.
+    BAD_TOKEN = (
+        401,
+        "The bearer token was refused: {why}.",
+        {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
     JOB_NOT_FOUND = (404, "Job not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")

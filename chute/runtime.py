@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from chute.auth.jwks import ProviderKeys
+from chute.auth.oidc import OidcVerifier
 from chute.config import Settings
 from chute.db.session import make_engine, make_sessionmaker
 from chute.jobs.kinds import Kind, load_kinds
@@ -24,6 +26,8 @@ class Runtime:
     storage: Storage
     # Job kinds by name, from the `chute.jobs` entry points.
     kinds: dict[str, Kind]
+    # Bearer JWTs of the host application's identity provider, when CHUTE_OIDC_ISSUER is set.
+    oidc: OidcVerifier | None = None
     queue: JobQueue = field(init=False)
     # One writer per part, for storage without part locks of its own.
     part_leases: PartLeases = field(init=False)
@@ -32,12 +36,31 @@ class Runtime:
     part_locks: PartLocking = field(init=False)
 
     def close(self) -> None:
+        if self.oidc is not None:
+            self.oidc.close()
         self.engine.dispose()
 
 
 # What a worker does with a job id from the queue (`chute.jobs.runner.run_job`). The
 # entry points bind it: the runner needs the runtime, so the runtime must not import it.
 JobHandler = Callable[[Runtime, int], None]
+
+
+def make_verifier(settings: Settings) -> OidcVerifier | None:
+    if not settings.oidc_issuer:
+        return None
+    keys = ProviderKeys(
+        settings.oidc_issuer,
+        max_age=settings.oidc_jwks_max_age,
+        min_interval=settings.oidc_jwks_min_interval,
+    )
+    return OidcVerifier(
+        issuer=settings.oidc_issuer,
+        audience=settings.oidc_audience,
+        name_claim=settings.oidc_name_claim,
+        leeway=settings.oidc_leeway,
+        keys=keys,
+    )
 
 
 def build_runtime(settings: Settings, *, handler: JobHandler) -> Runtime:
@@ -49,6 +72,7 @@ def build_runtime(settings: Settings, *, handler: JobHandler) -> Runtime:
         sessions=make_sessionmaker(engine),
         storage=make_storage(settings),
         kinds=load_kinds(),
+        oidc=make_verifier(settings),
     )
     runtime.part_leases = PartLeases(runtime.sessions, settings.part_lease_seconds)
     storage = runtime.storage

@@ -1,7 +1,8 @@
 """Dependencies that make routes read like sentences: `session: SessionDep, user: CurrentUser`.
 
-They have no side effects: authentication reads, it never writes, and it runs before
-any route touches the request body.
+They have no side effects, with one exception: a bearer JWT from the identity provider
+(`chute.auth.oidc`) whose user Chute has not seen creates that user. Authentication
+runs before any route touches the request body.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from chute.auth.service import user_for_token
-from chute.db.models import TokenKind, utcnow
+from chute.auth.oidc import looks_like_jwt
+from chute.auth.service import user_for_identity, user_for_token
+from chute.db.models import TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 from chute.runtime import Runtime
 
@@ -96,10 +98,18 @@ def current_user(request: Request, rt: RuntimeDep) -> Principal:
     if signed_in is None:
         raise ChuteError(Problem.NOT_AUTHENTICATED)
     token, kind = signed_in
+    identity = None
+    if kind is TokenKind.BEARER and rt.oidc is not None and looks_like_jwt(token):
+        # Before any database work: a refused token costs no transaction.
+        identity = rt.oidc.verify(token)
     # A session of its own, closed here: the upload route must not hold a
     # transaction open while a chunk streams in.
     with rt.sessions() as session:
-        user = user_for_token(session, token, kind, utcnow())
+        user: User | None
+        if identity is not None:
+            user = user_for_identity(session, identity)
+        else:
+            user = user_for_token(session, token, kind, utcnow())
         if user is None:
             raise ChuteError(Problem.NOT_AUTHENTICATED)
         principal = Principal(user.id, user.username)

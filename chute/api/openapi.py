@@ -53,7 +53,10 @@ RETRY_AFTER: JsonObject = {
 SECURITY_SCHEMES: JsonObject = {
     "bearer": {
         "type": "oauth2",
-        "description": "A token from POST /api/auth/token, sent as `Authorization: Bearer`.",
+        "description": (
+            "A token from POST /api/auth/token, or an access token (JWT) of the identity "
+            "provider set by CHUTE_OIDC_ISSUER, sent as `Authorization: Bearer`."
+        ),
         "flows": {"password": {"tokenUrl": "/api/auth/token", "scopes": {}}},
     },
     "session": {
@@ -272,7 +275,8 @@ def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dic
     if has_body:
         entries += [CLIENT_GONE, Problem.BODY_IDLE, Problem.BODY_TOO_SLOW, Problem.BODY_TOO_LARGE]
     if signed_in:
-        entries.append(Problem.NOT_AUTHENTICATED)
+        # BAD_TOKEN: a bearer JWT of the identity provider (CHUTE_OIDC_ISSUER) refused.
+        entries += [Problem.NOT_AUTHENTICATED, Problem.BAD_TOKEN]
         if method not in SAFE_METHODS:
             entries.append(Problem.FOREIGN_ORIGIN)
     if "{job_id}" in path:

@@ -26,11 +26,13 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
+    """None (no such user) or "" (a user without a password): False, after as long a
+    check as a wrong password takes."""
     try:
         matches = _hasher.verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
-    return matches and password_hash is not None
+    return matches and bool(password_hash)
 
 
 def random_password() -> str:

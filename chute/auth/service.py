@@ -10,6 +10,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,14 @@ from chute.auth.passwords import hash_password, random_password, verify_password
 from chute.db.models import AuthToken, TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 
+if TYPE_CHECKING:
+    from chute.auth.oidc import Identity
+
 USERNAME_MAX = 100
+# The password hash of a user no password signs in: the identity provider's users.
+NO_PASSWORD = ""
+# Room kept after a name taken from a token for a suffix that makes it unique ("-12").
+_SUFFIX_ROOM = 12
 
 
 def _digest(secret: str) -> str:
@@ -45,6 +53,47 @@ def add_user(session: Session, username: str, password: str) -> User:
         session.rollback()
         raise ChuteError(Problem.USER_EXISTS) from None
     return user
+
+
+def user_for_identity(session: Session, identity: Identity) -> User:
+    """The user an identity provider's token speaks for: (issuer, subject), created on
+    first sight with no password. Its name comes from the token, made unique with a
+    suffix ("alice-2") if a user of that name exists, and is kept when the claim changes.
+    Commits when it creates the user."""
+    known = select(User).where(
+        User.oidc_issuer == identity.issuer, User.oidc_subject == identity.subject
+    )
+    user = session.scalar(known)
+    if user is not None:
+        return user
+    base = _printable(identity.name) or _printable(identity.subject) or "user"
+    for attempt in range(1, 21):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        if attempt == 20:  # a crowded name: a random suffix ends the search
+            name = f"{base}-{secrets.token_hex(4)}"
+        if session.scalar(select(User.id).where(User.username == name)) is not None:
+            continue
+        user = User(
+            username=name,
+            password_hash=NO_PASSWORD,
+            oidc_issuer=identity.issuer,
+            oidc_subject=identity.subject,
+        )
+        session.add(user)
+        try:
+            session.commit()
+        except IntegrityError:  # another request took the name, or created this user
+            session.rollback()
+            user = session.scalar(known)
+            if user is not None:
+                return user
+            continue
+        return user
+    raise ChuteError(Problem.USER_EXISTS)
+
+
+def _printable(value: str) -> str:
+    return "".join(c for c in value if c.isprintable()).strip()[: USERNAME_MAX - _SUFFIX_ROOM]
 
 
 def ensure_admin(session: Session, keep: Callable[[str], None]) -> bool:

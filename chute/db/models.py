@@ -13,6 +13,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -74,12 +75,20 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A local user (signs in with a password), or a user of the host application's OpenID
+    Connect provider, known by (issuer, subject) and without a password (`chute.auth.oidc`)."""
+
     __tablename__ = "users"
+    # An index, not a table constraint: migration 0007 says why.
+    __table_args__ = (Index("uq_users_oidc", "oidc_issuer", "oidc_subject", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)
+    # Empty (NO_PASSWORD in chute.auth.service): no password signs this user in.
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    oidc_issuer: Mapped[str | None] = mapped_column(String(500))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
 
 
 class AuthToken(Base):

@@ -145,3 +145,35 @@ def test_the_package_never_calls_create_all() -> None:
     pattern = re.compile(r"\bcreate_all\b")
     offenders = [str(p.relative_to(package)) for p in sources if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_0007_keeps_every_user_with_their_jobs_and_tokens(url: str, engine: Engine) -> None:
+    """0007 alters `users`; recreating it on SQLite (a batch migration) would delete every
+    job and token with it (ON DELETE CASCADE), so it must alter the table in place."""
+    command.upgrade(alembic_config(url), "0006")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, username, password_hash, created_at)"
+                " VALUES (1, 'kept', 'x', '2024-01-01 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, name, kind, params, status, created_at,"
+                " updated_at, attempts) VALUES (7, 1, 'j', 'profile', '{}', 'awaiting_upload',"
+                " '2024-01-01 00:00:00', '2024-01-01 00:00:00', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO auth_tokens (user_id, kind, token_hash, created_at, expires_at)"
+                " VALUES (1, 'bearer', 'h', '2024-01-01 00:00:00', '2099-01-01 00:00:00')"
+            )
+        )
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, user_id FROM jobs")).all() == [(7, 1)]
+        assert conn.execute(text("SELECT count(*) FROM auth_tokens")).scalar() == 1
+        user = conn.execute(text("SELECT username, oidc_issuer FROM users")).all()
+        assert user == [("kept", None)]
