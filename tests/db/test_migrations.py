@@ -177,3 +177,45 @@ def test_0007_keeps_every_user_with_their_jobs_and_tokens(url: str, engine: Engi
         assert conn.execute(text("SELECT count(*) FROM auth_tokens")).scalar() == 1
         user = conn.execute(text("SELECT username, oidc_issuer FROM users")).all()
         assert user == [("kept", None)]
+
+
+def test_0006_keeps_the_chunks_of_unfinished_uploads(url: str, engine: Engine) -> None:
+    """0006 recreates `uploads` on SQLite (a batch migration: a column becomes nullable);
+    with foreign keys on, dropping the old table would delete every recorded chunk with
+    it (ON DELETE CASCADE), losing the uploads in progress at an upgrade."""
+    command.upgrade(alembic_config(url), "0005")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, username, password_hash, created_at)"
+                " VALUES (1, 'kept', 'x', '2024-01-01 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, name, kind, params, status, created_at,"
+                " updated_at, attempts) VALUES (7, 1, 'j', 'profile', '{}', 'awaiting_upload',"
+                " '2024-01-01 00:00:00', '2024-01-01 00:00:00', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO uploads (job_id, storage_id, total_chunks, chunks_received,"
+                " bytes_received, created_at, touched_at) VALUES (7, 's7', 3, 2, 20,"
+                " '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
+            )
+        )
+        for index in (0, 1):
+            conn.execute(
+                text(
+                    'INSERT INTO chunks (job_id, "index", size, sha256, placed, created_at)'
+                    " VALUES (7, :index, 10, :sha, TRUE, '2024-01-01 00:00:00')"
+                ),
+                {"index": index, "sha": f"{index}" * 64},
+            )
+    upgrade(url)
+    with engine.connect() as conn:
+        chunks = conn.execute(text('SELECT job_id, "index" FROM chunks ORDER BY 2')).all()
+        assert chunks == [(7, 0), (7, 1)]
+        upload = conn.execute(text("SELECT total_chunks, protocol FROM uploads")).all()
+        assert upload == [(3, "chunks")]

@@ -20,10 +20,18 @@ if context.is_offline_mode():
 else:
     engine = make_engine(url)
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration recreates a table on SQLite: copy, drop the old, rename.
+            # With foreign keys on, the drop deletes every row that refers to the table
+            # (ON DELETE CASCADE: a job's chunks, tokens...). Off for the migration, which
+            # must be set outside a transaction, so on the driver's connection, before
+            # SQLAlchemy begins one; checked again before the commit, below.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=sqlite,
             # One transaction from reading the version to the last migration, on SQLite
             # too (Alembic's default there is one per migration, after reading the version
             # outside them, so two processes starting at once could both run the same
@@ -37,4 +45,10 @@ else:
                 # (SQLite's BEGIN IMMEDIATE already runs them one at a time.)
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             context.run_migrations()
+            if sqlite:
+                broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"a migration left rows naming missing rows: {broken}")
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
     engine.dispose()
