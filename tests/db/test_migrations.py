@@ -13,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 import chute
 from chute.db.migrate import alembic_config, upgrade
@@ -147,24 +147,29 @@ def test_the_package_never_calls_create_all() -> None:
     assert offenders == []
 
 
+def add_user_and_job(conn: Connection) -> None:
+    """User 1 ('kept') and its job 7, as an older schema holds them."""
+    conn.execute(
+        text(
+            "INSERT INTO users (id, username, password_hash, created_at)"
+            " VALUES (1, 'kept', 'x', '2024-01-01 00:00:00')"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO jobs (id, user_id, name, kind, params, status, created_at,"
+            " updated_at, attempts) VALUES (7, 1, 'j', 'profile', '{}', 'awaiting_upload',"
+            " '2024-01-01 00:00:00', '2024-01-01 00:00:00', 0)"
+        )
+    )
+
+
 def test_0007_keeps_every_user_with_their_jobs_and_tokens(url: str, engine: Engine) -> None:
     """0007 alters `users`; recreating it on SQLite (a batch migration) would delete every
     job and token with it (ON DELETE CASCADE), so it must alter the table in place."""
     command.upgrade(alembic_config(url), "0006")
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, username, password_hash, created_at)"
-                " VALUES (1, 'kept', 'x', '2024-01-01 00:00:00')"
-            )
-        )
-        conn.execute(
-            text(
-                "INSERT INTO jobs (id, user_id, name, kind, params, status, created_at,"
-                " updated_at, attempts) VALUES (7, 1, 'j', 'profile', '{}', 'awaiting_upload',"
-                " '2024-01-01 00:00:00', '2024-01-01 00:00:00', 0)"
-            )
-        )
+        add_user_and_job(conn)
         conn.execute(
             text(
                 "INSERT INTO auth_tokens (user_id, kind, token_hash, created_at, expires_at)"
@@ -185,19 +190,7 @@ def test_0006_keeps_the_chunks_of_unfinished_uploads(url: str, engine: Engine) -
     it (ON DELETE CASCADE), losing the uploads in progress at an upgrade."""
     command.upgrade(alembic_config(url), "0005")
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, username, password_hash, created_at)"
-                " VALUES (1, 'kept', 'x', '2024-01-01 00:00:00')"
-            )
-        )
-        conn.execute(
-            text(
-                "INSERT INTO jobs (id, user_id, name, kind, params, status, created_at,"
-                " updated_at, attempts) VALUES (7, 1, 'j', 'profile', '{}', 'awaiting_upload',"
-                " '2024-01-01 00:00:00', '2024-01-01 00:00:00', 0)"
-            )
-        )
+        add_user_and_job(conn)
         conn.execute(
             text(
                 "INSERT INTO uploads (job_id, storage_id, total_chunks, chunks_received,"
