@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from chute.api import auth, config, docs, events, jobs, openapi, results, tus, uploads, web
+from chute.api.cors import with_cors
 from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = _ChuteApp(
         title="Chute", lifespan=lifespan, redirect_slashes=False, docs_url=None, redoc_url=None
     )
+    app.cors_origins = tuple(settings.cors_origin_list)
     if settings.trusted_proxies:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
@@ -69,9 +71,14 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 class _ChuteApp(FastAPI):
+    # Set by create_app before the first request builds the stack.
+    cors_origins: tuple[str, ...] = ()
+
     def build_middleware_stack(self) -> ASGIApp:
-        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
-        return SecurityHeaders(tus.TusResumable(super().build_middleware_stack()))
+        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store,
+        # and a foreign front end can read the `detail` of every error, a 500's included.
+        stack = with_cors(super().build_middleware_stack(), list(self.cors_origins))
+        return SecurityHeaders(tus.TusResumable(stack))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # when set it is the only origin a cookie-authenticated write may come from, and the
     # session cookie is `Secure` if it is https. Empty: the request's own scheme and Host.
     public_url: str = ""
+    # Front ends on other origins that may call the API with bearer tokens (DESIGN §7):
+    # comma-separated exact origins, like https://app.example.com. Empty: no CORS at all.
+    # Cookies stay same-origin whatever is listed here.
+    cors_origins: str = ""
     # Comma-separated IPs or CIDRs of the proxies whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (the client's address for the sign-in limits, https
     # for the cookie). Empty: nothing is trusted, whoever sends those headers.
@@ -125,6 +129,11 @@ class Settings(BaseSettings):
     def _check_public_url(cls, value: str) -> str:
         return public_origin(value) if value.strip() else ""
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        return ",".join(cors_origins(value))
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _check_forwarded_allow_ips(cls, value: str) -> str:
@@ -150,6 +159,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        return cors_origins(self.cors_origins)
+
+    @property
     def trusted_proxies(self) -> list[str]:
         return trusted_proxies(self.forwarded_allow_ips)
 
@@ -171,7 +184,7 @@ class Settings(BaseSettings):
         return not self.resolved_queue_url.startswith("redis://")
 
 
-def public_origin(url: str) -> str:
+def public_origin(url: str, setting: str = "CHUTE_PUBLIC_URL") -> str:
     """`https://Chute.example.com:443/` as a browser's Origin names it: `https://chute.example.com`."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -189,7 +202,7 @@ def public_origin(url: str) -> str:
         or port == -1
     ):
         raise ValueError(
-            "CHUTE_PUBLIC_URL must be an http or https address with a host and nothing after "
+            f"{setting} must be an http or https address with a host and nothing after "
             "it, like https://chute.example.com"
         )
     host = parts.hostname  # lowercased; IPv6 without its brackets
@@ -198,6 +211,14 @@ def public_origin(url: str) -> str:
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}"
+
+
+def cors_origins(value: str) -> list[str]:
+    """CHUTE_CORS_ORIGINS as browsers name origins, each once, in the order given."""
+    found: dict[str, None] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        found[public_origin(item, f"CHUTE_CORS_ORIGINS: {item!r}")] = None
+    return list(found)
 
 
 def trusted_proxies(value: str) -> list[str]:
