@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from pathlib import Path
 from typing import Self
@@ -88,6 +89,22 @@ class Settings(BaseSettings):
     signin_block: int = Field(60, ge=1)
     signin_max_block: int = Field(3600, ge=1)
 
+    # Webhooks (DESIGN §7). The deployment's own receiver of every user's events, and
+    # its `whsec_` secret; users add receivers of their own with `POST /api/webhooks`.
+    webhook_url: str = ""
+    webhook_secret: SecretStr = SecretStr("")
+    # Seconds to connect to a receiver, and to wait for each read of its answer.
+    webhook_connect_timeout: float = Field(5.0, gt=0)
+    webhook_timeout: float = Field(10.0, gt=0)
+    # Retries: the first after `webhook_retry_base` seconds, each later one twice as long
+    # (with jitter), never more than `webhook_retry_max` apart; given up
+    # `webhook_give_up_after` seconds after the event.
+    webhook_retry_base: float = Field(5.0, gt=0)
+    webhook_retry_max: float = Field(3600.0, gt=0)
+    webhook_give_up_after: float = Field(24 * 3600.0, gt=0)
+    # Deliveries one worker sends at once, on threads of their own (never a job's).
+    webhook_threads: int = Field(4, ge=1, le=64)
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -133,6 +150,25 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cors_origins(cls, value: str) -> str:
         return ",".join(cors_origins(value))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        problem = webhook_url_problem(value.strip())
+        if problem is not None:
+            raise ValueError(f"CHUTE_WEBHOOK_URL {problem}")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_webhook_secret(self) -> Self:
+        secret = self.webhook_secret.get_secret_value()
+        if self.webhook_url and not secret:
+            raise ValueError("CHUTE_WEBHOOK_URL needs CHUTE_WEBHOOK_SECRET (whsec_ and base64)")
+        if secret and (problem := webhook_secret_problem(secret)) is not None:
+            raise ValueError(f"CHUTE_WEBHOOK_SECRET {problem}")
+        return self
 
     @field_validator("forwarded_allow_ips")
     @classmethod
@@ -219,6 +255,44 @@ def cors_origins(value: str) -> list[str]:
     for item in filter(None, (part.strip() for part in value.split(","))):
         found[public_origin(item, f"CHUTE_CORS_ORIGINS: {item!r}")] = None
     return list(found)
+
+
+WEBHOOK_URL_MAX = 2000
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot receive webhooks, in words that follow its name; None if it can."""
+    if len(url) > WEBHOOK_URL_MAX:
+        return f"is longer than {WEBHOOK_URL_MAX} characters"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "has spaces or control characters"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None:
+        return "must not carry a user name or password"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` is no Standard Webhooks secret (`whsec_` and 24 to 64 bytes in base64)."""
+    if not secret.startswith("whsec_"):
+        return "must start with whsec_"
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        return "must be whsec_ followed by base64"
+    if not 24 <= len(key) <= 64:
+        return "must hold 24 to 64 bytes (whsec_ and 32 to 88 characters of base64)"
+    return None
 
 
 def trusted_proxies(value: str) -> list[str]:
