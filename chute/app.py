@@ -15,7 +15,19 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, docs, events, jobs, openapi, results, tus, uploads, web
+from chute.api import (
+    auth,
+    config,
+    docs,
+    events,
+    jobs,
+    openapi,
+    results,
+    tus,
+    uploads,
+    web,
+    webhooks,
+)
 from chute.api.cors import with_cors
 from chute.api.headers import SecurityHeaders
 from chute.api.limits import BodyLimits
@@ -55,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, jobs, uploads, tus, results, events, config):
+    for module in (auth, jobs, uploads, tus, results, events, webhooks, config):
         app.include_router(module.router)
     # After the API, so no page path can shadow a route under /api.
     web.mount(app)
