@@ -1,0 +1,243 @@
+"""Webhook deliveries from a real `chute serve` and its worker to a real receiver on
+loopback that verifies every signature (DESIGN §7): retries with the same webhook-id,
+timeouts, a worker killed mid-delivery, secret rotation, 410, the deployment's own URL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import Client, Server, ServerFactory, serving
+from tests.factories import csv_bytes
+from tests.webhooks.receiver import HANG, Receiver, receiving
+
+# Retries within a second or so, so the tests run in seconds, not minutes.
+FAST = {
+    "CHUTE_WEBHOOK_RETRY_BASE": "0.2",
+    "CHUTE_WEBHOOK_CONNECT_TIMEOUT": "1",
+    "CHUTE_WEBHOOK_TIMEOUT": "1",
+    "CHUTE_SWEEP_INTERVAL": "0.5",
+    "CHUTE_REQUEUE_AFTER": "1",
+}
+ALL_EVENTS = {"upload.completed", "job.running", "job.succeeded"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("chute-hooks"), **FAST) as srv:
+        yield srv
+
+
+def add_webhook(client: Client, receiver: Receiver, **body: Any) -> dict[str, Any]:
+    answer = client.http.post("/api/webhooks", json={"url": receiver.url, **body})
+    assert answer.status_code == 201, answer.text
+    hook: dict[str, Any] = answer.json()
+    assert hook["secret"].startswith("whsec_")
+    receiver.secrets.append(hook["secret"])
+    return hook
+
+
+def run_job(client: Client, rows: int = 50) -> int:
+    job_id = client.new_job()
+    client.upload(job_id, csv_bytes(rows))
+    client.wait_for(job_id, "succeeded")
+    return job_id
+
+
+def deliveries(client: Client) -> list[dict[str, Any]]:
+    answer = client.http.get("/api/webhooks/deliveries")
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def settled(client: Client, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """The user's deliveries, once there are `count` and none is pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = deliveries(client)
+        if len(items) >= count and all(d["state"] != "pending" for d in items):
+            return items
+        assert time.monotonic() < deadline, items
+        time.sleep(0.1)
+
+
+def test_500_three_times_then_200_delivers_once_with_one_id(server: Server) -> None:
+    client = server.client()
+    with receiving(script=lambda n: 500 if n < 3 else 200) as receiver:
+        add_webhook(client, receiver, events=["job.succeeded"])
+        job_id = run_job(client)
+        [delivery] = settled(client, 1)
+        got = receiver.received
+    assert delivery["state"] == "delivered"
+    assert (delivery["attempts"], delivery["last_status"]) == (4, 200)
+    assert delivery["event"] == "job.succeeded" and delivery["job_id"] == job_id
+    assert [r.answered for r in got] == [500, 500, 500, 200]
+    assert {r.webhook_id for r in got} == {delivery["webhook_id"]}
+    assert all(r.verified_with for r in got)
+    payload = got[-1].payload
+    assert payload["type"] == "job.succeeded"
+    assert payload["data"]["job"]["id"] == job_id
+    assert payload["data"]["job"]["status"] == "succeeded"
+    assert payload["data"]["user"]["username"] == client.username
+    # The retries came back off: each later than the one before, by a growing gap.
+    times = [int(r.timestamp) for r in got]
+    assert times == sorted(times)
+
+
+def test_every_event_of_a_job_in_order(server: Server) -> None:
+    client = server.client()
+    with receiving() as receiver:
+        add_webhook(client, receiver)
+        job_id = run_job(client)
+        settled(client, 3)
+        types = [r.payload["type"] for r in receiver.received]
+    assert sorted(types) == sorted(ALL_EVENTS)
+    completed = next(
+        r.payload for r in receiver.received if r.payload["type"] == "upload.completed"
+    )
+    assert completed["data"]["upload"]["bytes"] == len(csv_bytes(50))
+    assert completed["data"]["job"]["id"] == job_id
+    assert len({r.webhook_id for r in receiver.received}) == 3
+
+
+def test_cancel_and_failure_events(server: Server) -> None:
+    client = server.client()
+    with receiving() as receiver:
+        add_webhook(client, receiver, events=["job.cancelled", "job.failed"])
+        cancelled = client.new_job()
+        client.send_chunk(cancelled, 0, 2, csv_bytes(10))
+        assert client.http.post(f"/api/job/{cancelled}/cancel").status_code == 200
+        failing = client.new_job()
+        # A kind this server no longer has (as after a plugin was removed): the run fails.
+        server.write_job(failing, kind="removed-plugin")
+        client.upload(failing, csv_bytes(10))
+        client.wait_for(failing, "failed")
+        settled(client, 2)
+        got = {r.payload["type"]: r.payload["data"]["job"] for r in receiver.received}
+    assert set(got) == {"job.cancelled", "job.failed"}
+    assert got["job.cancelled"]["id"] == cancelled
+    assert got["job.failed"]["id"] == failing
+    assert "removed-plugin" in got["job.failed"]["error"]
+
+
+def test_410_disables_the_endpoint(server: Server) -> None:
+    client = server.client()
+    with receiving(script=lambda n: 410) as receiver:
+        hook = add_webhook(client, receiver, events=["job.succeeded"])
+        run_job(client)
+        [delivery] = settled(client, 1)
+        assert (delivery["state"], delivery["attempts"], delivery["last_status"]) == (
+            "failed",
+            1,
+            410,
+        )
+        [listed] = client.http.get("/api/webhooks").json()["items"]
+        assert listed["id"] == hook["id"] and listed["disabled_at"] is not None
+        run_job(client)
+        time.sleep(1)
+        assert len(receiver.received) == 1  # nothing more sent to it
+        assert len(deliveries(client)) == 1
+
+
+def test_sending_a_delivery_again_keeps_its_webhook_id(server: Server) -> None:
+    client = server.client()
+    with receiving() as receiver:
+        add_webhook(client, receiver, events=["job.succeeded"])
+        run_job(client)
+        [delivery] = settled(client, 1)
+        answer = client.http.post(f"/api/webhooks/deliveries/{delivery['id']}/retry")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "pending"
+        receiver.wait_for(2)
+        [again] = settled(client, 1)
+        got = receiver.received
+    assert again["attempts"] == 2 and again["state"] == "delivered"
+    assert got[0].webhook_id == got[1].webhook_id == delivery["webhook_id"]
+
+
+def test_secret_rotation_keeps_working(server: Server) -> None:
+    client = server.client()
+    with receiving() as receiver:
+        hook = add_webhook(client, receiver, events=["job.succeeded"])
+        old = hook["secret"]
+        run_job(client)
+        receiver.wait_for(1)
+        answer = client.http.post(f"/api/webhooks/{hook['id']}/rotate")
+        assert answer.status_code == 200, answer.text
+        new = answer.json()["secret"]
+        assert new.startswith("whsec_") and new != old
+        # A receiver that switched to the new secret verifies...
+        receiver.secrets = [new]
+        run_job(client)
+        receiver.wait_for(2)
+        # ...and so does one still on the old secret, during the grace period.
+        receiver.secrets = [old]
+        run_job(client)
+        got = receiver.wait_for(3)
+        settled(client, 3)
+    assert [r.verified_with for r in got] == [old, new, old]
+    assert all(r.answered == 200 for r in got)
+    assert len(got[1].signature.split(" ")) == 2  # signed with both secrets
+
+
+def test_the_deployments_own_url_gets_every_users_events(
+    make_server: ServerFactory, tmp_path: Any
+) -> None:
+    secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+    with receiving(secret) as receiver:
+        srv = make_server(CHUTE_WEBHOOK_URL=receiver.url, CHUTE_WEBHOOK_SECRET=secret, **FAST)
+        alice, bob = srv.client(), srv.client()
+        run_job(alice)
+        run_job(bob)
+        got = receiver.wait_for(6)
+        # The operator's deliveries are not a user's to see.
+        assert deliveries(alice) == []
+    users = {r.payload["data"]["user"]["username"] for r in got}
+    assert users == {alice.username, bob.username}
+    assert all(r.verified_with == secret for r in got)
+
+
+def test_a_hanging_receiver_times_out_is_retried_and_slows_no_job(
+    make_server: ServerFactory,
+) -> None:
+    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_TIMEOUT": "3"})
+    client = srv.client()
+    # Each event's first attempt hangs; its second is answered.
+    with receiving(script=lambda n: HANG if n == 0 else 200) as receiver:
+        add_webhook(client, receiver)
+        job_id = client.new_job()
+        client.upload(job_id, csv_bytes(50))
+        done = client.wait_for(job_id, "succeeded", timeout=30)
+        items = settled(client, 3, timeout=60)
+    finished = datetime.fromisoformat(done["finished_at"])
+    created = datetime.fromisoformat(done["created_at"])
+    # Three hanging deliveries of 3 s each would hold it 9 s if they were in its way.
+    assert (finished - created).total_seconds() < 3
+    for delivery in items:
+        assert delivery["state"] == "delivered" and delivery["attempts"] == 2
+    by_id: dict[str, list[int]] = {}
+    for r in receiver.received:
+        by_id.setdefault(r.webhook_id, []).append(r.answered)
+    assert sorted(by_id.values()) == [[HANG, 200]] * 3
+
+
+def test_a_worker_killed_mid_delivery_delivers_after_restart(make_server: ServerFactory) -> None:
+    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_TIMEOUT": "3"})
+    client = srv.client()
+    with receiving(script=lambda n: HANG if n == 0 else 200) as receiver:
+        add_webhook(client, receiver, events=["job.succeeded"])
+        job_id = run_job(client)
+        receiver.wait_for(1)  # the worker is sending it now, and waits for an answer
+        srv.stop(kill=True)
+        receiver.released.set()
+        srv.start(same_port=True)
+        [delivery] = settled(client, 1, timeout=90)
+        got = receiver.received
+    assert delivery["state"] == "delivered" and delivery["job_id"] == job_id
+    assert [r.answered for r in got] == [HANG, 200]
+    assert got[0].webhook_id == got[1].webhook_id
