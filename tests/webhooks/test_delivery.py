@@ -241,3 +241,16 @@ def test_a_worker_killed_mid_delivery_delivers_after_restart(make_server: Server
     assert delivery["state"] == "delivered" and delivery["job_id"] == job_id
     assert [r.answered for r in got] == [HANG, 200]
     assert got[0].webhook_id == got[1].webhook_id
+
+
+def test_a_delivery_is_given_up_after_its_time(make_server: ServerFactory) -> None:
+    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_GIVE_UP_AFTER": "2"})
+    client = srv.client()
+    with receiving(script=lambda n: 503) as receiver:
+        add_webhook(client, receiver, events=["job.succeeded"])
+        run_job(client)
+        [delivery] = settled(client, 1)
+        got = receiver.received
+    assert delivery["state"] == "failed" and delivery["next_attempt_at"] is None
+    assert delivery["attempts"] == len(got) >= 2
+    assert delivery["last_error"].startswith("The endpoint answered 503. Given up after")
