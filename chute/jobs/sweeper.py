@@ -1,6 +1,6 @@
 """Periodic repairs: expire abandoned uploads, re-enqueue jobs whose enqueue was lost,
 take back running jobs whose worker stopped heartbeating, re-enqueue webhook deliveries
-whose task was lost, remove the scratch folders
+whose task was lost (and forget month-old webhook events), remove the scratch folders
 that runs which ended without cleaning up (a worker killed mid-job) left behind, and
 delete expired tokens, sessions and sign-in failures.
 
@@ -33,12 +33,15 @@ from chute.jobs.runner import scratch_root
 from chute.upload.core import expire_upload, stale_uploads
 from chute.upload.tus_records import expire_partial, stale_partials
 from chute.webhooks.delivery import lost_deliveries
-from chute.webhooks.events import job_changed
+from chute.webhooks.events import job_changed, purge_events
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# How long webhook events and their deliveries stay listed once nothing retries them.
+KEEP_WEBHOOK_EVENTS = timedelta(days=30)
 
 
 def sweep(rt: Runtime, now: datetime | None = None) -> None:
@@ -59,6 +62,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
     for job_id in _lost_running(rt, now):
         log.info("job %s lost its worker; enqueueing it again", job_id)
         rt.queue.enqueue(job_id)
+    with rt.sessions() as session:
+        purged = purge_events(session, now - KEEP_WEBHOOK_EVENTS)
+    if purged:
+        log.info("removed %d webhook events older than %s", purged, KEEP_WEBHOOK_EVENTS)
     for delivery_id in lost_deliveries(
         rt.sessions, rt.webhook_policy, rt.settings.requeue_after, now
     ):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from chute.db.models import (
@@ -159,3 +159,17 @@ def _upload(session: Session, job_id: int) -> dict[str, Any] | None:
         "protocol": upload.protocol,
         "bytes": upload.bytes_received,
     }
+
+
+def purge_events(session: Session, before: datetime) -> int:
+    """Delete events older than `before` that nothing is still trying to deliver (their
+    deliveries go with them); returns how many. Commits."""
+    pending = select(WebhookDelivery.id).where(
+        WebhookDelivery.event_id == WebhookEvent.id,
+        WebhookDelivery.state == DeliveryState.PENDING,
+    )
+    result = session.execute(
+        delete(WebhookEvent).where(WebhookEvent.created_at < before, ~pending.exists())
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]

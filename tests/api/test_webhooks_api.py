@@ -5,15 +5,18 @@ answering the same 404 as none. Deliveries to a real receiver are tests/webhooks
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from chute.config import Settings
-from chute.db.models import WebhookDelivery
+from chute.db.models import DeliveryState, WebhookDelivery, WebhookEvent, utcnow
+from chute.jobs.sweeper import KEEP_WEBHOOK_EVENTS
 from chute.webhooks.delivery import Policy
+from chute.webhooks.events import purge_events
 from chute.webhooks.service import MAX_ENDPOINTS
 from tests.api.inprocess import App, TestClient, app_in_process
 from tests.factories import csv_bytes
@@ -247,3 +250,24 @@ def test_uploads_still_work_with_webhooks(client: TestClient) -> None:
     assert answer.status_code == 200, answer.text
     [delivery] = client.get("/api/webhooks/deliveries").json()["items"]
     assert delivery["event"] == "upload.completed"
+
+
+def test_old_events_are_purged_once_nothing_retries_them(app: App) -> None:
+    client = app.client()
+    add(client)
+    cancel_a_job(client)
+    cancel_a_job(client)
+    [newer, older] = client.get("/api/webhooks/deliveries").json()["items"]
+    now = utcnow()
+    with app.runtime.sessions() as session:
+        session.execute(update(WebhookEvent).values(created_at=now - timedelta(days=31)))
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == older["id"])
+            .values(state=DeliveryState.DELIVERED)
+        )
+        session.commit()
+        assert purge_events(session, now - KEEP_WEBHOOK_EVENTS) >= 1
+    # The delivered one is gone; the pending one stays until it is done.
+    left = client.get("/api/webhooks/deliveries").json()["items"]
+    assert [d["id"] for d in left] == [newer["id"]]

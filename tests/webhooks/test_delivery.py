@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Client, Server, ServerFactory, serving
+from tests.conftest import Client, Deployment, Server, ServerFactory, serving
 from tests.factories import csv_bytes
 from tests.webhooks.receiver import HANG, Receiver, receiving
 
@@ -26,9 +26,12 @@ FAST = {
 ALL_EVENTS = {"upload.completed", "job.running", "job.succeeded"}
 
 
+pytestmark = pytest.mark.deployments
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("chute-hooks"), **FAST) as srv:
+def server(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("chute-hooks"), deployment, **FAST) as srv:
         yield srv
 
 
