@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     webhook_retry_base: float = Field(5.0, gt=0)
     webhook_retry_max: float = Field(3600.0, gt=0)
     webhook_give_up_after: float = Field(24 * 3600.0, gt=0)
+    # Users' webhook URLs may name loopback, private and link-local addresses (a backend
+    # on the same host or network). Off: only public addresses, so no user can make the
+    # worker call what only the server reaches. CHUTE_WEBHOOK_URL may name any address.
+    webhook_allow_private: bool = False
     # Deliveries one worker sends at once, on threads of their own (never a job's).
     webhook_threads: int = Field(4, ge=1, le=64)
 

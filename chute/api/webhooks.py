@@ -123,8 +123,13 @@ class DeliveryPage(BaseModel):
 
 
 @router.post("", status_code=201)
-def add_webhook(body: WebhookCreate, user: CurrentUser, session: SessionDep) -> WebhookWithSecret:
-    endpoint = service.add_endpoint(session, user.id, body.url, body.events)
+def add_webhook(
+    body: WebhookCreate, user: CurrentUser, session: SessionDep, rt: RuntimeDep
+) -> WebhookWithSecret:
+    allow_private = rt.settings.webhook_allow_private
+    endpoint = service.add_endpoint(
+        session, user.id, body.url, body.events, allow_private=allow_private
+    )
     return WebhookWithSecret.of(endpoint)
 
 

@@ -34,6 +34,7 @@ from chute.db.models import (
     utcnow,
 )
 from chute.db.session import in_transaction
+from chute.webhooks.address import PrivateAddress, Target, pinned
 from chute.webhooks.signing import signed_headers
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 # A task may run this early (clocks of several hosts differ by a little).
 EARLY_SLACK = timedelta(seconds=2)
 USER_AGENT = "Chute-Webhooks/1"
+NOT_PUBLIC = (
+    "The endpoint's host has an address that is not public; this server sends users' "
+    "webhooks to public addresses only (CHUTE_WEBHOOK_ALLOW_PRIVATE)."
+)
 # Schedules a new attempt of a delivery in some seconds (`WebhookQueue.enqueue_in`).
 Schedule = Callable[[int, float], None]
 
@@ -55,6 +60,7 @@ class Policy:
     read_timeout: float
     retry_base: float
     retry_max: float
+    allow_private: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -65,6 +71,7 @@ class Policy:
             read_timeout=settings.webhook_timeout,
             retry_base=settings.webhook_retry_base,
             retry_max=settings.webhook_retry_max,
+            allow_private=settings.webhook_allow_private,
         )
 
     @property
@@ -98,6 +105,8 @@ class Attempt:
 class Outcome:
     status: int | None
     error: str | None
+    # Trying again would not help: the delivery is given up at once.
+    final: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -179,9 +188,22 @@ def send(http: httpx.Client, attempt: Attempt, policy: Policy) -> Outcome:
         "user-agent": USER_AGENT,
     }
     timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+    target = Target(attempt.url)
+    if attempt.endpoint_id is not None and not policy.allow_private:
+        try:
+            target = pinned(attempt.url)
+        except PrivateAddress:
+            return Outcome(None, NOT_PUBLIC, final=True)
+        except OSError as exc:
+            return Outcome(None, f"{str(exc)[:150].capitalize()}.")
     try:
         with http.stream(
-            "POST", attempt.url, content=attempt.body.encode(), headers=headers, timeout=timeout
+            "POST",
+            target.url,
+            content=attempt.body.encode(),
+            headers={**headers, **target.headers},
+            extensions=target.extensions,
+            timeout=timeout,
         ) as answer:
             status = answer.status_code
     except httpx.ConnectTimeout:
@@ -217,6 +239,8 @@ def _record(
     elif outcome.status == 410:
         delivery.state, delivery.next_attempt_at = DeliveryState.FAILED, None
         _disable(session, attempt, now)
+    elif outcome.final:
+        delivery.state, delivery.next_attempt_at = DeliveryState.FAILED, None
     else:
         retry_in = policy.backoff(delivery.attempts)
         if now + timedelta(seconds=retry_in) > delivery.give_up_at:

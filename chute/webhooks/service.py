@@ -17,7 +17,8 @@ from chute.db.models import (
     WebhookEvent,
     utcnow,
 )
-from chute.errors import ChuteError, Problem
+from chute.errors import ChuteError, Problem, invalid
+from chute.webhooks.address import literal_problem
 from chute.webhooks.events import NEW_KEY
 from chute.webhooks.signing import new_secret
 
@@ -28,9 +29,17 @@ ROTATION_GRACE = timedelta(hours=24)
 
 
 def add_endpoint(
-    session: Session, user_id: int, url: str, events: Sequence[str] | None
+    session: Session,
+    user_id: int,
+    url: str,
+    events: Sequence[str] | None,
+    *,
+    allow_private: bool = False,
 ) -> WebhookEndpoint:
-    """A new endpoint with a fresh secret (the answer shows it; it is not shown again)."""
+    """A new endpoint with a fresh secret (the answer shows it; it is not shown again).
+    A host that is a name is checked at each delivery (`chute.webhooks.address`)."""
+    if not allow_private and (problem := literal_problem(url)) is not None:
+        raise invalid(f"url: the URL {problem}; this server sends webhooks to public ones only.")
     count = session.scalar(
         select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.user_id == user_id)
     )

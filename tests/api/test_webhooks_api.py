@@ -78,6 +78,10 @@ def test_add_shows_the_secret_once(client: TestClient) -> None:
         ({"url": URL, "events": ["job.exploded"]}, "events.0: Input should be"),
         ({"url": URL, "events": "job.failed"}, "events: Input should be a valid list"),
         ({"url": URL, "secret": "whsec_mine"}, "secret: Extra inputs are not permitted"),
+        ({"url": "http://127.0.0.1:8080/hooks"}, "names an address that is not public"),
+        ({"url": "http://[::1]/hooks"}, "names an address that is not public"),
+        ({"url": "http://169.254.169.254/latest"}, "names an address that is not public"),
+        ({"url": "http://10.1.2.3/"}, "names an address that is not public"),
     ],
 )
 def test_bad_webhooks_are_refused_and_nothing_is_stored(

@@ -23,6 +23,8 @@ FAST = {
     "CHUTE_SWEEP_INTERVAL": "0.5",
     "CHUTE_REQUEUE_AFTER": "1",
 }
+# The receiver is on loopback: users' webhooks may go there only when the operator says so.
+LOOPBACK = {**FAST, "CHUTE_WEBHOOK_ALLOW_PRIVATE": "true"}
 ALL_EVENTS = {"upload.completed", "job.running", "job.succeeded"}
 
 
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.deployments
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("chute-hooks"), deployment, **FAST) as srv:
+    with serving(tmp_path_factory.mktemp("chute-hooks"), deployment, **LOOPBACK) as srv:
         yield srv
 
 
@@ -208,7 +210,7 @@ def test_the_deployments_own_url_gets_every_users_events(
 def test_a_hanging_receiver_times_out_is_retried_and_slows_no_job(
     make_server: ServerFactory,
 ) -> None:
-    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_TIMEOUT": "3"})
+    srv = make_server(**{**LOOPBACK, "CHUTE_WEBHOOK_TIMEOUT": "3"})
     client = srv.client()
     # Each event's first attempt hangs; its second is answered.
     with receiving(script=lambda n: HANG if n == 0 else 200) as receiver:
@@ -230,7 +232,7 @@ def test_a_hanging_receiver_times_out_is_retried_and_slows_no_job(
 
 
 def test_a_worker_killed_mid_delivery_delivers_after_restart(make_server: ServerFactory) -> None:
-    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_TIMEOUT": "3"})
+    srv = make_server(**{**LOOPBACK, "CHUTE_WEBHOOK_TIMEOUT": "3"})
     client = srv.client()
     with receiving(script=lambda n: HANG if n == 0 else 200) as receiver:
         add_webhook(client, receiver, events=["job.succeeded"])
@@ -247,7 +249,7 @@ def test_a_worker_killed_mid_delivery_delivers_after_restart(make_server: Server
 
 
 def test_a_delivery_is_given_up_after_its_time(make_server: ServerFactory) -> None:
-    srv = make_server(**{**FAST, "CHUTE_WEBHOOK_GIVE_UP_AFTER": "2"})
+    srv = make_server(**{**LOOPBACK, "CHUTE_WEBHOOK_GIVE_UP_AFTER": "2"})
     client = srv.client()
     with receiving(script=lambda n: 503) as receiver:
         add_webhook(client, receiver, events=["job.succeeded"])
@@ -257,3 +259,25 @@ def test_a_delivery_is_given_up_after_its_time(make_server: ServerFactory) -> No
     assert delivery["state"] == "failed" and delivery["next_attempt_at"] is None
     assert delivery["attempts"] == len(got) >= 2
     assert delivery["last_error"].startswith("The endpoint answered 503. Given up after")
+
+
+def test_users_webhooks_go_to_public_addresses_only_unless_allowed(
+    make_server: ServerFactory,
+) -> None:
+    srv = make_server(**FAST)
+    client = srv.client()
+    with receiving() as receiver:
+        refused = client.http.post("/api/webhooks", json={"url": receiver.url})
+        assert refused.status_code == 422
+        assert "names an address that is not public" in refused.json()["detail"]
+        # A name is checked when it is resolved: `localhost` is loopback.
+        named = receiver.url.replace("127.0.0.1", "localhost")
+        answer = client.http.post("/api/webhooks", json={"url": named})
+        assert answer.status_code == 201, answer.text
+        run_job(client)
+        items = settled(client, 3)
+        time.sleep(0.5)
+        assert receiver.received == []
+    for delivery in items:
+        assert (delivery["state"], delivery["attempts"]) == ("failed", 1)
+        assert "not public" in delivery["last_error"]
