@@ -195,7 +195,8 @@ def send(http: httpx.Client, attempt: Attempt, policy: Policy) -> Outcome:
         except PrivateAddress:
             return Outcome(None, NOT_PUBLIC, final=True)
         except OSError as exc:
-            return Outcome(None, f"{str(exc)[:150].capitalize()}.")
+            words = str(exc)[:150]
+            return Outcome(None, f"{words[:1].upper()}{words[1:]}.")
     try:
         with http.stream(
             "POST",
@@ -229,6 +230,14 @@ def _record(
     delivery.last_attempt_at = now
     delivery.last_status, delivery.last_error = outcome.status, outcome.error
     delivery.claim = delivery.claimed_at = None
+    log.info(
+        "webhook delivery %s (%s) to %s, attempt %d: %s",
+        delivery.id,
+        attempt.msg_id,
+        "CHUTE_WEBHOOK_URL" if attempt.endpoint_id is None else f"endpoint {attempt.endpoint_id}",
+        delivery.attempts,
+        outcome.status if outcome.delivered else outcome.error,
+    )
     retry_in: float | None = None
     if outcome.delivered:
         delivery.state, delivery.delivered_at, delivery.next_attempt_at = (

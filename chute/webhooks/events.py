@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -30,28 +30,22 @@ from chute.db.models import (
     utcnow,
 )
 
-UPLOAD_COMPLETED: Final = "upload.completed"
-JOB_RUNNING: Final = "job.running"
-JOB_SUCCEEDED: Final = "job.succeeded"
-JOB_FAILED: Final = "job.failed"
-JOB_CANCELLED: Final = "job.cancelled"
-UPLOAD_EXPIRED: Final = "upload.expired"
-EVENT_TYPES: Final = (
-    UPLOAD_COMPLETED,
-    JOB_RUNNING,
-    JOB_SUCCEEDED,
-    JOB_FAILED,
-    JOB_CANCELLED,
-    UPLOAD_EXPIRED,
-)
+EventType = Literal[
+    "upload.completed",
+    "job.running",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "upload.expired",
+]
 # The event of each status a job moves to; a job becomes `queued` when its upload completes.
-EVENT_OF_STATUS: Final = {
-    JobStatus.QUEUED: UPLOAD_COMPLETED,
-    JobStatus.RUNNING: JOB_RUNNING,
-    JobStatus.SUCCEEDED: JOB_SUCCEEDED,
-    JobStatus.FAILED: JOB_FAILED,
-    JobStatus.CANCELLED: JOB_CANCELLED,
-    JobStatus.UPLOAD_EXPIRED: UPLOAD_EXPIRED,
+EVENT_OF_STATUS: Final[dict[JobStatus, EventType]] = {
+    JobStatus.QUEUED: "upload.completed",
+    JobStatus.RUNNING: "job.running",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+    JobStatus.UPLOAD_EXPIRED: "upload.expired",
 }
 
 CONFIG_KEY: Final = "chute.webhooks.config"
@@ -118,7 +112,7 @@ def job_changed(session: Session, job_id: int, to: JobStatus) -> None:
         },
         "user": {"id": job.user_id, "username": job.username},
     }
-    if event_type in (UPLOAD_COMPLETED, UPLOAD_EXPIRED):
+    if event_type.startswith("upload."):
         data["upload"] = _upload(session, job_id)
     event = WebhookEvent(
         msg_id=f"msg_{secrets.token_hex(16)}",

@@ -281,3 +281,22 @@ def test_users_webhooks_go_to_public_addresses_only_unless_allowed(
     for delivery in items:
         assert (delivery["state"], delivery["attempts"]) == ("failed", 1)
         assert "not public" in delivery["last_error"]
+
+
+def test_an_expired_upload_is_told(make_server: ServerFactory) -> None:
+    srv = make_server(**{**LOOPBACK, "CHUTE_UPLOAD_EXPIRY": "1"})
+    client = srv.client()
+    with receiving() as receiver:
+        add_webhook(client, receiver, events=["upload.expired"])
+        job_id = client.new_job()
+        first = csv_bytes(5)
+        assert client.send_chunk(job_id, 0, 2, first, filename="late.csv").status_code == 200
+        client.wait_for(job_id, "upload_expired")
+        [got] = receiver.wait_for(1)
+    assert got.payload["type"] == "upload.expired"
+    assert got.payload["data"]["job"]["status"] == "upload_expired"
+    assert got.payload["data"]["upload"] == {
+        "file_name": "late.csv",
+        "protocol": "chunks",
+        "bytes": len(first),
+    }
