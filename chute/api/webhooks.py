@@ -43,9 +43,9 @@ def list_deliveries(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    webhook_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    endpoint_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> DeliveryPage:
-    rows, total = service.deliveries(session, user.id, limit, offset, webhook_id)
+    rows, total = service.deliveries(session, user.id, limit, offset, endpoint_id)
     items = [DeliveryPublic.of(delivery, event) for delivery, event in rows]
     return DeliveryPage(items=items, total=total, limit=limit, offset=offset)
 
@@ -59,12 +59,12 @@ def retry_delivery(
     return DeliveryPublic.of(delivery, event)
 
 
-@router.post("/{webhook_id}/rotate")
-def rotate_secret(webhook_id: int, user: CurrentUser, session: SessionDep) -> WebhookWithSecret:
-    return WebhookWithSecret.of(service.rotate_secret(session, user.id, webhook_id))
+@router.post("/{endpoint_id}/rotate")
+def rotate_secret(endpoint_id: int, user: CurrentUser, session: SessionDep) -> WebhookWithSecret:
+    return WebhookWithSecret.of(service.rotate_secret(session, user.id, endpoint_id))
 
 
-@router.delete("/{webhook_id}", status_code=204)
-def delete_webhook(webhook_id: int, user: CurrentUser, session: SessionDep) -> Response:
-    service.delete_endpoint(session, user.id, webhook_id)
+@router.delete("/{endpoint_id}", status_code=204)
+def delete_webhook(endpoint_id: int, user: CurrentUser, session: SessionDep) -> Response:
+    service.delete_endpoint(session, user.id, endpoint_id)
     return Response(status_code=204)

@@ -168,7 +168,7 @@ def test_an_event_makes_a_pending_delivery_per_endpoint_that_wants_it(
         assert delivery["webhook_id"].startswith("msg_")
     # One event, so one webhook-id for both endpoints.
     assert len({d["webhook_id"] for d in page["items"]}) == 1
-    only = client.get("/api/webhooks/deliveries", params={"webhook_id": wants["id"]}).json()
+    only = client.get("/api/webhooks/deliveries", params={"endpoint_id": wants["id"]}).json()
     assert [d["endpoint_id"] for d in only["items"]] == [wants["id"]]
 
 
@@ -187,8 +187,8 @@ def test_no_endpoint_no_event_rows(app: App, client: TestClient) -> None:
         ({"limit": 0}, "limit"),
         ({"limit": 201}, "limit"),
         ({"offset": -1}, "offset"),
-        ({"webhook_id": 0}, "webhook_id"),
-        ({"webhook_id": "x"}, "webhook_id"),
+        ({"endpoint_id": 0}, "endpoint_id"),
+        ({"endpoint_id": "x"}, "endpoint_id"),
     ],
 )
 def test_bad_delivery_listing_is_422(
