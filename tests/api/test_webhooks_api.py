@@ -275,3 +275,22 @@ def test_old_events_are_purged_once_nothing_retries_them(app: App) -> None:
     # The delivered one is gone; the pending one stays until it is done.
     left = client.get("/api/webhooks/deliveries").json()["items"]
     assert [d["id"] for d in left] == [newer["id"]]
+
+
+def test_a_delivery_being_sent_is_not_sent_again_at_once(app: App) -> None:
+    client = app.client()
+    add(client)
+    cancel_a_job(client)
+    [delivery] = client.get("/api/webhooks/deliveries").json()["items"]
+    with app.runtime.sessions() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery["id"])
+            .values(claim="a" * 32, claimed_at=utcnow())
+        )
+        session.commit()
+    answer = client.post(f"/api/webhooks/deliveries/{delivery['id']}/retry")
+    assert answer.status_code == 409
+    assert answer.json() == {
+        "detail": "The delivery is being sent right now; look again in a moment."
+    }
