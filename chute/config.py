@@ -279,6 +279,10 @@ def webhook_url_problem(url: str) -> str | None:
         return "must start with http:// or https://"
     if not parts.hostname:
         return "has no host"
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        return "has a host name that is not valid"
     if parts.username is not None:
         return "must not carry a user name or password"
     if parts.fragment:

@@ -197,6 +197,8 @@ def send(http: httpx.Client, attempt: Attempt, policy: Policy) -> Outcome:
         except OSError as exc:
             words = str(exc)[:150]
             return Outcome(None, f"{words[:1].upper()}{words[1:]}.")
+        except ValueError:  # a host no resolver takes (not IDNA, say)
+            return Outcome(None, "The endpoint's host name is not valid.", final=True)
     try:
         with http.stream(
             "POST",
@@ -213,6 +215,11 @@ def send(http: httpx.Client, attempt: Attempt, policy: Policy) -> Outcome:
         return Outcome(None, f"No answer within {policy.read_timeout:g} s.")
     except httpx.HTTPError as exc:
         return Outcome(None, f"The request failed: {type(exc).__name__}.")
+    except Exception as exc:
+        # An outcome all the same (a URL the client cannot send to, say), so the attempt
+        # is recorded and retried by its rules, never left claimed for the sweeper forever.
+        log.exception("webhook delivery %s: the request could not be made", attempt.delivery_id)
+        return Outcome(None, f"The request could not be made: {type(exc).__name__}.")
     if 200 <= status < 300:
         return Outcome(status, None)
     return Outcome(status, f"The endpoint answered {status}.")

@@ -67,6 +67,7 @@ def test_add_shows_the_secret_once(client: TestClient) -> None:
         ({"url": "javascript:alert(1)"}, "must start with http:// or https://"),
         ({"url": "receiver.example/hooks"}, "must start with http:// or https://"),
         ({"url": "https:///hooks"}, "has no host"),
+        ({"url": "https://" + "é" * 70 + ".example/"}, "host name that is not valid"),
         ({"url": "https://user:pw@receiver.example/"}, "must not carry a user name"),
         ({"url": "https://receiver.example/a b"}, "spaces or control characters"),
         ({"url": "https://receiver.example/\x1b[2J"}, "spaces or control characters"),
