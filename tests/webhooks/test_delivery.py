@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Client, Deployment, Server, ServerFactory, serving
-from tests.factories import csv_bytes
+from tests.factories import csv_bytes, csv_of_size
 from tests.webhooks.receiver import HANG, Receiver, receiving
 
 # Retries within a second or so, so the tests run in seconds, not minutes.
@@ -294,8 +294,10 @@ def test_an_expired_upload_is_told(make_server: ServerFactory) -> None:
     with receiving() as receiver:
         add_webhook(client, receiver, events=["upload.expired"])
         job_id = client.new_job()
-        first = csv_bytes(5)
-        assert client.send_chunk(job_id, 0, 2, first, filename="late.csv").status_code == 200
+        # A whole chunk of the deployment's size (on S3, every part but the last is 5 MiB).
+        first = csv_of_size(2 * client.chunk)[: client.chunk]
+        answer = client.send_chunk(job_id, 0, 2, first, filename="late.csv")
+        assert answer.status_code == 200, answer.text
         client.wait_for(job_id, "upload_expired")
         [got] = receiver.wait_for(1)
     assert got.payload["type"] == "upload.expired"
