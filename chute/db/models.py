@@ -25,6 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # Job ids are 64-bit on every database, as `chute.db.jobs.MAX_ID` says. SQLite's
 # INTEGER already is, and only an INTEGER primary key numbers its rows by itself.
 JobId = BigInteger().with_variant(Integer(), "sqlite")
+# The same for the webhook tables, whose ids the API takes up to that bound too.
+RowId = JobId
 
 
 def utcnow() -> datetime:
@@ -266,7 +268,7 @@ class WebhookEndpoint(Base):
 
     __tablename__ = "webhook_endpoints"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(String(2000))
     # The event types it wants; None: all of them.
@@ -288,7 +290,7 @@ class WebhookEvent(Base):
 
     __tablename__ = "webhook_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     msg_id: Mapped[str] = mapped_column(String(40), unique=True)
     type: Mapped[str] = mapped_column(String(40))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -303,13 +305,13 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     event_id: Mapped[int] = mapped_column(
-        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+        RowId, ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
     )
     # None: the deployment's endpoint (CHUTE_WEBHOOK_URL).
     endpoint_id: Mapped[int | None] = mapped_column(
-        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+        RowId, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
     )
     state: Mapped[DeliveryState] = mapped_column(
         Enum(

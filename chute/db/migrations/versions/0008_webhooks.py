@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "webhook_endpoints",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", JobId, nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("url", sa.String(length=2000), nullable=False),
         sa.Column("events", sa.JSON(), nullable=True),
@@ -38,7 +38,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "webhook_events",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", JobId, nullable=False),
         sa.Column("msg_id", sa.String(length=40), nullable=False),
         sa.Column("type", sa.String(length=40), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
@@ -52,9 +52,9 @@ def upgrade() -> None:
     op.create_index(op.f("ix_webhook_events_user_id"), "webhook_events", ["user_id"], unique=False)
     op.create_table(
         "webhook_deliveries",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("event_id", sa.Integer(), nullable=False),
-        sa.Column("endpoint_id", sa.Integer(), nullable=True),
+        sa.Column("id", JobId, nullable=False),
+        sa.Column("event_id", JobId, nullable=False),
+        sa.Column("endpoint_id", JobId, nullable=True),
         sa.Column(
             "state",
             sa.Enum(
