@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -210,23 +209,23 @@ def test_the_deployments_own_url_gets_every_users_events(
 def test_a_hanging_receiver_times_out_is_retried_and_slows_no_job(
     make_server: ServerFactory,
 ) -> None:
-    srv = make_server(**{**LOOPBACK, "CHUTE_WEBHOOK_TIMEOUT": "5"})
+    srv = make_server(**{**LOOPBACK, "CHUTE_WEBHOOK_TIMEOUT": "8"})
     client = srv.client()
-    # Each event's first attempt hangs; its second is answered.
+    # Each event's first attempt hangs (8 s, then it times out); its second is answered.
     with receiving(script=lambda n: HANG if n == 0 else 200) as receiver:
         add_webhook(client, receiver)
         # More jobs than the worker has job threads (2): were deliveries sent on those
         # threads, or in the jobs' own transitions, hanging ones would hold the jobs up.
         jobs = [client.new_job() for _ in range(3)]
+        start = time.monotonic()
         for job_id in jobs:
             client.upload(job_id, csv_bytes(50))
-        done = [client.wait_for(job_id, "succeeded", timeout=30) for job_id in jobs]
+        for job_id in jobs:
+            client.wait_for(job_id, "succeeded", timeout=30)
+        took = time.monotonic() - start
         items = settled(client, 9, timeout=90)
-    for job in done:
-        took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(
-            job["created_at"]
-        )
-        assert took.total_seconds() < 5, job
+    # Uploaded and run in seconds; one hanging delivery in their way would cost 8.
+    assert took < 7
     for delivery in items:
         assert delivery["state"] == "delivered" and delivery["attempts"] == 2
         assert delivery["last_status"] == 200
