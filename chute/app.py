@@ -15,7 +15,21 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from chute.api import auth, config, docs, events, health, jobs, openapi, results, tus, uploads, web
+from chute.api import (
+    auth,
+    config,
+    docs,
+    events,
+    health,
+    jobs,
+    openapi,
+    results,
+    tus,
+    uploads,
+    web,
+    webhooks,
+)
+from chute.api.cors import with_cors
 from chute.api.headers import RequestIds, SecurityHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
@@ -51,11 +65,12 @@ def create_app(settings: Settings) -> FastAPI:
     app = _ChuteApp(
         title="Chute", lifespan=lifespan, redirect_slashes=False, docs_url=None, redoc_url=None
     )
+    app.cors_origins = tuple(settings.cors_origin_list)
     if settings.trusted_proxies:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, jobs, uploads, tus, results, events, config):
+    for module in (auth, jobs, uploads, tus, results, events, webhooks, config):
         app.include_router(module.router)
     checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.
@@ -72,9 +87,14 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 class _ChuteApp(FastAPI):
+    # Set by create_app before the first request builds the stack.
+    cors_origins: tuple[str, ...] = ()
+
     def build_middleware_stack(self) -> ASGIApp:
-        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store.
-        return RequestIds(SecurityHeaders(tus.TusResumable(super().build_middleware_stack())))
+        # Around Starlette's error middleware too, so a 500 carries nosniff and no-store,
+        # and a foreign front end can read the `detail` of every error, a 500's included.
+        stack = with_cors(super().build_middleware_stack(), list(self.cors_origins))
+        return RequestIds(SecurityHeaders(tus.TusResumable(stack)))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from pathlib import Path
 from typing import Self
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     # when set it is the only origin a cookie-authenticated write may come from, and the
     # session cookie is `Secure` if it is https. Empty: the request's own scheme and Host.
     public_url: str = ""
+    # Front ends on other origins that may call the API with bearer tokens (DESIGN §7):
+    # comma-separated exact origins, like https://app.example.com. Empty: no CORS at all.
+    # Cookies stay same-origin whatever is listed here.
+    cors_origins: str = ""
     # Comma-separated IPs or CIDRs of the proxies whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (the client's address for the sign-in limits, https
     # for the cookie). Empty: nothing is trusted, whoever sends those headers.
@@ -85,6 +90,26 @@ class Settings(BaseSettings):
     signin_window: int = Field(15 * 60, ge=1)
     signin_block: int = Field(60, ge=1)
     signin_max_block: int = Field(3600, ge=1)
+
+    # Webhooks (DESIGN §7). The deployment's own receiver of every user's events, and
+    # its `whsec_` secret; users add receivers of their own with `POST /api/webhooks`.
+    webhook_url: str = ""
+    webhook_secret: SecretStr = SecretStr("")
+    # Seconds to connect to a receiver, and to wait for each read of its answer.
+    webhook_connect_timeout: float = Field(5.0, gt=0)
+    webhook_timeout: float = Field(10.0, gt=0)
+    # Retries: the first after `webhook_retry_base` seconds, each later one twice as long
+    # (with jitter), never more than `webhook_retry_max` apart; given up
+    # `webhook_give_up_after` seconds after the event.
+    webhook_retry_base: float = Field(5.0, gt=0)
+    webhook_retry_max: float = Field(3600.0, gt=0)
+    webhook_give_up_after: float = Field(24 * 3600.0, gt=0)
+    # Users' webhook URLs may name loopback, private and link-local addresses (a backend
+    # on the same host or network). Off: only public addresses, so no user can make the
+    # worker call what only the server reaches. CHUTE_WEBHOOK_URL may name any address.
+    webhook_allow_private: bool = False
+    # Deliveries one worker sends at once, on threads of their own (never a job's).
+    webhook_threads: int = Field(4, ge=1, le=64)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -151,6 +176,30 @@ class Settings(BaseSettings):
     def _check_oidc_audience(cls, value: str) -> str:
         return value.strip()
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        return ",".join(cors_origins(value))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        problem = webhook_url_problem(value.strip())
+        if problem is not None:
+            raise ValueError(f"CHUTE_WEBHOOK_URL {problem}")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_webhook_secret(self) -> Self:
+        secret = self.webhook_secret.get_secret_value()
+        if self.webhook_url and not secret:
+            raise ValueError("CHUTE_WEBHOOK_URL needs CHUTE_WEBHOOK_SECRET (whsec_ and base64)")
+        if secret and (problem := webhook_secret_problem(secret)) is not None:
+            raise ValueError(f"CHUTE_WEBHOOK_SECRET {problem}")
+        return self
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _check_forwarded_allow_ips(cls, value: str) -> str:
@@ -181,6 +230,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        return cors_origins(self.cors_origins)
+
+    @property
     def trusted_proxies(self) -> list[str]:
         return trusted_proxies(self.forwarded_allow_ips)
 
@@ -202,7 +255,7 @@ class Settings(BaseSettings):
         return not self.resolved_queue_url.startswith("redis://")
 
 
-def public_origin(url: str) -> str:
+def public_origin(url: str, setting: str = "CHUTE_PUBLIC_URL") -> str:
     """`https://Chute.example.com:443/` as a browser's Origin names it: `https://chute.example.com`."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -220,7 +273,7 @@ def public_origin(url: str) -> str:
         or port == -1
     ):
         raise ValueError(
-            "CHUTE_PUBLIC_URL must be an http or https address with a host and nothing after "
+            f"{setting} must be an http or https address with a host and nothing after "
             "it, like https://chute.example.com"
         )
     host = parts.hostname  # lowercased; IPv6 without its brackets
@@ -253,6 +306,56 @@ def oidc_issuer(url: str) -> str:
             "(http only on a loopback host), with no query or fragment"
         )
     return value
+
+
+def cors_origins(value: str) -> list[str]:
+    """CHUTE_CORS_ORIGINS as browsers name origins, each once, in the order given."""
+    found: dict[str, None] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        found[public_origin(item, f"CHUTE_CORS_ORIGINS: {item!r}")] = None
+    return list(found)
+
+
+WEBHOOK_URL_MAX = 2000
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot receive webhooks, in words that follow its name; None if it can."""
+    if len(url) > WEBHOOK_URL_MAX:
+        return f"is longer than {WEBHOOK_URL_MAX} characters"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "has spaces or control characters"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        return "has a host name that is not valid"
+    if parts.username is not None:
+        return "must not carry a user name or password"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` is no Standard Webhooks secret (`whsec_` and 24 to 64 bytes in base64)."""
+    if not secret.startswith("whsec_"):
+        return "must start with whsec_"
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        return "must be whsec_ followed by base64"
+    if not 24 <= len(key) <= 64:
+        return "must hold 24 to 64 bytes (whsec_ and 32 to 88 characters of base64)"
+    return None
 
 
 def trusted_proxies(value: str) -> list[str]:

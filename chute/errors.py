@@ -30,6 +30,8 @@ class Problem(Enum):
     JOB_NOT_FOUND = (404, "Job not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")
+    WEBHOOK_NOT_FOUND = (404, "Webhook not found.")
+    DELIVERY_NOT_FOUND = (404, "Webhook delivery not found.")
     # The body stopped coming, or came too slowly: the answer closes the connection.
     BODY_IDLE = (
         408,
@@ -73,6 +75,11 @@ class Problem(Enum):
     JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
     NO_RESULT = (409, "The job has no result: it is {status}.")
     USER_EXISTS = (409, "A user with that name already exists.")
+    TOO_MANY_WEBHOOKS = (
+        409,
+        "You have {limit} webhooks, the most a user may have: delete one before adding another.",
+    )
+    DELIVERY_IN_FLIGHT = (409, "The delivery is being sent right now; look again in a moment.")
     CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")
     FILE_TOO_LARGE = (413, "The file is larger than the limit of {limit} bytes.")
     BODY_TOO_LARGE = (413, "The request body is larger than the limit of {limit} bytes.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,6 +17,9 @@ from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
 from chute.storage import PartLocking, Storage, make_storage
 from chute.upload.partlease import PartLeases
+from chute.webhooks.delivery import Policy, deliver
+from chute.webhooks.events import EventConfig
+from chute.webhooks.queue import WebhookQueue, enqueue_on_commit, queue_name
 
 
 @dataclass
@@ -29,6 +33,10 @@ class Runtime:
     # Bearer JWTs of the host application's identity provider, when CHUTE_OIDC_ISSUER is set.
     oidc: OidcVerifier | None = None
     queue: JobQueue = field(init=False)
+    # Webhook deliveries: their own queue, and the client that sends them.
+    webhooks: WebhookQueue = field(init=False)
+    webhook_policy: Policy = field(init=False)
+    webhook_http: httpx.Client = field(init=False)
     # One writer per part, for storage without part locks of its own.
     part_leases: PartLeases = field(init=False)
     # Who keeps two writers of one part apart: the storage itself where it can (local
@@ -38,6 +46,7 @@ class Runtime:
     def close(self) -> None:
         if self.oidc is not None:
             self.oidc.close()
+        self.webhook_http.close()
         self.engine.dispose()
 
 
@@ -81,4 +90,27 @@ def build_runtime(settings: Settings, *, handler: JobHandler) -> Runtime:
         make_huey(settings.resolved_queue_url, settings.queue_name),
         lambda job_id: handler(runtime, job_id),
     )
+    _wire_webhooks(runtime)
     return runtime
+
+
+def _wire_webhooks(runtime: Runtime) -> None:
+    settings = runtime.settings
+    runtime.webhook_policy = Policy.of(settings)
+    # No redirects followed (a receiver cannot send Chute elsewhere); no proxy from the
+    # environment. Timeouts are set per request, by the policy.
+    runtime.webhook_http = httpx.Client(follow_redirects=False, trust_env=False)
+    runtime.webhooks = WebhookQueue(
+        make_huey(settings.resolved_queue_url, queue_name(settings.queue_name)),
+        lambda delivery_id: deliver(
+            runtime.sessions,
+            runtime.webhook_policy,
+            runtime.webhook_http,
+            delivery_id,
+            runtime.webhooks.enqueue_in,
+        ),
+    )
+    config = EventConfig(
+        deployment=bool(settings.webhook_url), give_up_after=settings.webhook_give_up_after
+    )
+    enqueue_on_commit(runtime.sessions, runtime.webhooks, config)

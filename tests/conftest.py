@@ -236,6 +236,7 @@ def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
         return
     require_services()
     from chute.jobs.queue import make_huey
+    from chute.webhooks.queue import queue_name as webhook_queue_name
 
     queue_name = f"chute_t_{secrets.token_hex(6)}"
     bucket = deployment.store.new_bucket()
@@ -249,9 +250,10 @@ def deployment_env(deployment: Deployment) -> Iterator[dict[str, str]]:
                     **deployment.store.env(bucket, "chute"),
                 }
             finally:
-                huey = make_huey(REDIS_URL, queue_name)
-                huey.storage.flush_all()
-                huey.storage.pool.disconnect()
+                for name in (queue_name, webhook_queue_name(queue_name)):
+                    huey = make_huey(REDIS_URL, name)
+                    huey.storage.flush_all()
+                    huey.storage.pool.disconnect()
     finally:
         deployment.store.remove_bucket(bucket)
 

@@ -183,6 +183,13 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ),
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
+    ("POST", "/api/webhooks"): (Problem.TOO_MANY_WEBHOOKS, Problem.INVALID_FIELD),
+    ("POST", "/api/webhooks/{endpoint_id}/rotate"): (Problem.WEBHOOK_NOT_FOUND,),
+    ("DELETE", "/api/webhooks/{endpoint_id}"): (Problem.WEBHOOK_NOT_FOUND,),
+    ("POST", "/api/webhooks/deliveries/{delivery_id}/retry"): (
+        Problem.DELIVERY_NOT_FOUND,
+        Problem.DELIVERY_IN_FLIGHT,
+    ),
 }
 # The route that reads its body itself (FastAPI never sees the form); `_upload_body`.
 UPLOAD_DATA = ("POST", "/api/job/{job_id}/upload-data")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
+from chute.webhooks.events import job_changed
 
 # The largest id any supported database holds (a signed 64-bit integer).
 MAX_ID = 2**63 - 1
@@ -41,14 +42,20 @@ def transition(
     to: JobStatus,
     **values: Any,
 ) -> bool:
-    """Move a job to `to` if it is in one of `from_`; True if this call moved it."""
+    """Move a job to `to` if it is in one of `from_`; True if this call moved it.
+
+    The move's webhook event, if it has one, is written in the same transaction.
+    """
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(list(from_)))
         .values(status=to, updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    moved = bool(result.rowcount)  # type: ignore[attr-defined]
+    if moved:
+        job_changed(session, job_id, to)
+    return moved
 
 
 def job_prefix(job_id: int) -> str:

@@ -26,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # Job ids are 64-bit on every database, as `chute.db.jobs.MAX_ID` says. SQLite's
 # INTEGER already is, and only an INTEGER primary key numbers its rows by itself.
 JobId = BigInteger().with_variant(Integer(), "sqlite")
+# The same for the webhook tables, whose ids the API takes up to that bound too.
+RowId = JobId
 
 
 def utcnow() -> datetime:
@@ -261,3 +263,85 @@ class SigninFailures(Base):
     blocked_until: Mapped[datetime | None]
     block_seconds: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt, or being attempted
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: 24 h of failures, the endpoint answered 410 or is gone
+
+
+class WebhookEndpoint(Base):
+    """A user's webhook receiver (`POST /api/webhooks`). The deployment's own, from
+    CHUTE_WEBHOOK_URL, has no row: its deliveries name no endpoint."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    # The event types it wants; None: all of them.
+    events: Mapped[list[str] | None] = mapped_column(JSON)
+    # `whsec_...`, kept as given: signing needs the secret itself, not a hash of it.
+    secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation the old secret signs too, until `previous_until`, so a receiver
+    # may switch to the new one at its own pace.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the receiver answered 410 Gone: no more deliveries are made to it.
+    disabled_at: Mapped[datetime | None]
+
+
+class WebhookEvent(Base):
+    """Something a user's job did, written in the transaction that did it. `msg_id` is
+    the `webhook-id` of every delivery of it, retries included."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # No foreign key: the event outlives a job deleted after it.
+    job_id: Mapped[int] = mapped_column(JobId)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint, until it is delivered or given up."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+    )
+    # None: the deployment's endpoint (CHUTE_WEBHOOK_URL).
+    endpoint_id: Mapped[int | None] = mapped_column(
+        RowId, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[DeliveryState] = mapped_column(
+        Enum(
+            DeliveryState,
+            native_enum=False,
+            length=20,
+            values_callable=lambda e: [m.value for m in e],
+        ),
+        index=True,
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Retries stop after this: 24 h after the event, or after a retry asked for by hand.
+    give_up_at: Mapped[datetime]
+    # The attempt in flight: a task claims the delivery before it sends, so two tasks
+    # (a retry and the sweeper's re-enqueue) never send it at once.
+    claim: Mapped[str | None] = mapped_column(String(32))
+    claimed_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    # The last answer's status, or None when there was none (timeout, refused).
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

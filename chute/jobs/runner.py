@@ -26,6 +26,7 @@ from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
 from chute.storage import LocalPaths, PlacedPart
 from chute.upload.core import Source, parts_for_assembly, sources_for_assembly
+from chute.webhooks.events import job_changed
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
@@ -204,8 +205,10 @@ def _finish(rt: Runtime, claim: Claim, to: JobStatus, **values: Any) -> bool:
                 **values,
             )
         )
+        done = bool(result.rowcount)  # type: ignore[attr-defined]
+        if done:
+            job_changed(session, claim.job_id, to)
         session.commit()
-    done = bool(result.rowcount)  # type: ignore[attr-defined]
     if done:
         seconds = round(time.monotonic() - claim.t0, 3)
         extra = {**_fields(claim, to.value), "seconds": seconds}

@@ -1,5 +1,6 @@
 """Periodic repairs: expire abandoned uploads, re-enqueue jobs whose enqueue was lost,
-take back running jobs whose worker stopped heartbeating, remove the scratch folders
+take back running jobs whose worker stopped heartbeating, re-enqueue webhook deliveries
+whose task was lost (and forget month-old webhook events), remove the scratch folders
 that runs which ended without cleaning up (a worker killed mid-job) left behind, and
 delete expired tokens, sessions and sign-in failures.
 
@@ -31,11 +32,16 @@ from chute.db.session import in_transaction
 from chute.jobs.runner import scratch_root
 from chute.upload.core import expire_upload, stale_uploads
 from chute.upload.tus_records import expire_partial, stale_partials
+from chute.webhooks.delivery import lost_deliveries
+from chute.webhooks.events import job_changed, purge_events
 
 if TYPE_CHECKING:
     from chute.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# How long webhook events and their deliveries stay listed once nothing retries them.
+KEEP_WEBHOOK_EVENTS = timedelta(days=30)
 
 
 def sweep(rt: Runtime, now: datetime | None = None) -> None:
@@ -56,6 +62,15 @@ def sweep(rt: Runtime, now: datetime | None = None) -> None:
     for job_id in _lost_running(rt, now):
         log.info("job %s lost its worker; enqueueing it again", job_id)
         rt.queue.enqueue(job_id)
+    with rt.sessions() as session:
+        purged = purge_events(session, now - KEEP_WEBHOOK_EVENTS)
+    if purged:
+        log.info("removed %d webhook events older than %s", purged, KEEP_WEBHOOK_EVENTS)
+    for delivery_id in lost_deliveries(
+        rt.sessions, rt.webhook_policy, rt.settings.requeue_after, now
+    ):
+        log.info("webhook delivery %s was due but not sent; enqueueing it again", delivery_id)
+        rt.webhooks.enqueue(delivery_id)
     remove_stale_scratch(rt)
 
 
@@ -162,8 +177,11 @@ def _take_back(
     result = session.execute(
         update(Job).where(*same_run).values(claim=None, heartbeat_at=None, updated_at=now, **values)
     )
+    taken = bool(result.rowcount)  # type: ignore[attr-defined]
+    if taken and attempts >= limit:
+        job_changed(session, job_id, JobStatus.FAILED)
     session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return taken
 
 
 _SCRATCH_NAME = re.compile(r"(\d+)-([0-9a-f]+)")

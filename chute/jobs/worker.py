@@ -1,4 +1,5 @@
-"""`chute worker`: a Huey consumer running jobs, and the sweeper beside it."""
+"""`chute worker`: a Huey consumer running jobs, one sending webhooks on threads of
+its own (a receiver that hangs never holds a job's thread), and the sweeper beside them."""
 
 from __future__ import annotations
 
@@ -36,8 +37,21 @@ def run_worker(settings: Settings, threads: int = 2) -> None:
         backoff=1.5,
         max_delay=0.5,
     )
+    hooks = Consumer(
+        rt.webhooks.huey,
+        workers=rt.settings.webhook_threads,
+        worker_type="thread",
+        periodic=False,
+        initial_delay=0.05,
+        backoff=1.5,
+        max_delay=0.5,
+    )
+    # Started first: `start` sets signal handlers, and the jobs consumer's `run` sets its
+    # own after, which stop the process.
+    hooks.start()
     try:
         consumer.run()
     finally:
+        hooks.stop()
         sweeper.stop()
         rt.close()
