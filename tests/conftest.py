@@ -71,6 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # is left with a long one at the end while the others idle.
 LONG_FIRST = (
     "tests/net",
+    "tests/webhooks/test_delivery.py",
+    "tests/auth/test_oidc.py",
     "tests/tus/test_tus_js.py",
     "tests/api/test_tus.py",
     "tests/e2e/test_web_upload.py",
@@ -86,6 +88,8 @@ LONG_FIRST = (
     "tests/api/test_limits.py",
     "tests/storage/test_s3.py",
     "tests/api/test_upload_errors.py",
+    "tests/web/",
+    "tests/ops/",
 )
 _DEPLOYMENT_ID = re.compile(r"\[(embedded|scaleout)[-\]]")
 
