@@ -30,7 +30,7 @@ from chute.api import (
     webhooks,
 )
 from chute.api.cors import with_cors
-from chute.api.headers import RequestIds, SecurityHeaders
+from chute.api.headers import AnswerHeaders
 from chute.api.limits import BodyLimits
 from chute.config import Settings
 from chute.errors import ChuteError, plain_words
@@ -94,7 +94,7 @@ class _ChuteApp(FastAPI):
         # Around Starlette's error middleware too, so a 500 carries nosniff and no-store,
         # and a foreign front end can read the `detail` of every error, a 500's included.
         stack = with_cors(super().build_middleware_stack(), list(self.cors_origins))
-        return RequestIds(SecurityHeaders(tus.TusResumable(stack)))
+        return AnswerHeaders(tus.TusResumable(stack))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
