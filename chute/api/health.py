@@ -62,8 +62,7 @@ class Checks:
 
 
 def _ask_storage(rt: Runtime) -> None:
-    rt.storage.check_ready()
-    free = rt.storage.free_bytes()
+    free = rt.storage.check_ready()
     # A full disk takes no upload (507): this instance should get none.
     if free is not None and free < rt.settings.min_free_bytes:
         raise StorageFull(f"{free} bytes free")

@@ -150,10 +150,11 @@ class Storage(ABC):
         """Room left for new bytes, when the backend can tell."""
         return None
 
-    def check_ready(self) -> None:
-        """Raise StorageError unless the backend answers now (`GET /readyz`)."""
+    def check_ready(self) -> int | None:
+        """Raise StorageError unless the backend answers now (`GET /readyz`); the room
+        left, when the backend can tell (`free_bytes`)."""
         try:
-            self.free_bytes()
+            return self.free_bytes()
         except OSError as exc:
             raise StorageError(f"the storage does not answer: {exc.strerror or exc}") from exc
 

@@ -361,9 +361,10 @@ class S3Storage(Storage):
         self.prefix = prefix
         self.min_part_size = min_part_size
 
-    def check_ready(self) -> None:
+    def check_ready(self) -> int | None:
         with _mapped("the bucket"):
             self.client.head_bucket(Bucket=self.bucket)
+        return None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
