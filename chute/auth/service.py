@@ -42,10 +42,12 @@ def check_username(name: str) -> str:
     return name
 
 
-def add_user(session: Session, username: str, password: str) -> User:
+def add_user(session: Session, username: str, password: str, *, admin: bool = False) -> User:
     if not password:
         raise ValueError("the password must not be empty")
-    user = User(username=check_username(username), password_hash=hash_password(password))
+    user = User(
+        username=check_username(username), password_hash=hash_password(password), is_admin=admin
+    )
     session.add(user)
     try:
         session.commit()
@@ -110,7 +112,7 @@ def ensure_admin(session: Session, keep: Callable[[str], None]) -> bool:
     password = random_password()
     keep(password)
     try:
-        add_user(session, "admin", password)
+        add_user(session, "admin", password, admin=True)
     except ChuteError:  # another process created it first
         return False
     return True

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +93,12 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     oidc_issuer: Mapped[str | None] = mapped_column(String(500))
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    # Admins manage users and read /metrics (DESIGN §8).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Set: no password, session, bearer or API token of this user is accepted.
+    disabled_at: Mapped[datetime | None]
+    # An admin's override of CHUTE_USER_QUOTA_BYTES for this user; None: the default.
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AuthToken(Base):
@@ -108,6 +116,21 @@ class AuthToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A named token a user makes for scripts and pipelines (`chute token create`): shown
+    once, kept as its SHA-256, optionally expiring, revocable, with its last use."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
 
 
 class Job(Base):

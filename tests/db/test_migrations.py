@@ -212,3 +212,30 @@ def test_0006_keeps_the_chunks_of_unfinished_uploads(url: str, engine: Engine) -
         assert chunks == [(7, 0), (7, 1)]
         upload = conn.execute(text("SELECT total_chunks, protocol FROM uploads")).all()
         assert upload == [(3, "chunks")]
+
+
+@pytest.mark.parametrize(
+    ("names", "admins"),
+    [(["bob", "admin", "carol"], ["admin"]), (["bob", "carol"], ["bob"]), ([], [])],
+)
+def test_0009_leaves_an_upgraded_database_an_admin(
+    url: str, engine: Engine, names: list[str], admins: list[str]
+) -> None:
+    """The admin role is new in 0009: the `admin` the first serve made gets it, or, when
+    nobody has that name, the oldest user; nobody else does."""
+    command.upgrade(alembic_config(url), "0008")
+    with engine.begin() as conn:
+        for name in names:
+            conn.execute(
+                text(
+                    "INSERT INTO users (username, password_hash, created_at)"
+                    " VALUES (:name, 'x', '2024-01-01 00:00:00')"
+                ),
+                {"name": name},
+            )
+    upgrade(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT username FROM users WHERE is_admin ORDER BY id"))
+        assert [row[0] for row in found] == admins
+        disabled = conn.execute(text("SELECT count(*) FROM users WHERE disabled_at IS NOT NULL"))
+        assert disabled.scalar() == 0
