@@ -27,6 +27,8 @@ class Problem(Enum):
         {"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
+    ADMIN_ONLY = (403, "Only an admin may do this.")
+    USER_DISABLED = (403, "This user is disabled; ask an admin to enable it.")
     JOB_NOT_FOUND = (404, "Job not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")

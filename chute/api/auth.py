@@ -62,7 +62,7 @@ def login(
         secure=is_https(request, rt.settings.public_url),
         path="/",
     )
-    return Me(id=user.id, username=user.username)
+    return Me(id=user.id, username=user.username, is_admin=user.is_admin)
 
 
 @router.post("/logout", status_code=204)
@@ -88,4 +88,4 @@ def logout(request: Request, user: CurrentUser, session: SessionDep, rt: Runtime
 
 @router.get("/me")
 def me(user: CurrentUser) -> Me:
-    return Me(id=user.id, username=user.username)
+    return Me(id=user.id, username=user.username, is_admin=user.is_admin)

@@ -91,6 +91,7 @@ class Principal:
 
     id: int
     username: str
+    is_admin: bool = False
 
 
 def current_user(request: Request, rt: RuntimeDep) -> Principal:
@@ -112,7 +113,9 @@ def current_user(request: Request, rt: RuntimeDep) -> Principal:
             user = user_for_token(session, token, kind, utcnow())
         if user is None:
             raise ChuteError(Problem.NOT_AUTHENTICATED)
-        principal = Principal(user.id, user.username)
+        if user.disabled_at is not None:  # only a provider's token gets here so
+            raise ChuteError(Problem.USER_DISABLED)
+        principal = Principal(user.id, user.username, user.is_admin)
     if (
         kind is TokenKind.SESSION
         and request.method not in SAFE_METHODS
@@ -123,3 +126,12 @@ def current_user(request: Request, rt: RuntimeDep) -> Principal:
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def admin_user(user: CurrentUser) -> Principal:
+    if not user.is_admin:
+        raise ChuteError(Problem.ADMIN_ONLY)
+    return user
+
+
+AdminUser = Annotated[Principal, Depends(admin_user)]

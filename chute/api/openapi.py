@@ -27,7 +27,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
-from chute.api.deps import SAFE_METHODS, SESSION_COOKIE, current_user
+from chute.api.deps import SAFE_METHODS, SESSION_COOKIE, admin_user, current_user
 from chute.config import Settings
 from chute.errors import Problem
 
@@ -127,8 +127,16 @@ TUS_BODY: tuple[Entry, ...] = (
 # What only a route's service knows it answers, beyond the derived errors.
 ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ("GET", "/readyz"): (Problem.NOT_READY,),
-    ("POST", "/api/auth/token"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
-    ("POST", "/api/auth/login"): (Problem.BAD_CREDENTIALS, Problem.SIGNIN_THROTTLED),
+    ("POST", "/api/auth/token"): (
+        Problem.BAD_CREDENTIALS,
+        Problem.USER_DISABLED,
+        Problem.SIGNIN_THROTTLED,
+    ),
+    ("POST", "/api/auth/login"): (
+        Problem.BAD_CREDENTIALS,
+        Problem.USER_DISABLED,
+        Problem.SIGNIN_THROTTLED,
+    ),
     ("POST", "/api/job/{job_id}/cancel"): (Problem.JOB_NOT_CANCELLABLE,),
     ("POST", "/api/job/{job_id}/upload-data"): (
         Problem.NOT_ACCEPTING_DATA,
@@ -256,7 +264,8 @@ def complete(doc: JsonObject, app: FastAPI, settings: Settings) -> JsonObject:
                 operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             responses = operation["responses"]
             responses.pop("422", None)
-            for status, entries in _errors(key, signed_in, operation).items():
+            admin = _needs(dependant, admin_user)
+            for status, entries in _errors(key, signed_in, admin, operation).items():
                 responses[str(status)] = _error_response(status, entries)
             _success_media(key, responses)
     return doc
@@ -275,7 +284,9 @@ def _needs(dependant: Dependant, dependency: Callable[..., Any]) -> bool:
     return any(sub.call is dependency or _needs(sub, dependency) for sub in dependant.dependencies)
 
 
-def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dict[int, list[Entry]]:
+def _errors(
+    key: tuple[str, str], signed_in: bool, admin: bool, operation: JsonObject
+) -> dict[int, list[Entry]]:
     method, path = key
     entries: list[Entry] = []
     has_body = "requestBody" in operation
@@ -283,9 +294,12 @@ def _errors(key: tuple[str, str], signed_in: bool, operation: JsonObject) -> dic
         entries += [CLIENT_GONE, Problem.BODY_IDLE, Problem.BODY_TOO_SLOW, Problem.BODY_TOO_LARGE]
     if signed_in:
         # BAD_TOKEN: a bearer JWT of the identity provider (CHUTE_OIDC_ISSUER) refused.
-        entries += [Problem.NOT_AUTHENTICATED, Problem.BAD_TOKEN]
+        # USER_DISABLED: a provider's token for a user an admin disabled.
+        entries += [Problem.NOT_AUTHENTICATED, Problem.BAD_TOKEN, Problem.USER_DISABLED]
         if method not in SAFE_METHODS:
             entries.append(Problem.FOREIGN_ORIGIN)
+    if admin:
+        entries.append(Problem.ADMIN_ONLY)
     if "{job_id}" in path:
         entries.append(Problem.JOB_NOT_FOUND)
     if has_body or operation.get("parameters"):

@@ -117,6 +117,7 @@ class TokenAnswer(BaseModel):
 class Me(BaseModel):
     id: int
     username: str
+    is_admin: bool = False
 
 
 class ChunkAnswer(BaseModel):

@@ -128,6 +128,8 @@ def authenticate(session: Session, username: str, password: str) -> User:
     session.commit()
     if not verify_password(user.password_hash if user else None, password) or user is None:
         raise ChuteError(Problem.BAD_CREDENTIALS)
+    if user.disabled_at is not None:  # said only to who knows the password
+        raise ChuteError(Problem.USER_DISABLED)
     return user
 
 
@@ -171,6 +173,7 @@ def user_for_token(session: Session, secret: str, kind: TokenKind, now: datetime
             AuthToken.token_hash == _digest(secret),
             AuthToken.kind == kind,
             AuthToken.expires_at > now,
+            User.disabled_at.is_(None),
         )
     )
 

@@ -98,15 +98,18 @@ def statuses(doc: dict[str, Any], method: str, path: str) -> set[int]:
 def test_each_route_lists_what_it_answers() -> None:
     doc = _document()
     body = {400, 408, 413, 422}
-    assert statuses(doc, "POST", "/api/auth/token") == {200, 401, 429} | body
-    assert statuses(doc, "POST", "/api/auth/login") == {200, 401, 429} | body
+    # 403 on every signed-in route: a provider's token for a user an admin disabled.
+    assert statuses(doc, "POST", "/api/auth/token") == {200, 401, 403, 429} | body
+    assert statuses(doc, "POST", "/api/auth/login") == {200, 401, 403, 429} | body
     assert statuses(doc, "POST", "/api/job") == {201, 401, 403} | body
-    assert statuses(doc, "GET", "/api/job") == {200, 401, 422}
-    assert statuses(doc, "GET", "/api/job/{job_id}") == {200, 401, 404, 422}
+    assert statuses(doc, "GET", "/api/job") == {200, 401, 403, 422}
+    assert statuses(doc, "GET", "/api/job/{job_id}") == {200, 401, 403, 404, 422}
     assert statuses(doc, "DELETE", "/api/job/{job_id}") == {204, 401, 403, 404, 422}
     assert statuses(doc, "POST", UPLOAD) == {200, 401, 403, 404, 409, 423, 429, 503, 507} | body
     assert statuses(doc, "DELETE", UPLOAD) == {204, 401, 403, 404, 409, 422}
-    assert statuses(doc, "GET", OUTPUT) == {200, 401, 404, 409, 422}
+    assert statuses(doc, "GET", OUTPUT) == {200, 401, 403, 404, 409, 422}
+    assert statuses(doc, "GET", "/api/users") == {200, 401, 403}
+    assert "Only an admin" in doc["paths"]["/api/users"]["get"]["responses"]["403"]["description"]
     assert statuses(doc, "GET", "/api/config") == {200}
     for method, path in (("POST", UPLOAD), ("POST", "/api/auth/token")):
         retry = doc["paths"][path][method.lower()]["responses"]["429"]
