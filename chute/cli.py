@@ -1,4 +1,4 @@
-"""The `chute` command: serve, worker, user add; and for users: login, upload, jobs, status."""
+"""The `chute` command: serve, worker, users; and for users: login, upload, jobs, status."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chute.logs import configure
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from chute.config import Settings
+    from chute.db.models import User
 
 
 def _settings() -> Settings:
@@ -172,31 +176,156 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    from chute.auth.service import add_user
+def _read_password() -> str | None:
+    """A new password: typed twice on a terminal, else the first line of stdin. None when
+    the two typed differ (said on stderr)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            print("chute: the passwords differ; nothing was changed.", file=sys.stderr)
+            return None
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _user_command(action: Callable[[Settings, Session], str]) -> int:
+    """Run `action` on the server's database (schema brought up to date first) and print
+    what it says; a refusal goes to stderr in plain words, with exit code 1."""
     from chute.db.session import make_engine, make_sessionmaker
     from chute.errors import ChuteError
 
     settings = _settings()
     _prepare(settings)
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if password != getpass.getpass("Again: "):
-            print("The passwords differ.", file=sys.stderr)
-            return 1
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
     engine = make_engine(settings.resolved_database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            add_user(session, args.name, password)
-    except (ValueError, ChuteError) as exc:
+            said = action(settings, session)
+    except (ChuteError, _Refused) as exc:
         print(f"chute: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
-    print(f"Created user {args.name!r}.")
+    print(said)
     return 0
+
+
+class _Refused(Exception):
+    """What a user command says on stderr before it exits with 1."""
+
+
+def clean(value: object) -> str:
+    """Text from the database as safe to print (`chute.client.render.clean`)."""
+    from chute.client.render import clean as escaped
+
+    return escaped(value)
+
+
+def _named(session: Session, name: str) -> User:
+    from chute.auth.users import user_named
+    from chute.errors import ChuteError
+
+    try:
+        return user_named(session, name)
+    except ChuteError:
+        raise _Refused(f"there is no user {clean(name)!r}.") from None
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from chute.auth.users import list_users
+
+    def action(settings: Settings, session: Session) -> str:
+        rows = [("ID", "NAME", "ROLE", "STATE", "CREATED")]
+        for user in list_users(session):
+            rows.append(
+                (
+                    str(user.id),
+                    clean(user.username),
+                    "admin" if user.is_admin else "user",
+                    "disabled" if user.disabled_at is not None else "enabled",
+                    user.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+    return _user_command(action)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from chute.auth.users import create_user
+
+    password = _read_password()
+    if password is None:
+        return 1
+
+    def action(settings: Settings, session: Session) -> str:
+        user = create_user(session, args.name, password, admin=args.admin)
+        role = "admin" if user.is_admin else "user"
+        return f"Created {role} {clean(user.username)!r}."
+
+    return _user_command(action)
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    from chute.auth.users import disable_user
+
+    def action(settings: Settings, session: Session) -> str:
+        user = disable_user(session, _named(session, args.name).id, actor_id=None)
+        return (
+            f"Disabled {clean(user.username)!r}: its sessions and tokens no longer work, "
+            "and it cannot sign in until enabled."
+        )
+
+    return _user_command(action)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    from chute.auth.users import enable_user
+
+    def action(settings: Settings, session: Session) -> str:
+        user = enable_user(session, _named(session, args.name).id)
+        return f"Enabled {clean(user.username)!r}: it may sign in again."
+
+    return _user_command(action)
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    from chute.auth.users import delete_user, remove_files
+    from chute.storage import make_storage
+
+    if not args.yes:
+        print(
+            f"chute: deleting {clean(args.name)!r} removes all its jobs and files for good; "
+            "run again with --yes to do it.",
+            file=sys.stderr,
+        )
+        return 1
+
+    def action(settings: Settings, session: Session) -> str:
+        user = _named(session, args.name)
+        name = user.username
+        found = delete_user(session, user.id, actor_id=None)
+        remove_files(make_storage(settings), found)
+        return f"Deleted {clean(name)!r} and its {len(found.job_ids)} jobs with their files."
+
+    return _user_command(action)
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    from chute.auth.users import set_password
+
+    password = _read_password()
+    if password is None:
+        return 1
+
+    def action(settings: Settings, session: Session) -> str:
+        user = set_password(session, _named(session, args.name).id, password)
+        return f"Set the password of {clean(user.username)!r}; its sessions and tokens ended."
+
+    return _user_command(action)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -238,9 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="user_command", required=True)
+    listing = user_commands.add_parser("list", help="list the users, their role and state")
+    listing.set_defaults(func=cmd_user_list)
     add = user_commands.add_parser("add", help="create a user (password from stdin if piped)")
     add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="an admin: may manage users")
     add.set_defaults(func=cmd_user_add)
+    disable = user_commands.add_parser(
+        "disable", help="stop a user: sign-in refused, sessions and tokens end at once"
+    )
+    disable.add_argument("name")
+    disable.set_defaults(func=cmd_user_disable)
+    enable = user_commands.add_parser("enable", help="let a disabled user sign in again")
+    enable.add_argument("name")
+    enable.set_defaults(func=cmd_user_enable)
+    remove = user_commands.add_parser(
+        "delete", help="delete a user with all its jobs and files (needs --yes)"
+    )
+    remove.add_argument("name")
+    remove.add_argument("--yes", action="store_true", help="yes, delete it and all it has")
+    remove.set_defaults(func=cmd_user_delete)
+    passwd = user_commands.add_parser(
+        "passwd", help="set a user's password (from stdin if piped); its sessions end"
+    )
+    passwd.add_argument("name")
+    passwd.set_defaults(func=cmd_user_passwd)
 
     backup = commands.add_parser(
         "backup", help="copy the embedded deployment's data dir, while it runs, to DEST"

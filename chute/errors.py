@@ -30,6 +30,7 @@ class Problem(Enum):
     ADMIN_ONLY = (403, "Only an admin may do this.")
     USER_DISABLED = (403, "This user is disabled; ask an admin to enable it.")
     JOB_NOT_FOUND = (404, "Job not found.")
+    USER_NOT_FOUND = (404, "User not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")
     WEBHOOK_NOT_FOUND = (404, "Webhook not found.")
@@ -77,6 +78,11 @@ class Problem(Enum):
     JOB_NOT_CANCELLABLE = (409, "The job has already ended (status: {status}).")
     NO_RESULT = (409, "The job has no result: it is {status}.")
     USER_EXISTS = (409, "A user with that name already exists.")
+    USER_IS_YOU = (409, "An admin cannot {action} their own user; ask another admin.")
+    LAST_ADMIN = (
+        409,
+        "This is the last enabled admin: add or enable another admin before you {action} it.",
+    )
     TOO_MANY_WEBHOOKS = (
         409,
         "You have {limit} webhooks, the most a user may have: delete one before adding another.",

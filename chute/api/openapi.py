@@ -10,7 +10,8 @@ FastAPI's document from the tables below, in this one place.
 Which errors a route answers is derived where a rule says it (a route that needs a
 signed-in user answers 401, and 403 to a cookie-signed write from another site; a route
 taking a body answers 400, 408 and 413; one with parameters or a body 422; one with a
-`{job_id}` 404), and listed in `ROUTE_PROBLEMS` where only the route's service knows.
+`{job_id}` or a `{user_id}` 404), and listed in `ROUTE_PROBLEMS` where only the route's
+service knows.
 """
 
 from __future__ import annotations
@@ -191,6 +192,9 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ),
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
+    ("POST", "/api/users"): (Problem.USER_EXISTS, Problem.INVALID_FIELD),
+    ("POST", "/api/users/{user_id}/disable"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
+    ("DELETE", "/api/users/{user_id}"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
     ("POST", "/api/webhooks"): (Problem.TOO_MANY_WEBHOOKS, Problem.INVALID_FIELD),
     ("POST", "/api/webhooks/{endpoint_id}/rotate"): (Problem.WEBHOOK_NOT_FOUND,),
     ("DELETE", "/api/webhooks/{endpoint_id}"): (Problem.WEBHOOK_NOT_FOUND,),
@@ -302,6 +306,8 @@ def _errors(
         entries.append(Problem.ADMIN_ONLY)
     if "{job_id}" in path:
         entries.append(Problem.JOB_NOT_FOUND)
+    if "{user_id}" in path:
+        entries.append(Problem.USER_NOT_FOUND)
     if has_body or operation.get("parameters"):
         entries.append(VALIDATION)
     entries += ROUTE_PROBLEMS.get(key, ())

@@ -73,8 +73,8 @@ def _document() -> dict[str, Any]:
 
 # The tests below are one per operation of the document, so none can be left out.
 OPERATIONS = [(m.upper(), p) for p, ops in _document()["paths"].items() for m in ops]
-# Problems no API route answers: `chute user add` is a command, not a route.
-NOT_ROUTES = {Problem.USER_EXISTS}
+# Problems no API route answers.
+NOT_ROUTES: set[Problem] = set()
 
 
 def test_errors_are_detail_strings() -> None:
@@ -109,6 +109,15 @@ def test_each_route_lists_what_it_answers() -> None:
     assert statuses(doc, "DELETE", UPLOAD) == {204, 401, 403, 404, 409, 422}
     assert statuses(doc, "GET", OUTPUT) == {200, 401, 403, 404, 409, 422}
     assert statuses(doc, "GET", "/api/users") == {200, 401, 403}
+    assert statuses(doc, "POST", "/api/users") == {201, 401, 403, 409} | body
+    for action in ("disable", "enable"):
+        answers = {200, 401, 403, 404, 422} | ({409} if action == "disable" else set())
+        assert statuses(doc, "POST", f"/api/users/{{user_id}}/{action}") == answers
+    assert statuses(doc, "DELETE", "/api/users/{user_id}") == {204, 401, 403, 404, 409, 422}
+    assert (
+        "User not found."
+        in doc["paths"]["/api/users/{user_id}"]["delete"]["responses"]["404"]["description"]
+    )
     assert "Only an admin" in doc["paths"]["/api/users"]["get"]["responses"]["403"]["description"]
     assert statuses(doc, "GET", "/api/config") == {200}
     for method, path in (("POST", UPLOAD), ("POST", "/api/auth/token")):
