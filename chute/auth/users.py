@@ -88,21 +88,24 @@ def _enabled_admins(session: Session) -> list[int]:
     )
 
 
-def _may_remove(session: Session, user: User, actor_id: int | None, action: str) -> None:
-    """Refuse (409) to disable or delete oneself, or the last enabled admin."""
+def _removable(session: Session, user_id: int, actor_id: int | None, action: str) -> User:
+    """The user, locked, if they may be disabled or deleted: not the actor, not the last
+    enabled admin (409). The enabled admins are locked first, in the order of their ids,
+    then the user: two admins acting on each other take their locks in one order."""
     admins = _enabled_admins(session)
+    user = get_user(session, user_id, lock=True)
     if actor_id is not None and user.id == actor_id:
         raise ChuteError(Problem.USER_IS_YOU, action=action)
     if admins == [user.id]:
         raise ChuteError(Problem.LAST_ADMIN, action=action)
+    return user
 
 
 def disable_user(session: Session, user_id: int, *, actor_id: int | None) -> User:
     """Disable a user: no sign-in, session or token of theirs is taken from now on; their
     sessions and bearer tokens are deleted. Disabling a disabled user changes nothing.
     Their jobs stay (a running one finishes). Commits."""
-    user = get_user(session, user_id, lock=True)
-    _may_remove(session, user, actor_id, "disable")
+    user = _removable(session, user_id, actor_id, "disable")
     if user.disabled_at is None:
         user.disabled_at = utcnow()
     session.execute(delete(AuthToken).where(AuthToken.user_id == user.id))
@@ -143,8 +146,7 @@ def delete_user(session: Session, user_id: int, *, actor_id: int | None) -> User
     for `remove_files`. Each job is locked first, as deleting one job does, so an upload
     recording a part waits and then finds its job gone; a running job's worker finds its
     claim gone at its next heartbeat and stops. Commits."""
-    user = get_user(session, user_id, lock=True)
-    _may_remove(session, user, actor_id, "delete")
+    user = _removable(session, user_id, actor_id, "delete")
     jobs = list(
         session.scalars(
             select(Job.id).where(Job.user_id == user.id).order_by(Job.id).with_for_update()
