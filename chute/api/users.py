@@ -41,7 +41,7 @@ class UserCreate(BaseModel):
     # Printable characters only; spaces around it are dropped.
     username: str = Field(min_length=1, max_length=USERNAME_MAX)
     password: str = Field(min_length=1, max_length=users.PASSWORD_MAX)
-    is_admin: bool = False
+    is_admin: bool = Field(False, strict=True)
 
     @field_validator("username")
     @classmethod

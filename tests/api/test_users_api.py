@@ -1,0 +1,369 @@
+"""`/api/users` (DESIGN §8): admins list, create, disable, enable and delete users.
+
+The rules answer in-process (tests/api/inprocess.py); what deleting a user leaves on
+storage is checked on a real `chute serve` with local disk, by walking its data dir.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chute.auth.service import add_user, issue_token
+from chute.db.models import TokenKind
+from chute.db.session import make_engine, make_sessionmaker
+from tests.api.inprocess import App, TestClient, app_in_process
+from tests.conftest import Client, Server, storage_holds
+from tests.factories import csv_of_size
+
+PASSWORD = "pw-for-tests"
+ORIGIN = {"Origin": "http://testserver"}
+ADMIN_ONLY = {"detail": "Only an admin may do this."}
+NOT_FOUND = {"detail": "User not found."}
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    yield from app_in_process(Path(tmp_path_factory.mktemp("users-api")))
+
+
+def new_name(prefix: str = "u") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def signed_in(app: App, *, admin: bool = False, name: str | None = None) -> TestClient:
+    """A client with a bearer token of a new user (an admin if asked)."""
+    with app.runtime.sessions() as session:
+        user = add_user(
+            session, name or new_name("admin" if admin else "user"), PASSWORD, admin=admin
+        )
+        token = issue_token(session, user, TokenKind.BEARER, 3600)
+    client = TestClient(app.http.app, base_url="http://testserver")
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def me(client: TestClient) -> dict[str, Any]:
+    answer = client.get("/api/auth/me")
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def listed(admin: TestClient) -> dict[str, dict[str, Any]]:
+    answer = admin.get("/api/users")
+    assert answer.status_code == 200, answer.text
+    return {user["username"]: user for user in answer.json()}
+
+
+def routes(user_id: int) -> list[tuple[str, str, dict[str, Any] | None]]:
+    return [
+        ("GET", "/api/users", None),
+        ("POST", "/api/users", {"username": new_name(), "password": PASSWORD}),
+        ("POST", "/api/users", {"username": "\x00" * 500}),  # the body is never read
+        ("POST", f"/api/users/{user_id}/disable", None),
+        ("POST", f"/api/users/{user_id}/enable", None),
+        ("DELETE", f"/api/users/{user_id}", None),
+        ("DELETE", "/api/users/999999", None),
+    ]
+
+
+def test_only_admins_may_use_any_users_route(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    plain = signed_in(app)
+    target = me(signed_in(app))
+    anonymous = TestClient(app.http.app, base_url="http://testserver")
+    before = listed(admin)
+    for method, path, body in routes(target["id"]):
+        answer = plain.request(method, path, json=body)
+        assert (answer.status_code, answer.json()) == (403, ADMIN_ONLY), (method, path)
+        answer = anonymous.request(method, path, json=body)
+        assert (answer.status_code, answer.json()) == (401, {"detail": "Not signed in."})
+    # A non-admin cannot make themselves one either.
+    answer = plain.post(f"/api/users/{me(plain)['id']}/enable")
+    assert answer.status_code == 403
+    assert listed(admin) == before
+    assert me(plain)["is_admin"] is False
+
+
+def test_an_admin_creates_users_and_admins(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    name = new_name("dora")
+    answer = admin.post("/api/users", json={"username": f"  {name} ", "password": "s3cret pw"})
+    assert answer.status_code == 201, answer.text
+    made = answer.json()
+    assert {k: made[k] for k in ("username", "is_admin", "disabled")} == {
+        "username": name,
+        "is_admin": False,
+        "disabled": False,
+    }
+    assert set(made) == {"id", "username", "is_admin", "disabled", "created_at"}
+    assert listed(admin)[name]["id"] == made["id"]
+    token = app.http.post("/api/auth/token", data={"username": name, "password": "s3cret pw"})
+    assert token.status_code == 200, token.text
+
+    boss = new_name("boss")
+    answer = admin.post("/api/users", json={"username": boss, "password": "pw", "is_admin": True})
+    assert answer.status_code == 201 and answer.json()["is_admin"] is True
+    signed = app.http.post("/api/auth/token", data={"username": boss, "password": "pw"})
+    new_admin = TestClient(app.http.app, base_url="http://testserver")
+    new_admin.headers["Authorization"] = f"Bearer {signed.json()['access_token']}"
+    assert me(new_admin)["is_admin"] is True
+    assert name in listed(new_admin)
+
+    again = admin.post("/api/users", json={"username": name, "password": "other"})
+    assert again.status_code == 409
+    assert again.json() == {"detail": "A user with that name already exists."}
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"username": "bad\x00name", "password": "pw"}, "username: a user name is 1 to 100 "),
+        ({"username": "esc\x1b[2Jape", "password": "pw"}, "printable characters"),
+        ({"username": "two\nlines", "password": "pw"}, "printable characters"),
+        ({"username": "rtl\u202eevil", "password": "pw"}, "printable characters"),
+        ({"username": "   ", "password": "pw"}, "printable characters"),
+        ({"username": "", "password": "pw"}, "username: String should have at least 1"),
+        ({"username": "n" * 101, "password": "pw"}, "username: String should have at most 100"),
+        ({"username": "n" * 60_000, "password": "pw"}, "username: String should have at most"),
+        ({"username": "ok", "password": ""}, "password: String should have at least 1"),
+        ({"username": "ok", "password": "p" * 1001}, "password: String should have at most"),
+        ({"username": "ok"}, "password: Field required"),
+        ({"username": 7, "password": "pw"}, "username: Input should be a valid string"),
+        ({"username": "ok", "password": "pw", "is_admin": "yes"}, "is_admin: Input should be"),
+        ({"username": "ok", "password": "pw", "role": "admin"}, "role: Extra inputs"),
+    ],
+)
+def test_bad_users_are_refused_plainly(app: App, body: dict[str, Any], words: str) -> None:
+    admin = signed_in(app, admin=True)
+    before = listed(admin)
+    answer = admin.post("/api/users", json=body)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and words in detail, detail
+    assert "\x00" not in detail and "\x1b" not in detail
+    assert listed(admin) == before
+
+
+def test_a_disabled_user_is_refused_at_once_and_enabled_again(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    name = new_name("bob")
+    bob = signed_in(app, name=name)
+    bob_id = me(bob)["id"]
+    browser = TestClient(app.http.app, base_url="http://testserver")
+    login = browser.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+    assert login.status_code == 200
+    assert browser.get("/api/auth/me").status_code == 200
+
+    answer = admin.post(f"/api/users/{bob_id}/disable")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["disabled"] is True and listed(admin)[name]["disabled"] is True
+    # The very next request of each: the bearer token and the session cookie are dead.
+    for client in (bob, browser):
+        answer = client.get("/api/job")
+        assert (answer.status_code, answer.json()) == (401, {"detail": "Not signed in."})
+    answer = browser.post("/api/job", json={"name": "x"}, headers=ORIGIN)
+    assert answer.status_code == 401
+    # The right password says it is disabled; a wrong one says only that it is wrong.
+    refused = app.http.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "This user is disabled; ask an admin to enable it."}
+    wrong = app.http.post("/api/auth/token", data={"username": name, "password": "nope"})
+    assert wrong.status_code == 401
+    login = browser.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+    assert login.status_code == 403
+    # Disabling again changes nothing and is no error.
+    assert admin.post(f"/api/users/{bob_id}/disable").status_code == 200
+
+    answer = admin.post(f"/api/users/{bob_id}/enable")
+    assert answer.status_code == 200 and answer.json()["disabled"] is False
+    # A new sign-in works; what was issued before the disabling stays dead.
+    again = app.http.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+    assert again.status_code == 200
+    assert bob.get("/api/auth/me").status_code == 401
+    assert browser.get("/api/auth/me").status_code == 401
+
+
+@pytest.mark.parametrize("user_id", ["999999", "0", "-5", str(2**31), str(2**63), str(10**30)])
+def test_unknown_user_ids_are_not_found(app: App, user_id: str) -> None:
+    admin = signed_in(app, admin=True)
+    for method, path in (
+        ("POST", f"/api/users/{user_id}/disable"),
+        ("POST", f"/api/users/{user_id}/enable"),
+        ("DELETE", f"/api/users/{user_id}"),
+    ):
+        answer = admin.request(method, path)
+        assert (answer.status_code, answer.json()) == (404, NOT_FOUND), (method, path)
+
+
+def test_a_user_id_that_is_no_number_is_refused_plainly(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    answer = admin.post("/api/users/abc/disable")
+    assert answer.status_code == 422
+    assert "user_id" in answer.json()["detail"]
+
+
+def test_an_admin_cannot_disable_or_delete_themselves(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    other = signed_in(app, admin=True)
+    own = me(admin)["id"]
+    for method, path, action in (
+        ("POST", f"/api/users/{own}/disable", "disable"),
+        ("DELETE", f"/api/users/{own}", "delete"),
+    ):
+        answer = admin.request(method, path)
+        assert answer.status_code == 409
+        assert answer.json() == {
+            "detail": f"An admin cannot {action} their own user; ask another admin."
+        }
+    assert me(admin)["id"] == own
+    # Another admin may.
+    assert other.post(f"/api/users/{own}/disable").status_code == 200
+    assert admin.get("/api/users").status_code == 401
+    assert other.post(f"/api/users/{own}/enable").status_code == 200
+
+
+def test_a_session_cookie_write_needs_this_site(app: App) -> None:
+    name = new_name("admin")
+    signed_in(app, admin=True, name=name)
+    browser = TestClient(app.http.app, base_url="http://testserver")
+    assert browser.post("/api/auth/login", json={"username": name, "password": PASSWORD}).is_success
+    body = {"username": new_name(), "password": PASSWORD}
+    foreign = browser.post("/api/users", json=body, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    assert browser.post("/api/users", json=body, headers=ORIGIN).status_code == 201
+
+
+def test_deleting_a_user_ends_its_tokens_and_jobs(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    doomed = signed_in(app)
+    doomed_id = me(doomed)["id"]
+    job = doomed.post("/api/job", json={"name": "mine"})
+    assert job.status_code == 201
+    answer = admin.delete(f"/api/users/{doomed_id}")
+    assert answer.status_code == 204 and answer.content == b""
+    assert doomed.get("/api/job").status_code == 401
+    assert doomed_id not in {u["id"] for u in listed(admin).values()}
+    assert admin.delete(f"/api/users/{doomed_id}").status_code == 404
+    # The job went with it: its id answers as no job to anyone.
+    assert admin.get(f"/api/job/{job.json()['id']}").status_code == 404
+
+
+# A real server, local disk: nothing of a deleted user is left in its data dir.
+
+
+@pytest.fixture
+def admin_http(server: Server) -> Iterator[httpx.Client]:
+    """An admin of the real server, signed in with a bearer token."""
+    name = new_name("admin")
+    engine = make_engine(server.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            add_user(session, name, PASSWORD, admin=True)
+    finally:
+        engine.dispose()
+    with httpx.Client(base_url=server.url, timeout=60) as anonymous:
+        token = anonymous.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    http = httpx.Client(base_url=server.url, timeout=60)
+    http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    try:
+        yield http
+    finally:
+        http.close()
+
+
+def tus_started(client: Client, data: bytes, **headers: str) -> str:
+    """A tus upload (a partial one with Upload-Concat) with its first half sent."""
+    answer = client.http.post(
+        "/api/tus/", headers={**TUS, "Upload-Length": str(len(data)), **headers}
+    )
+    assert answer.status_code == 201, answer.text
+    url = answer.headers["Location"]
+    half = data[: len(data) // 2]
+    sent = client.http.patch(
+        url,
+        content=half,
+        headers={
+            **TUS,
+            **headers,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert sent.status_code == 204, sent.text
+    return url
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_deleting_a_user_leaves_nothing_of_theirs_on_disk(
+    server: Server, admin_http: httpx.Client
+) -> None:
+    admin = admin_http
+    bob, carol = server.client(), server.client()
+    data = csv_of_size(3 * server.chunk - 100)
+    done = bob.new_job("done")
+    bob.upload(done, data)
+    kept = carol.new_job("carol's")
+    carol.upload(kept, data)
+    assert bob.wait_for(done, "succeeded")["status"] == "succeeded"
+    carol.wait_for(kept, "succeeded")
+    partial = bob.new_job("half sent")
+    assert bob.send_chunk(partial, 0, 3, data[: server.chunk]).status_code == 200
+    bob.new_job("waiting")
+    tus_started(bob, data, **{"Upload-Concat": "partial"})
+    tus_started(bob, data, **{"Upload-Metadata": "name dHVz,filename dHVzLmNzdg=="})
+
+    everyone = admin.get("/api/users").json()
+    bob_id = next(u["id"] for u in everyone if u["username"] == bob.username)
+    bob_jobs = [row[0] for row in server.sql("SELECT id FROM jobs WHERE user_id = :u", u=bob_id)]
+    bob_uploads = {
+        row[0]
+        for row in server.sql(
+            "SELECT storage_id FROM uploads WHERE completed_at IS NULL AND job_id IN "
+            "(SELECT id FROM jobs WHERE user_id = :u) "
+            "UNION SELECT storage_id FROM tus_partials WHERE user_id = :u",
+            u=bob_id,
+        )
+    }
+    assert len(bob_jobs) == 4 and len(bob_uploads) == 3
+    before = storage_holds(server)
+    bob_files = {f for f in before.files if any(f.startswith(f"jobs/{j}/") for j in bob_jobs)}
+    assert f"jobs/{done}/input.csv" in bob_files
+    assert any(f.endswith("/data.parquet") for f in bob_files), bob_files
+    assert bob_uploads <= set(before.uploads)
+    carol_files = {f for f in before.files if f.startswith(f"jobs/{kept}/")}
+    assert any(f.endswith("/data.parquet") for f in carol_files), carol_files
+    on_disk = files_under(server.data_dir)
+
+    answer = admin.delete(f"/api/users/{bob_id}")
+    assert answer.status_code == 204, answer.text
+
+    after = storage_holds(server)
+    assert after.files == before.files - bob_files
+    assert set(after.uploads) == set(before.uploads) - bob_uploads
+    assert carol_files <= after.files
+    # Every file of the data dir that went was one of Bob's; none of his is left.
+    gone = on_disk - files_under(server.data_dir)
+    left = files_under(server.data_dir)
+    for job_id in bob_jobs:
+        assert not any(f"jobs/{job_id}/" in path for path in left), job_id
+    for upload_id in bob_uploads:
+        assert not any(upload_id in path for path in left), upload_id
+        assert any(upload_id in path for path in gone), upload_id
+    for table, column in (("jobs", "user_id"), ("tus_partials", "user_id")):
+        assert server.sql(f"SELECT 1 FROM {table} WHERE {column} = :u", u=bob_id) == []
+    for job_id in bob_jobs:
+        assert server.sql("SELECT 1 FROM uploads WHERE job_id = :j", j=job_id) == []
+    assert bob.http.get("/api/job").status_code == 401
+    assert carol.job(kept)["status"] == "succeeded"
