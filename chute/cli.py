@@ -227,7 +227,7 @@ def _named(session: Session, name: str) -> User:
     try:
         return user_named(session, name)
     except ChuteError:
-        raise _Refused(f"there is no user {clean(name)!r}.") from None
+        raise _Refused(f"there is no user '{clean(name)}'.") from None
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
@@ -264,7 +264,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     def action(settings: Settings, session: Session) -> str:
         user = create_user(session, args.name, password, admin=args.admin)
         role = "admin" if user.is_admin else "user"
-        return f"Created {role} {clean(user.username)!r}."
+        return f"Created {role} '{clean(user.username)}'."
 
     return _user_command(action)
 
@@ -275,7 +275,7 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
     def action(settings: Settings, session: Session) -> str:
         user = disable_user(session, _named(session, args.name).id, actor_id=None)
         return (
-            f"Disabled {clean(user.username)!r}: its sessions and tokens no longer work, "
+            f"Disabled '{clean(user.username)}': its sessions and tokens no longer work, "
             "and it cannot sign in until enabled."
         )
 
@@ -287,7 +287,7 @@ def cmd_user_enable(args: argparse.Namespace) -> int:
 
     def action(settings: Settings, session: Session) -> str:
         user = enable_user(session, _named(session, args.name).id)
-        return f"Enabled {clean(user.username)!r}: it may sign in again."
+        return f"Enabled '{clean(user.username)}': it may sign in again."
 
     return _user_command(action)
 
@@ -298,7 +298,7 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
     if not args.yes:
         print(
-            f"chute: deleting {clean(args.name)!r} removes all its jobs and files for good; "
+            f"chute: deleting '{clean(args.name)}' removes all its jobs and files for good; "
             "run again with --yes to do it.",
             file=sys.stderr,
         )
@@ -309,7 +309,7 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
         name = user.username
         found = delete_user(session, user.id, actor_id=None)
         remove_files(make_storage(settings), found)
-        return f"Deleted {clean(name)!r} and its {len(found.job_ids)} jobs with their files."
+        return f"Deleted '{clean(name)}' and its {len(found.job_ids)} jobs with their files."
 
     return _user_command(action)
 
@@ -323,7 +323,7 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
 
     def action(settings: Settings, session: Session) -> str:
         user = set_password(session, _named(session, args.name).id, password)
-        return f"Set the password of {clean(user.username)!r}; its sessions and tokens ended."
+        return f"Set the password of '{clean(user.username)}'; its sessions and tokens ended."
 
     return _user_command(action)
 
