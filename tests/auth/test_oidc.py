@@ -474,3 +474,25 @@ def test_an_issuer_without_an_audience_does_not_start(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "CHUTE_OIDC_AUDIENCE must be set when CHUTE_OIDC_ISSUER is" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_disabled_users_provider_tokens_are_refused_until_enabled(
+    chute: Server, provider: Provider
+) -> None:
+    """A provider's token stays valid at the provider; Chute refuses it (403) while an
+    admin has the user disabled, from the next request on."""
+    token = provider.token("bob-app")
+    answer = me(chute, token)
+    assert answer.status_code == 200, answer.text
+    name = answer.json()["username"]
+    disabled = chute.cli("user", "disable", name)
+    assert disabled.returncode == 0, disabled.stderr
+    try:
+        for answer in (me(chute, token), bearer(chute, token).get("/api/job")):
+            assert answer.status_code == 403
+            assert answer.json() == {"detail": "This user is disabled; ask an admin to enable it."}
+        assert me(chute, provider.token("bob-app")).status_code == 403
+    finally:
+        enabled = chute.cli("user", "enable", name)
+    assert enabled.returncode == 0, enabled.stderr
+    assert me(chute, token).status_code == 200
