@@ -1,5 +1,6 @@
 // The Chute page: sign in, jobs, uploads, live job status and results.
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
+import { adminLink, openAdmin } from "./admin.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -157,6 +158,7 @@ async function route() {
   }
   const match = location.hash.match(/^#\/job\/(\d+)$/);
   if (match) await openJob(Number(match[1]));
+  else if (location.hash === "#/admin" && state.me.is_admin) await openAdmin({ api, clean, showView, me: state.me });
   else await openJobs();
 }
 
@@ -167,6 +169,7 @@ function signedIn(me) {
   state.memory = new UploadMemory(localStorage, `user-${me.id}`);
   $("who-name").textContent = clean(`Signed in as ${me.username}`);
   $("who").hidden = false;
+  adminLink(me);
 }
 
 function signedOut() {
@@ -176,6 +179,7 @@ function signedOut() {
   state.me = null;
   state.memory = null;
   $("who").hidden = true;
+  adminLink(null);
   location.hash = "";
   route();
 }
