@@ -7,6 +7,7 @@ storage is checked on a real `chute serve` with local disk, by walking its data 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from chute.auth.service import add_user, issue_token
 from chute.db.models import TokenKind
 from chute.db.session import make_engine, make_sessionmaker
 from tests.api.inprocess import App, TestClient, app_in_process
-from tests.conftest import Client, Server, storage_holds
+from tests.conftest import Client, Server, ServerFactory, storage_holds
 from tests.factories import csv_of_size
+from tests.jobs.test_engine import FAST, leftovers, wait_until
 
 PASSWORD = "pw-for-tests"
 ORIGIN = {"Origin": "http://testserver"}
@@ -261,7 +263,12 @@ def test_deleting_a_user_ends_its_tokens_and_jobs(app: App) -> None:
 
 @pytest.fixture
 def admin_http(server: Server) -> Iterator[httpx.Client]:
-    """An admin of the real server, signed in with a bearer token."""
+    with admin_of(server) as http:
+        yield http
+
+
+def admin_of(server: Server) -> httpx.Client:
+    """A new admin of the real server, signed in with a bearer token."""
     name = new_name("admin")
     engine = make_engine(server.database_url)
     try:
@@ -272,12 +279,8 @@ def admin_http(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as anonymous:
         token = anonymous.post("/api/auth/token", data={"username": name, "password": PASSWORD})
     assert token.status_code == 200, token.text
-    http = httpx.Client(base_url=server.url, timeout=60)
-    http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-    try:
-        yield http
-    finally:
-        http.close()
+    bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return httpx.Client(base_url=server.url, timeout=60, headers=bearer)
 
 
 def tus_started(client: Client, data: bytes, **headers: str) -> str:
@@ -367,3 +370,24 @@ def test_deleting_a_user_leaves_nothing_of_theirs_on_disk(
         assert server.sql("SELECT 1 FROM uploads WHERE job_id = :j", j=job_id) == []
     assert bob.http.get("/api/job").status_code == 401
     assert carol.job(kept)["status"] == "succeeded"
+
+
+def test_deleting_a_user_stops_their_running_job(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """As deleting the job would: the worker finds its claim gone at its next heartbeat,
+    stops, and leaves no file behind (storage nor scratch)."""
+    server = make_server(**FAST)
+    bob = server.client()
+    journal = tmp_path / "journal"
+    job_id = bob.new_job(kind="example", params={"seconds": 60, "journal": str(journal)})
+    bob.upload(job_id, csv_of_size(3 * server.chunk))
+    wait_until("the job to run", lambda: (bob.job(job_id)["progress"] or 0) > 0)
+    with admin_of(server) as admin:
+        everyone = admin.get("/api/users").json()
+        bob_id = next(u["id"] for u in everyone if u["username"] == bob.username)
+        assert admin.delete(f"/api/users/{bob_id}").status_code == 204
+    wait_until("no files left", lambda: leftovers(server, job_id) == [], timeout=10)
+    time.sleep(1)
+    assert journal.read_text().split()[0] == "start"
+    assert "end" not in journal.read_text(), "the run went on after its user was deleted"
