@@ -314,6 +314,18 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     return _user_command(action)
 
 
+def cmd_user_role(args: argparse.Namespace) -> int:
+    from chute.auth.users import set_admin
+
+    def action(settings: Settings, session: Session) -> str:
+        user = set_admin(
+            session, _named(session, args.name).id, args.role == "admin", actor_id=None
+        )
+        return f"'{clean(user.username)}' is now {'an admin' if user.is_admin else 'a user'}."
+
+    return _user_command(action)
+
+
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     from chute.auth.users import set_password
 
@@ -387,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     remove.add_argument("--yes", action="store_true", help="yes, delete it and all it has")
     remove.set_defaults(func=cmd_user_delete)
+    role = user_commands.add_parser("role", help="make a user an admin, or a user again")
+    role.add_argument("name")
+    role.add_argument("role", choices=["admin", "user"])
+    role.set_defaults(func=cmd_user_role)
     passwd = user_commands.add_parser(
         "passwd", help="set a user's password (from stdin if piped); its sessions end"
     )

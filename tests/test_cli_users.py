@@ -104,6 +104,11 @@ def test_the_last_enabled_admin_stays(make_server: ServerFactory) -> None:
     assert server.cli("user", "disable", "admin").returncode == 0
     refused(server.cli("user", "disable", "second"), "last enabled admin")
     assert server.cli("user", "enable", "admin").returncode == 0
+    result = server.cli("user", "role", "second", "user")
+    assert (result.returncode, result.stdout.strip()) == (0, "'second' is now a user.")
+    refused(server.cli("user", "role", "admin", "user"), "last enabled admin")
+    assert server.cli("user", "role", "second", "admin").returncode == 0
+    assert listing(server)["second"] == ["admin", "enabled"]
     assert server.cli("user", "delete", "second", "--yes").returncode == 0
     assert set(listing(server)) == {"admin"}
 

@@ -193,6 +193,7 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
     ("POST", "/api/users"): (Problem.USER_EXISTS, Problem.INVALID_FIELD),
+    ("PATCH", "/api/users/{user_id}"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
     ("POST", "/api/users/{user_id}/disable"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
     ("DELETE", "/api/users/{user_id}"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
     ("POST", "/api/webhooks"): (Problem.TOO_MANY_WEBHOOKS, Problem.INVALID_FIELD),

@@ -52,6 +52,12 @@ class UserCreate(BaseModel):
             raise PydanticCustomError("username", str(exc)) from None
 
 
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_admin: bool = Field(strict=True)
+
+
 @router.get("")
 def list_users(admin: AdminUser, session: SessionDep) -> list[UserPublic]:
     return [UserPublic.of(user) for user in users.list_users(session)]
@@ -61,6 +67,13 @@ def list_users(admin: AdminUser, session: SessionDep) -> list[UserPublic]:
 def create_user(body: UserCreate, admin: AdminUser, session: SessionDep) -> UserPublic:
     user = users.create_user(session, body.username, body.password, admin=body.is_admin)
     return UserPublic.of(user)
+
+
+@router.patch("/{user_id}")
+def update_user(
+    user_id: int, body: UserUpdate, admin: AdminUser, session: SessionDep
+) -> UserPublic:
+    return UserPublic.of(users.set_admin(session, user_id, body.is_admin, actor_id=admin.id))
 
 
 @router.post("/{user_id}/disable")

@@ -2,9 +2,9 @@
 
 The API (admins only, `chute.api.users`) and `chute user ...` on the server host both
 call these. Two rules keep Chute manageable whoever asks:
-- an admin cannot disable or delete their own user (`actor_id`; the command line has no
-  actor: whoever runs it owns the host);
-- the last enabled admin is never disabled or deleted.
+- an admin cannot disable, demote or delete their own user (`actor_id`; the command line
+  has no actor: whoever runs it owns the host);
+- the last enabled admin is never disabled, demoted or deleted.
 Both are checked with every enabled admin's row locked (`FOR UPDATE`; on SQLite every
 transaction takes the write lock up front), so two admins disabling each other at once
 cannot leave none.
@@ -89,8 +89,8 @@ def _enabled_admins(session: Session) -> list[int]:
 
 
 def _removable(session: Session, user_id: int, actor_id: int | None, action: str) -> User:
-    """The user, locked, if they may be disabled or deleted: not the actor, not the last
-    enabled admin (409). The enabled admins are locked first, in the order of their ids,
+    """The user, locked, if they may be disabled, demoted or deleted: not the actor, not
+    the last enabled admin (409). The enabled admins are locked first, in the order of their ids,
     then the user: two admins acting on each other take their locks in one order."""
     admins = _enabled_admins(session)
     user = get_user(session, user_id, lock=True)
@@ -117,6 +117,18 @@ def enable_user(session: Session, user_id: int) -> User:
     """Let a disabled user sign in again (with a new session: the old ones are gone)."""
     user = get_user(session, user_id, lock=True)
     user.disabled_at = None
+    session.commit()
+    return user
+
+
+def set_admin(session: Session, user_id: int, admin: bool, *, actor_id: int | None) -> User:
+    """Make a user an admin, or a plain user again: never oneself nor the last enabled
+    admin (409). A user already so changes nothing. Commits."""
+    if admin:
+        user = get_user(session, user_id, lock=True)
+    else:
+        user = _removable(session, user_id, actor_id, "demote")
+    user.is_admin = admin
     session.commit()
     return user
 

@@ -114,6 +114,7 @@ def test_each_route_lists_what_it_answers() -> None:
         answers = {200, 401, 403, 404, 422} | ({409} if action == "disable" else set())
         assert statuses(doc, "POST", f"/api/users/{{user_id}}/{action}") == answers
     assert statuses(doc, "DELETE", "/api/users/{user_id}") == {204, 401, 403, 404, 409, 422}
+    assert statuses(doc, "PATCH", "/api/users/{user_id}") == {200, 401, 403, 404, 409} | body
     assert (
         "User not found."
         in doc["paths"]["/api/users/{user_id}"]["delete"]["responses"]["404"]["description"]

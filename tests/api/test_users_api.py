@@ -63,6 +63,7 @@ def routes(user_id: int) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("GET", "/api/users", None),
         ("POST", "/api/users", {"username": new_name(), "password": PASSWORD}),
         ("POST", "/api/users", {"username": "\x00" * 500}),  # the body is never read
+        ("PATCH", f"/api/users/{user_id}", {"is_admin": True}),
         ("POST", f"/api/users/{user_id}/disable", None),
         ("POST", f"/api/users/{user_id}/enable", None),
         ("DELETE", f"/api/users/{user_id}", None),
@@ -82,7 +83,7 @@ def test_only_admins_may_use_any_users_route(app: App) -> None:
         answer = anonymous.request(method, path, json=body)
         assert (answer.status_code, answer.json()) == (401, {"detail": "Not signed in."})
     # A non-admin cannot make themselves one either.
-    answer = plain.post(f"/api/users/{me(plain)['id']}/enable")
+    answer = plain.patch(f"/api/users/{me(plain)['id']}", json={"is_admin": True})
     assert answer.status_code == 403
     assert listed(admin) == before
     assert me(plain)["is_admin"] is False
@@ -191,11 +192,12 @@ def test_a_disabled_user_is_refused_at_once_and_enabled_again(app: App) -> None:
 def test_unknown_user_ids_are_not_found(app: App, user_id: str) -> None:
     admin = signed_in(app, admin=True)
     for method, path in (
+        ("PATCH", f"/api/users/{user_id}"),
         ("POST", f"/api/users/{user_id}/disable"),
         ("POST", f"/api/users/{user_id}/enable"),
         ("DELETE", f"/api/users/{user_id}"),
     ):
-        answer = admin.request(method, path)
+        answer = admin.request(method, path, json={"is_admin": True} if method == "PATCH" else None)
         assert (answer.status_code, answer.json()) == (404, NOT_FOUND), (method, path)
 
 
@@ -224,6 +226,27 @@ def test_an_admin_cannot_disable_or_delete_themselves(app: App) -> None:
     assert other.post(f"/api/users/{own}/disable").status_code == 200
     assert admin.get("/api/users").status_code == 401
     assert other.post(f"/api/users/{own}/enable").status_code == 200
+
+
+def test_an_admin_makes_another_and_cannot_unmake_themselves(app: App) -> None:
+    admin = signed_in(app, admin=True)
+    plain = signed_in(app)
+    plain_id = me(plain)["id"]
+    answer = admin.patch(f"/api/users/{plain_id}", json={"is_admin": True})
+    assert answer.status_code == 200 and answer.json()["is_admin"] is True
+    # At once: the next request of the new admin may manage users.
+    assert plain.get("/api/users").status_code == 200
+    own = me(admin)["id"]
+    answer = admin.patch(f"/api/users/{own}", json={"is_admin": False})
+    assert answer.status_code == 409
+    assert answer.json() == {"detail": "An admin cannot demote their own user; ask another admin."}
+    for body in ({}, {"is_admin": "no"}, {"is_admin": 0}, {"is_admin": False, "x": 1}):
+        assert admin.patch(f"/api/users/{plain_id}", json=body).status_code == 422, body
+    answer = admin.patch(f"/api/users/{plain_id}", json={"is_admin": False})
+    assert answer.status_code == 200 and answer.json()["is_admin"] is False
+    assert plain.get("/api/users").status_code == 403
+    answer = admin.patch("/api/users/999999", json={"is_admin": True})
+    assert (answer.status_code, answer.json()) == (404, NOT_FOUND)
 
 
 def test_a_session_cookie_write_needs_this_site(app: App) -> None:

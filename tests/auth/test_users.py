@@ -181,6 +181,24 @@ def test_two_admins_disabling_each_other_at_once_leave_one(
             assert enabled == 1
 
 
+def test_admins_are_made_and_unmade_by_the_same_rules(sessions: sessionmaker[Session]) -> None:
+    root = make(sessions, "root", admin=True)
+    bob = make(sessions, "bob")
+    with sessions() as session:
+        with refused(Problem.LAST_ADMIN) as caught:
+            users.set_admin(session, root, False, actor_id=None)
+        assert "before you demote it" in caught.value.detail
+        assert users.set_admin(session, bob, True, actor_id=root).is_admin is True
+        assert users.set_admin(session, bob, True, actor_id=root).is_admin is True  # again
+        with refused(Problem.USER_IS_YOU):
+            users.set_admin(session, bob, False, actor_id=bob)
+        assert users.set_admin(session, root, False, actor_id=bob).is_admin is False
+        with refused(Problem.LAST_ADMIN):
+            users.set_admin(session, bob, False, actor_id=None)
+        with refused(Problem.USER_NOT_FOUND):
+            users.set_admin(session, 999_999, True, actor_id=None)
+
+
 def test_disabling_ends_sessions_and_tokens_for_good(sessions: sessionmaker[Session]) -> None:
     make(sessions, "root", admin=True)
     bob = make(sessions, "bob")
