@@ -65,7 +65,9 @@ def list_users(admin: AdminUser, session: SessionDep) -> list[UserPublic]:
 
 @router.post("", status_code=201)
 def create_user(body: UserCreate, admin: AdminUser, session: SessionDep) -> UserPublic:
-    user = users.create_user(session, body.username, body.password, admin=body.is_admin)
+    user = users.create_user(
+        session, body.username, body.password, admin=body.is_admin, actor_id=admin.id
+    )
     return UserPublic.of(user)
 
 
@@ -83,7 +85,7 @@ def disable_user(user_id: int, admin: AdminUser, session: SessionDep) -> UserPub
 
 @router.post("/{user_id}/enable")
 def enable_user(user_id: int, admin: AdminUser, session: SessionDep) -> UserPublic:
-    return UserPublic.of(users.enable_user(session, user_id))
+    return UserPublic.of(users.enable_user(session, user_id, actor_id=admin.id))
 
 
 @router.delete("/{user_id}", status_code=204)

@@ -18,6 +18,7 @@ user's row; the database removes the rest (foreign keys cascade).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
@@ -30,10 +31,18 @@ from chute.db.models import AuthToken, Job, TusPartial, Upload, User, utcnow
 from chute.errors import ChuteError, Problem, invalid
 from chute.storage import Storage
 
+log = logging.getLogger(__name__)
+
 # The largest id `users.id` holds (a 32-bit integer on PostgreSQL).
 MAX_USER_ID = 2**31 - 1
 # Longer passwords only cost hashing time.
 PASSWORD_MAX = 1000
+
+
+def _note(what: str, user_id: int, actor_id: int | None) -> None:
+    """A log line per change (ids only: no name, never a password)."""
+    by = f"admin {actor_id}" if actor_id is not None else "the command line"
+    log.info("user %s %s by %s", user_id, what, by, extra={"user_id": user_id})
 
 
 def list_users(session: Session) -> list[User]:
@@ -66,14 +75,23 @@ def check_password(password: str) -> str:
     return password
 
 
-def create_user(session: Session, username: str, password: str, *, admin: bool = False) -> User:
+def create_user(
+    session: Session,
+    username: str,
+    password: str,
+    *,
+    admin: bool = False,
+    actor_id: int | None = None,
+) -> User:
     """A new user who signs in with `password`; 422 for a name or password not taken,
     409 if the name is in use. Commits."""
     try:
         username = check_username(username)
     except ValueError as exc:
         raise invalid(f"username: {exc}.") from None
-    return add_user(session, username, check_password(password), admin=admin)
+    user = add_user(session, username, check_password(password), admin=admin)
+    _note("created" + (" (an admin)" if admin else ""), user.id, actor_id)
+    return user
 
 
 def _enabled_admins(session: Session) -> list[int]:
@@ -110,14 +128,16 @@ def disable_user(session: Session, user_id: int, *, actor_id: int | None) -> Use
         user.disabled_at = utcnow()
     session.execute(delete(AuthToken).where(AuthToken.user_id == user.id))
     session.commit()
+    _note("disabled", user.id, actor_id)
     return user
 
 
-def enable_user(session: Session, user_id: int) -> User:
+def enable_user(session: Session, user_id: int, *, actor_id: int | None = None) -> User:
     """Let a disabled user sign in again (with a new session: the old ones are gone)."""
     user = get_user(session, user_id, lock=True)
     user.disabled_at = None
     session.commit()
+    _note("enabled", user.id, actor_id)
     return user
 
 
@@ -130,16 +150,22 @@ def set_admin(session: Session, user_id: int, admin: bool, *, actor_id: int | No
         user = _removable(session, user_id, actor_id, "demote")
     user.is_admin = admin
     session.commit()
+    _note("made an admin" if admin else "made a user", user.id, actor_id)
     return user
 
 
-def set_password(session: Session, user_id: int, password: str) -> User:
+def set_password(
+    session: Session, user_id: int, password: str, *, actor_id: int | None = None
+) -> User:
     """Give a user a new password; their sessions and bearer tokens end (whoever knew the
     old password may hold one). Commits."""
+    # Hashed before the row is locked: on SQLite a lock is the whole database's.
+    hashed = hash_password(check_password(password))
     user = get_user(session, user_id, lock=True)
-    user.password_hash = hash_password(check_password(password))
+    user.password_hash = hashed
     session.execute(delete(AuthToken).where(AuthToken.user_id == user.id))
     session.commit()
+    _note("given a new password", user.id, actor_id)
     return user
 
 
@@ -176,6 +202,7 @@ def delete_user(session: Session, user_id: int, *, actor_id: int | None) -> User
     uploads += list(partials)
     session.delete(user)
     session.commit()
+    _note(f"deleted with {len(jobs)} jobs", user_id, actor_id)
     return UserFiles(jobs, Leftovers(uploads, files))
 
 
