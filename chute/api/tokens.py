@@ -18,7 +18,8 @@ router = APIRouter(prefix="/api/tokens", tags=["tokens"])
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=tokens.NAME_MAX)
+    # Documented here, checked by the service (`tokens.check_name`), in its own words.
+    name: str = Field(json_schema_extra={"minLength": 1, "maxLength": tokens.NAME_MAX})
     # At most one of the two; neither: the token never expires.
     expires_in_days: StrictInt | None = Field(None, ge=1, le=tokens.MAX_LIFETIME.days)
     expires_at: datetime | None = Field(None, description="With its UTC offset, in the future.")
