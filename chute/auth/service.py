@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from chute.auth import throttle
 from chute.auth.passwords import hash_password, random_password, verify_password
-from chute.auth.tokens import is_api_token, revoke_secret
+from chute.auth.tokens import is_api_token, purge_expired_api_tokens, revoke_secret
 from chute.db.models import AuthToken, TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 
@@ -193,8 +193,9 @@ def revoke_token(session: Session, secret: str, kind: TokenKind) -> None:
 
 
 def purge_expired(session: Session, limits: throttle.SigninLimits, now: datetime) -> int:
-    """Delete expired tokens and sessions, and sign-in failures that no longer count.
-    Returns how many rows went. Commits."""
+    """Delete expired tokens and sessions, API tokens long expired, and sign-in failures
+    that no longer count. Returns how many rows went. Commits."""
     tokens = session.execute(delete(AuthToken).where(AuthToken.expires_at <= now))
     session.commit()
-    return int(tokens.rowcount) + throttle.purge(session, limits, now)  # type: ignore[attr-defined]
+    gone = int(tokens.rowcount)  # type: ignore[attr-defined]
+    return gone + purge_expired_api_tokens(session, now) + throttle.purge(session, limits, now)

@@ -34,6 +34,8 @@ MAX_LIFETIME = timedelta(days=3650)
 MAX_TOKENS = 100
 # A token's last use is written when the one recorded is older than this.
 LAST_USE_STEP = timedelta(seconds=60)
+# How long an expired token stays listed (as expired) before the sweeper deletes it.
+KEEP_EXPIRED = timedelta(days=30)
 
 
 def new_secret() -> str:
@@ -143,6 +145,13 @@ def revoke_secret(session: Session, secret: str) -> None:
     """Delete the token with this secret, if there is one (a sign-out sent with it). Commits."""
     session.execute(delete(ApiToken).where(ApiToken.token_hash == _digest(secret)))
     session.commit()
+
+
+def purge_expired_api_tokens(session: Session, now: datetime) -> int:
+    """Delete tokens expired more than `KEEP_EXPIRED` ago; how many went. Commits."""
+    gone = session.execute(delete(ApiToken).where(ApiToken.expires_at <= now - KEEP_EXPIRED))
+    session.commit()
+    return int(gone.rowcount)  # type: ignore[attr-defined]
 
 
 def user_for_api_token(session: Session, secret: str, now: datetime) -> tuple[User, int] | None:

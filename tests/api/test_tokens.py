@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import select, update
 
 from chute.api.deps import SESSION_COOKIE
-from chute.auth.tokens import LAST_USE_STEP, MAX_TOKENS, PREFIX
+from chute.auth.service import purge_expired
+from chute.auth.throttle import SigninLimits
+from chute.auth.tokens import KEEP_EXPIRED, LAST_USE_STEP, MAX_TOKENS, PREFIX
 from chute.db.models import ApiToken, User, utcnow
 from tests.api.inprocess import App, TestClient, app_in_process
 
@@ -282,3 +284,16 @@ def test_a_user_holds_a_bounded_number_of_live_tokens(app: App, client: TestClie
     set_token(app, some, expires_at=utcnow() - timedelta(days=1))  # expired tokens don't count
     make(client, "one more")
     assert len(listed(client)) == MAX_TOKENS + 1
+
+
+def test_the_sweeper_deletes_tokens_long_expired(app: App, client: TestClient) -> None:
+    old, recent, live = make(client, "old"), make(client, "recent"), make(client, "live")
+    now = utcnow()
+    set_token(app, old["id"], expires_at=now - KEEP_EXPIRED - timedelta(minutes=1))
+    set_token(app, recent["id"], expires_at=now - KEEP_EXPIRED + timedelta(minutes=1))
+    with app.runtime.sessions() as session:
+        purge_expired(session, SigninLimits.of(app.settings), now)
+    assert [(t["id"], t["expired"]) for t in listed(client)] == [
+        (recent["id"], True),
+        (live["id"], False),
+    ]
