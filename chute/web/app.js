@@ -1,5 +1,6 @@
 // The Chute page: sign in, jobs, uploads, live job status and results.
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
+import { openTokens } from "./tokens.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -156,7 +157,10 @@ async function route() {
     return;
   }
   const match = location.hash.match(/^#\/job\/(\d+)$/);
-  if (match) await openJob(Number(match[1]));
+  if (location.hash === "#/tokens") {
+    showView("tokens");
+    await openTokens({ api, clean, when });
+  } else if (match) await openJob(Number(match[1]));
   else await openJobs();
 }
 
