@@ -26,15 +26,28 @@ class Problem(Enum):
         "The bearer token was refused: {why}.",
         {"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
+    # An API token (`chute_...`) the database does not hold as live: said apart from a
+    # password sign-in's token, so a pipeline's owner knows to make a new one.
+    API_TOKEN_REFUSED = (
+        401,
+        "The API token was refused: it is unknown, revoked or expired, or its user is disabled.",
+        {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
     FOREIGN_ORIGIN = (403, "Request refused: it does not come from this site.")
     ADMIN_ONLY = (403, "Only an admin may do this.")
     USER_DISABLED = (403, "This user is disabled; ask an admin to enable it.")
+    TOKEN_FROM_TOKEN = (
+        403,
+        "An API token cannot make API tokens: sign in with your password (chute login, "
+        "or the web page) to make one.",
+    )
     JOB_NOT_FOUND = (404, "Job not found.")
     USER_NOT_FOUND = (404, "User not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")
     WEBHOOK_NOT_FOUND = (404, "Webhook not found.")
     DELIVERY_NOT_FOUND = (404, "Webhook delivery not found.")
+    TOKEN_NOT_FOUND = (404, "API token not found.")
     # The body stopped coming, or came too slowly: the answer closes the connection.
     BODY_IDLE = (
         408,
@@ -86,6 +99,10 @@ class Problem(Enum):
     TOO_MANY_WEBHOOKS = (
         409,
         "You have {limit} webhooks, the most a user may have: delete one before adding another.",
+    )
+    TOO_MANY_TOKENS = (
+        409,
+        "You have {limit} API tokens, the most a user may have: revoke one before making another.",
     )
     DELIVERY_IN_FLIGHT = (409, "The delivery is being sent right now; look again in a moment.")
     CHUNK_TOO_LARGE = (413, "The chunk is larger than the limit of {limit} bytes.")

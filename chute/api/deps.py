@@ -1,8 +1,9 @@
 """Dependencies that make routes read like sentences: `session: SessionDep, user: CurrentUser`.
 
-They have no side effects, with one exception: a bearer JWT from the identity provider
-(`chute.auth.oidc`) whose user Chute has not seen creates that user. Authentication
-runs before any route touches the request body.
+They have no side effects, with two exceptions: a bearer JWT from the identity provider
+(`chute.auth.oidc`) whose user Chute has not seen creates that user, and an API token's
+last use is recorded (at most once a minute, `chute.auth.tokens`). Authentication runs
+before any route touches the request body.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from chute.auth.oidc import looks_like_jwt
 from chute.auth.service import user_for_identity, user_for_token
+from chute.auth.tokens import is_api_token, user_for_api_token
 from chute.db.models import TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 from chute.runtime import Runtime
@@ -92,6 +94,8 @@ class Principal:
     id: int
     username: str
     is_admin: bool = False
+    # The API token the request signed in with; None for a password's token or a session.
+    api_token_id: int | None = None
 
 
 def current_user(request: Request, rt: RuntimeDep) -> Principal:
@@ -107,15 +111,23 @@ def current_user(request: Request, rt: RuntimeDep) -> Principal:
     # transaction open while a chunk streams in.
     with rt.sessions() as session:
         user: User | None
+        api_token_id = None
         if identity is not None:
             user = user_for_identity(session, identity)
+        elif kind is TokenKind.BEARER and is_api_token(token):
+            # Only as a bearer token: a cookie is looked up among sessions, where no API
+            # token is, so an API token is never a browser's session.
+            found = user_for_api_token(session, token, utcnow())
+            if found is None:
+                raise ChuteError(Problem.API_TOKEN_REFUSED)
+            user, api_token_id = found
         else:
             user = user_for_token(session, token, kind, utcnow())
         if user is None:
             raise ChuteError(Problem.NOT_AUTHENTICATED)
         if user.disabled_at is not None:  # only a provider's token gets here so
             raise ChuteError(Problem.USER_DISABLED)
-        principal = Principal(user.id, user.username, user.is_admin)
+        principal = Principal(user.id, user.username, user.is_admin, api_token_id)
     if (
         kind is TokenKind.SESSION
         and request.method not in SAFE_METHODS

@@ -55,8 +55,9 @@ SECURITY_SCHEMES: JsonObject = {
     "bearer": {
         "type": "oauth2",
         "description": (
-            "A token from POST /api/auth/token, or an access token (JWT) of the identity "
-            "provider set by CHUTE_OIDC_ISSUER, sent as `Authorization: Bearer`."
+            "A token from POST /api/auth/token, an API token from POST /api/tokens "
+            "(`chute_...`), or an access token (JWT) of the identity provider set by "
+            "CHUTE_OIDC_ISSUER, sent as `Authorization: Bearer`."
         ),
         "flows": {"password": {"tokenUrl": "/api/auth/token", "scopes": {}}},
     },
@@ -192,6 +193,12 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
     ),
     ("GET", "/api/job/{job_id}/result"): (Problem.NO_RESULT,),
     ("GET", "/api/job/{job_id}/result/{name}"): (Problem.NO_RESULT, Problem.OUTPUT_NOT_FOUND),
+    ("POST", "/api/tokens"): (
+        Problem.TOKEN_FROM_TOKEN,
+        Problem.TOO_MANY_TOKENS,
+        Problem.INVALID_FIELD,
+    ),
+    ("DELETE", "/api/tokens/{token_id}"): (Problem.TOKEN_NOT_FOUND,),
     ("POST", "/api/users"): (Problem.USER_EXISTS, Problem.INVALID_FIELD),
     ("PATCH", "/api/users/{user_id}"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
     ("POST", "/api/users/{user_id}/disable"): (Problem.USER_IS_YOU, Problem.LAST_ADMIN),
@@ -300,7 +307,13 @@ def _errors(
     if signed_in:
         # BAD_TOKEN: a bearer JWT of the identity provider (CHUTE_OIDC_ISSUER) refused.
         # USER_DISABLED: a provider's token for a user an admin disabled.
-        entries += [Problem.NOT_AUTHENTICATED, Problem.BAD_TOKEN, Problem.USER_DISABLED]
+        # API_TOKEN_REFUSED: a bearer `chute_...` token that is not live (chute.auth.tokens).
+        entries += [
+            Problem.NOT_AUTHENTICATED,
+            Problem.BAD_TOKEN,
+            Problem.API_TOKEN_REFUSED,
+            Problem.USER_DISABLED,
+        ]
         if method not in SAFE_METHODS:
             entries.append(Problem.FOREIGN_ORIGIN)
     if admin:

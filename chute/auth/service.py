@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from chute.auth import throttle
 from chute.auth.passwords import hash_password, random_password, verify_password
+from chute.auth.tokens import is_api_token, purge_expired_api_tokens, revoke_secret
 from chute.db.models import AuthToken, TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 
@@ -153,6 +154,8 @@ def sign_in(
 
 def issue_token(session: Session, user: User, kind: TokenKind, ttl: int) -> str:
     secret = secrets.token_urlsafe(32)
+    while is_api_token(secret):  # once in 64**6 draws: that prefix says "API token"
+        secret = secrets.token_urlsafe(32)
     session.add(
         AuthToken(
             user_id=user.id,
@@ -179,6 +182,10 @@ def user_for_token(session: Session, secret: str, kind: TokenKind, now: datetime
 
 
 def revoke_token(session: Session, secret: str, kind: TokenKind) -> None:
+    """End a bearer token or a session; an API token sent as the bearer token is revoked."""
+    if kind is TokenKind.BEARER and is_api_token(secret):
+        revoke_secret(session, secret)
+        return
     session.execute(
         delete(AuthToken).where(AuthToken.token_hash == _digest(secret), AuthToken.kind == kind)
     )
@@ -186,8 +193,9 @@ def revoke_token(session: Session, secret: str, kind: TokenKind) -> None:
 
 
 def purge_expired(session: Session, limits: throttle.SigninLimits, now: datetime) -> int:
-    """Delete expired tokens and sessions, and sign-in failures that no longer count.
-    Returns how many rows went. Commits."""
+    """Delete expired tokens and sessions, API tokens long expired, and sign-in failures
+    that no longer count. Returns how many rows went. Commits."""
     tokens = session.execute(delete(AuthToken).where(AuthToken.expires_at <= now))
     session.commit()
-    return int(tokens.rowcount) + throttle.purge(session, limits, now)  # type: ignore[attr-defined]
+    gone = int(tokens.rowcount)  # type: ignore[attr-defined]
+    return gone + purge_expired_api_tokens(session, now) + throttle.purge(session, limits, now)

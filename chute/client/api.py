@@ -20,7 +20,7 @@ import httpx
 
 from chute.client import sse
 from chute.client.errors import ApiError, ChuteClientError, detail_of
-from chute.client.models import Job, ServerConfig, UploadStatus
+from chute.client.models import ApiToken, Job, ServerConfig, UploadStatus
 from chute.client.progress import ProgressCallback
 from chute.client.retry import GaveUp, RetryPolicy
 from chute.client.stall import STALL_TIMEOUT, socket_options
@@ -96,6 +96,15 @@ class Client:
             client.close()
             raise
         return client
+
+    @classmethod
+    def from_env(cls, server: str | None = None, **options: Any) -> Client:
+        """A client for `server` (else CHUTE_SERVER, else the default) signed in with the
+        token in CHUTE_TOKEN: an API token (`chute token create`) or a sign-in's token."""
+        token = os.environ.get("CHUTE_TOKEN")
+        if not token:
+            raise ChuteClientError("CHUTE_TOKEN is not set: make a token with `chute token create`")
+        return cls(server or os.environ.get("CHUTE_SERVER") or DEFAULT_SERVER, token, **options)
 
     def zero_copy_address(self) -> tuple[str, int] | None:
         """Where chunks can be sent with sendfile (`zerocopy.py`): a plain http:// server
@@ -173,6 +182,25 @@ class Client:
     def me(self) -> dict[str, Any]:
         answer: dict[str, Any] = self._json("GET", "/api/auth/me")
         return answer
+
+    # --- API tokens -------------------------------------------------------------------
+
+    def create_api_token(self, name: str, *, expires_in_days: int | None = None) -> ApiToken:
+        """A new API token for scripts; its `secret` is in this answer only. The server
+        refuses this to a client signed in with an API token (403)."""
+        body: dict[str, Any] = {"name": name}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        # Not repeated on an answer lost: that could make two tokens.
+        return ApiToken.of(self._json("POST", "/api/tokens", json=body, safe_to_repeat=False))
+
+    def api_tokens(self) -> list[ApiToken]:
+        """Own API tokens, oldest first, with their last use; never their secrets."""
+        return [ApiToken.of(item) for item in self._json("GET", "/api/tokens")["items"]]
+
+    def revoke_api_token(self, token_id: int) -> None:
+        """The token stops working at once; `ApiError` 404 if it is not one of yours."""
+        self.request("DELETE", f"/api/tokens/{token_id}", safe_to_repeat=False)
 
     def config(self) -> ServerConfig:
         """The server's `/api/config`, fetched once per client."""

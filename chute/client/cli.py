@@ -1,8 +1,9 @@
-"""The user commands of `chute`: login, upload, jobs, status.
+"""The user commands of `chute`: login, upload, jobs, status, token.
 
 Where they find their server and token, first match wins:
 server: `--server`, `CHUTE_SERVER`, the server of the last `chute login`, the default;
-token: `CHUTE_TOKEN`, the token `chute login` stored for that server.
+token: `CHUTE_TOKEN` (an API token from `chute token create`, say), the token
+`chute login` stored for that server.
 
 Exit status: 0 done, 1 the server refused or the job did not succeed, 2 bad usage
 (a bad option or file), 130 interrupted (run the same command again to resume).
@@ -81,10 +82,16 @@ def _seconds_arg(text: str) -> float:
     return seconds
 
 
-def _job_id_arg(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a positive integer)")
-    return int(text)
+def _id_arg(what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a positive integer)")
+        return int(text)
+
+    return parse
+
+
+_job_id_arg = _id_arg("a job id")
 
 
 def _server(args: argparse.Namespace) -> str:
@@ -124,7 +131,11 @@ def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         print(f"chute: {render.clean(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except ApiError as exc:
-        hint = " Run `chute login` again, or set CHUTE_TOKEN." if exc.status == 401 else ""
+        hint = ""
+        if exc.status == 401 and os.environ.get("CHUTE_TOKEN"):
+            hint = " Check CHUTE_TOKEN (revoked or expired?), or unset it and run `chute login`."
+        elif exc.status == 401:
+            hint = " Run `chute login` again, or set CHUTE_TOKEN."
         detail = render.clean(exc.detail)
         print(f"chute: the server said: {detail} (HTTP {exc.status}).{hint}", file=sys.stderr)
         return EXIT_FAILED
@@ -311,11 +322,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- API tokens -------------------------------------------------------------------------
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            token = client.create_api_token(args.name, expires_in_days=args.expires)
+        except ApiError as exc:
+            if exc.status == 403 and os.environ.get("CHUTE_TOKEN"):
+                raise ChuteClientError(
+                    f"the server said: {exc.detail} (HTTP 403). CHUTE_TOKEN is set, and wins "
+                    "over the token of `chute login`: unset it for this command."
+                ) from None
+            raise
+    expires = (
+        f"it expires {render.when_text(token.expires_at)}"
+        if token.expires_at
+        else "it never expires"
+    )
+    err = _console(stderr=True)
+    err.print(f"API token {token.id} ({render.clean(token.name)}) made; {expires}.")
+    err.print("Copy the secret below now: it will not be shown again.")
+    # Alone on stdout, so `TOKEN=$(chute token create ci)` takes just the secret.
+    print(token.secret, flush=True)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        tokens = client.api_tokens()
+    _console().print(render.tokens_table(tokens) if tokens else "No API tokens.")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.revoke_api_token(args.id)
+    _console().print(f"API token {args.id} revoked; it no longer works.")
+    return 0
+
+
 # --- wiring -----------------------------------------------------------------------------
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register login, upload, jobs and status on the `chute` parser."""
+    """Register login, upload, jobs, status and token on the `chute` parser."""
     server_help = f"the Chute server (CHUTE_SERVER; default: last login, else {DEFAULT_SERVER})"
 
     login = commands.add_parser("login", help="sign in and store a token for later commands")
@@ -364,3 +416,22 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--wait", action="store_true", help="follow the job until it ends, then show it"
     )
     status.set_defaults(func=lambda a: _run(cmd_status, a))
+
+    token = commands.add_parser("token", help="API tokens for scripts and pipelines")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create", help="make a token; its secret is printed once, on stdout"
+    )
+    create.add_argument("name", help="what it is for, e.g. nightly-export (1-100 characters)")
+    create.add_argument(
+        "--expires", type=_count_arg(1, 3650), metavar="DAYS", help="expire after DAYS days"
+    )
+    create.add_argument("--server", help=server_help)
+    create.set_defaults(func=lambda a: _run(cmd_token_create, a))
+    listing = token_commands.add_parser("list", help="your tokens, with their last use")
+    listing.add_argument("--server", help=server_help)
+    listing.set_defaults(func=lambda a: _run(cmd_token_list, a))
+    revoke = token_commands.add_parser("revoke", help="revoke a token: it stops working at once")
+    revoke.add_argument("id", type=_id_arg("a token id"), help="its id, from `chute token list`")
+    revoke.add_argument("--server", help=server_help)
+    revoke.set_defaults(func=lambda a: _run(cmd_token_revoke, a))

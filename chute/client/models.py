@@ -102,3 +102,33 @@ class ServerConfig:
             max_file_bytes=int(data["max_file_bytes"]),
             parallel_chunks=int(data["parallel_chunks"]),
         )
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One of the user's API tokens (`GET /api/tokens`); `secret` only in the answer that
+    made it (`Client.create_api_token`), never again."""
+
+    id: int
+    name: str
+    created_at: str
+    expires_at: str | None
+    expired: bool
+    # Written by the server at most once a minute.
+    last_used_at: str | None
+    secret: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> ApiToken:
+        secret = data.get("secret")
+        return cls(
+            id=int(data["id"]),
+            name=str(data["name"]),
+            created_at=str(data.get("created_at", "")),
+            expires_at=data.get("expires_at"),
+            expired=bool(data.get("expired", False)),
+            last_used_at=data.get("last_used_at"),
+            secret=str(secret) if secret is not None else None,
+            raw=data,
+        )

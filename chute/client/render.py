@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from chute.client.models import Job
+from chute.client.models import ApiToken, Job
 
 PROFILE_KEYS = {"rows", "columns", "preview", "rejects", "dialect", "input", "parquet"}
 PREVIEW_ROWS = 10
@@ -88,6 +89,32 @@ def jobs_table(jobs: list[Job]) -> Table:
     table = _table(["id", "name", "kind", "status", "upload", "created"], box=None)
     for job in jobs:
         cells = (job.id, job.name, job.kind, job.status, upload_text(job), job.created_at)
+        table.add_row(*(_text(value) for value in cells))
+    return table
+
+
+def when_text(iso: str | None, none: str = "never") -> str:
+    """An API time as people read it, to the minute: `2026-12-02 09:40 UTC`."""
+    if not iso:
+        return none
+    try:
+        moment = datetime.fromisoformat(iso).astimezone(UTC)
+    except ValueError:
+        return iso
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def tokens_table(tokens: list[ApiToken]) -> Table:
+    table = _table(["id", "name", "created", "expires", "last used"], box=None)
+    for token in tokens:
+        expires = when_text(token.expires_at)
+        cells = (
+            token.id,
+            token.name,
+            when_text(token.created_at),
+            f"expired {expires}" if token.expired else expires,
+            when_text(token.last_used_at),
+        )
         table.add_row(*(_text(value) for value in cells))
     return table
 

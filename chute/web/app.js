@@ -1,6 +1,7 @@
 // The Chute page: sign in, jobs, uploads, live job status and results.
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
 import { adminLink, openAdmin } from "./admin.js";
+import { openTokens } from "./tokens.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -157,7 +158,10 @@ async function route() {
     return;
   }
   const match = location.hash.match(/^#\/job\/(\d+)$/);
-  if (match) await openJob(Number(match[1]));
+  if (location.hash === "#/tokens") {
+    showView("tokens");
+    await openTokens({ api, clean, when });
+  } else if (match) await openJob(Number(match[1]));
   else if (location.hash === "#/admin" && state.me.is_admin) await openAdmin({ api, clean, showView, me: state.me });
   else await openJobs();
 }

@@ -3,9 +3,13 @@
 //   node oidc_provider.mjs CONFIG.json
 //
 // CONFIG: {"port", "keys": [private JWKs], "resources": [audiences it issues tokens for],
-//          "clients": [{"id", "secret", "alg", "name"?, "clock"?}]}
+//          "clients": [{"id", "secret", "alg", "name"?, "clock"?}],
+//          "browser_clients"?: [{"id", "alg", "redirect_uris"}]}
 // Each client gets JWT access tokens through the client credentials grant (no browser),
 // signed with its `alg`; its tokens' `sub` is its id, and `preferred_username` its `name`.
+// A browser client is a page (no secret) that signs a person in: the authorization code
+// flow with PKCE, through the provider's own development login form, where any name
+// signs in; that person's tokens' `sub` and `preferred_username` are the name typed.
 // `clock` shifts the times in its tokens: "expired" (exp 10 minutes ago) or "future" (nbf
 // in 10 minutes), so the tests need not wait for a token to age.
 // Prints `ready <issuer>` once it listens. GET /_test/counts gives the requests per path
@@ -17,20 +21,30 @@ import Provider, { errors } from "oidc-provider";
 
 const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const issuer = `http://127.0.0.1:${config.port}`;
-const clients = new Map(config.clients.map((client) => [client.id, client]));
+const browserClients = config.browser_clients ?? [];
+const clients = new Map([...config.clients, ...browserClients].map((client) => [client.id, client]));
 const now = () => Math.floor(Date.now() / 1000);
 
 const provider = new Provider(issuer, {
   jwks: { keys: config.keys },
-  clients: config.clients.map((client) => ({
-    client_id: client.id,
-    client_secret: client.secret,
-    grant_types: ["client_credentials"],
-    redirect_uris: [],
-    response_types: [],
-  })),
+  clients: [
+    ...config.clients.map((client) => ({
+      client_id: client.id,
+      client_secret: client.secret,
+      grant_types: ["client_credentials"],
+      redirect_uris: [],
+      response_types: [],
+    })),
+    ...browserClients.map((client) => ({
+      client_id: client.id,
+      token_endpoint_auth_method: "none",
+      grant_types: ["authorization_code"],
+      redirect_uris: client.redirect_uris,
+      response_types: ["code"],
+    })),
+  ],
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: browserClients.length > 0 },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -51,6 +65,9 @@ const provider = new Provider(issuer, {
     },
   },
   extraTokenClaims(ctx, token) {
+    if (token.accountId) {
+      return { preferred_username: token.accountId };
+    }
     const name = clients.get(token.clientId)?.name;
     return name === undefined ? undefined : { preferred_username: name };
   },

@@ -9,7 +9,6 @@ made here with joserfc. The rules one by one are in test_oidc_tokens.py.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -18,137 +17,32 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from joserfc import jws
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import RSAKey
 
-from tests.conftest import EMBEDDED, Client, Server, free_port, serving
+from tests.auth.provider import (
+    AUDIENCE,
+    OTHER_AUDIENCE,
+    Provider,
+    key_set,
+    oidc_settings,
+    provider_running,
+    require_provider,
+)
+from tests.conftest import EMBEDDED, Client, Server, serving
 from tests.factories import csv_bytes, sha256
 
-HERE = Path(__file__).resolve().parent
-AUDIENCE = "https://chute.test"
-OTHER_AUDIENCE = "https://other-app.test"
 TUS = {"Tus-Resumable": "1.0.0"}
-# The provider's clients: their id is the tokens' `sub`, `name` their preferred_username.
-CLIENTS = [
-    {"id": "alice-app", "secret": "alice-secret", "alg": "RS256", "name": "alice"},
-    {"id": "bob-app", "secret": "bob-secret", "alg": "ES256", "name": "bob"},
-    {"id": "carol-app", "secret": "carol-secret", "alg": "EdDSA"},
-    {"id": "dave-app", "secret": "dave-secret", "alg": "EdDSA", "name": "dave"},
-    {"id": "late-app", "secret": "late-secret", "alg": "RS256", "clock": "expired"},
-    {"id": "early-app", "secret": "early-secret", "alg": "ES256", "clock": "future"},
-]
-SECRETS = {c["id"]: c["secret"] for c in CLIENTS}
-
-
-def key_set(generation: str) -> list[dict[str, Any]]:
-    """A private key of each type, with key ids of this generation."""
-    keys: list[RSAKey | ECKey | OKPKey] = [
-        RSAKey.generate_key(2048, parameters={"kid": f"{generation}-rsa"}),
-        ECKey.generate_key("P-256", parameters={"kid": f"{generation}-ec"}),
-        OKPKey.generate_key("Ed25519", parameters={"kid": f"{generation}-ed"}),
-    ]
-    return [dict(key.as_dict(private=True)) for key in keys]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def provider_installed() -> None:
-    if (HERE / "node_modules" / "oidc-provider").is_dir():
-        return
-    reason = "oidc-provider is not installed: `npm ci` in tests/auth (make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-@dataclass
-class Provider:
-    """A running oidc-provider on a loopback port of its own, kept across restarts."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, keys: list[dict[str, Any]]) -> None:
-        config = self.workdir / f"provider-{self.port}.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "port": self.port,
-                    "keys": keys,
-                    "resources": [AUDIENCE, OTHER_AUDIENCE],
-                    "clients": CLIENTS,
-                }
-            )
-        )
-        with (self.workdir / f"provider-{self.port}.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                ["node", str(HERE / "oidc_provider.mjs"), str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=HERE,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"oidc-provider exited: {self.log()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.issuer}/_test/counts", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"oidc-provider did not answer in 30 s: {self.log()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)
-            self.process.wait(timeout=30)
-
-    def log(self) -> str:
-        return (self.workdir / f"provider-{self.port}.log").read_text(errors="replace")
-
-    def token(self, client: str = "alice-app", resource: str = AUDIENCE) -> str:
-        answer = httpx.post(
-            f"{self.issuer}/token",
-            data={"grant_type": "client_credentials", "resource": resource},
-            auth=(client, SECRETS[client]),
-            timeout=10,
-        )
-        assert answer.status_code == 200, answer.text
-        token: str = answer.json()["access_token"]
-        return token
-
-    def key_fetches(self) -> int:
-        counts: dict[str, int] = httpx.get(f"{self.issuer}/_test/counts", timeout=5).json()
-        return counts.get("/jwks", 0)
-
-
-@contextlib.contextmanager
-def provider_running(workdir: Path, keys: list[dict[str, Any]] | None = None) -> Iterator[Provider]:
-    provider = Provider(workdir)
-    provider.start(keys or key_set("first"))
-    try:
-        yield provider
-    finally:
-        provider.stop()
-
-
-def oidc_settings(provider: Provider, **more: str) -> dict[str, str]:
-    return {
-        "CHUTE_OIDC_ISSUER": provider.issuer,
-        "CHUTE_OIDC_AUDIENCE": AUDIENCE,
-        "CHUTE_OIDC_JWKS_MIN_INTERVAL": "1",
-        **more,
-    }
+    require_provider()
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,52 @@
 // One file into a Chute job, with the application's bearer token and a progress bar.
 //
-// In an application the token comes from its sign-in library, asked again before each
-// request so that a refreshed token is used; here it is typed into the page (Chute gives
-// one for a local user at POST /api/auth/token), and read anew on every request.
+// The token is the one the application's OpenID Connect provider gives the person who
+// signs in (authorization code flow with PKCE, by oidc-client-ts), for Chute's audience:
+// Chute takes it when CHUTE_OIDC_ISSUER names that provider. It is asked for again before
+// each request, so a renewed token is used. Without a provider configured, a token can be
+// typed in instead (Chute gives one for a local user at POST /api/auth/token).
 import { Uploader } from "@chute/uploader";
+import { UserManager } from "oidc-client-ts";
 import { useEffect, useRef, useState } from "react";
 
 // "" (the default) is the page's own origin: vite.config.js passes /api/ on to Chute.
 const CHUTE_URL = import.meta.env.VITE_CHUTE_URL ?? "";
 const FINISHED = ["succeeded", "failed", "cancelled", "upload_expired"];
 
+// The provider, set when the page is built: VITE_OIDC_ISSUER, VITE_OIDC_CLIENT_ID and
+// VITE_OIDC_AUDIENCE (Chute's CHUTE_OIDC_AUDIENCE, asked for as a resource indicator).
+const OIDC_ISSUER = import.meta.env.VITE_OIDC_ISSUER ?? "";
+const OIDC_AUDIENCE = import.meta.env.VITE_OIDC_AUDIENCE ?? "";
+const provider = OIDC_ISSUER
+  ? new UserManager({
+      authority: OIDC_ISSUER,
+      client_id: import.meta.env.VITE_OIDC_CLIENT_ID ?? "",
+      redirect_uri: `${window.location.origin}/`,
+      scope: import.meta.env.VITE_OIDC_SCOPE ?? "openid",
+      extraQueryParams: OIDC_AUDIENCE ? { resource: OIDC_AUDIENCE } : {},
+      extraTokenParams: OIDC_AUDIENCE ? { resource: OIDC_AUDIENCE } : {},
+    })
+  : null;
+
+// The provider's signed-in person, or null; a return from the provider is taken first.
+async function signedIn() {
+  if (!provider) return null;
+  if (new URLSearchParams(window.location.search).has("code")) {
+    const user = await provider.signinRedirectCallback();
+    window.history.replaceState(null, "", window.location.pathname);
+    return user;
+  }
+  const user = await provider.getUser();
+  return user && !user.expired ? user : null;
+}
+// Once per page load (a return's code can be exchanged only once).
+const arrival = signedIn();
+
 export function App() {
   const [token, setToken] = useState("");
   const tokenRef = useRef(token);
   tokenRef.current = token;
+  const [person, setPerson] = useState(null);
   const [jobField, setJobField] = useState("");
   const [file, setFile] = useState(null);
   const [progress, setProgress] = useState(null);
@@ -23,8 +56,17 @@ export function App() {
   const [error, setError] = useState("");
   const uploader = useRef(null);
 
-  // The application's token, asked for before every request.
-  const headers = async () => ({ Authorization: `Bearer ${tokenRef.current.trim()}` });
+  useEffect(() => {
+    arrival.then(setPerson, (refused) => setError(refused.message));
+  }, []);
+
+  // The application's token, asked for before every request: the provider's, else the
+  // one typed in.
+  async function headers() {
+    const user = provider && (await provider.getUser());
+    const secret = user && !user.expired ? user.access_token : tokenRef.current.trim();
+    return { Authorization: `Bearer ${secret}` };
+  }
 
   async function upload(event) {
     event.preventDefault();
@@ -76,6 +118,17 @@ export function App() {
   return (
     <main>
       <h1>Upload a CSV file into Chute</h1>
+      {provider && (
+        <p>
+          {person ? (
+            `Signed in as ${person.profile.sub}`
+          ) : (
+            <button type="button" onClick={() => provider.signinRedirect()}>
+              Sign in
+            </button>
+          )}
+        </p>
+      )}
       <form onSubmit={upload}>
         <p>
           <label>
