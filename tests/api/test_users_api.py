@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from chute.auth.service import add_user, issue_token
-from chute.db.models import TokenKind
+from chute.db.models import ApiToken, TokenKind
 from tests.api.inprocess import App, TestClient, app_in_process
 
 PASSWORD = "pw-for-tests"
@@ -186,6 +187,28 @@ def test_a_disabled_user_is_refused_at_once_and_enabled_again(app: App) -> None:
     assert again.status_code == 200
     assert bob.get("/api/auth/me").status_code == 401
     assert browser.get("/api/auth/me").status_code == 401
+
+
+def test_api_tokens_follow_their_user(app: App) -> None:
+    """An API token is kept while its user is disabled, refused until enabled, and
+    deleted with its user."""
+    admin = signed_in(app, admin=True)
+    owner = signed_in(app)
+    owner_id = me(owner)["id"]
+    made = owner.post("/api/tokens", json={"name": "pipeline"})
+    assert made.status_code == 201, made.text
+    pipeline = TestClient(app.http.app, base_url="http://testserver")
+    pipeline.headers["Authorization"] = f"Bearer {made.json()['secret']}"
+    assert pipeline.get("/api/job").status_code == 200
+    assert admin.post(f"/api/users/{owner_id}/disable").status_code == 200
+    assert pipeline.get("/api/job").status_code == 401
+    assert admin.post(f"/api/users/{owner_id}/enable").status_code == 200
+    assert pipeline.get("/api/job").status_code == 200
+    assert admin.delete(f"/api/users/{owner_id}").status_code == 204
+    assert pipeline.get("/api/job").status_code == 401
+    with app.runtime.sessions() as session:
+        left = session.scalars(select(ApiToken).where(ApiToken.user_id == owner_id)).all()
+    assert left == []
 
 
 @pytest.mark.parametrize("user_id", ["999999", "0", "-5", str(2**31), str(2**63), str(10**30)])
