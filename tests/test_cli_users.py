@@ -7,6 +7,7 @@ import secrets
 import subprocess
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from tests.conftest import Server, ServerFactory, storage_holds
 from tests.factories import csv_bytes
@@ -153,3 +154,22 @@ def test_passwd_sets_a_new_password_and_ends_sessions(server: Server) -> None:
     assert token(server, name, "new pw").status_code == 200
     refused(server.cli("user", "passwd", name, stdin="\n"), "password: must not be empty")
     assert token(server, name, "new pw").status_code == 200
+
+
+def test_list_escapes_names_an_older_server_stored(server: Server) -> None:
+    """Names are checked when made; one written by other means is still printed safely."""
+    name = f"old-{secrets.token_hex(3)}"
+    assert server.cli("user", "add", name, stdin="pw\n").returncode == 0
+    engine = create_engine(server.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE users SET username = :new WHERE username = :old"),
+                {"new": f"{name}\x1b]0;pwned\x07", "old": name},
+            )
+    finally:
+        engine.dispose()
+    result = server.cli("user", "list")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert f"{name}\\x1b]0;pwned\\x07" in result.stdout
