@@ -22,6 +22,7 @@ from chute.api import (
     events,
     health,
     jobs,
+    metrics,
     openapi,
     results,
     tus,
@@ -71,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, users, jobs, uploads, tus, results, events, webhooks, config):
+    for module in (auth, users, jobs, uploads, tus, results, events, webhooks, config, metrics):
         app.include_router(module.router)
     checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.
@@ -95,7 +96,8 @@ class _ChuteApp(FastAPI):
         # Around Starlette's error middleware too, so a 500 carries nosniff and no-store,
         # and a foreign front end can read the `detail` of every error, a 500's included.
         stack = with_cors(super().build_middleware_stack(), list(self.cors_origins))
-        return AnswerHeaders(tus.TusResumable(stack))
+        # Outermost, so each request is timed whole and counted with the status it got.
+        return metrics.RequestMetrics(AnswerHeaders(tus.TusResumable(stack)), self.routes)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -14,6 +14,9 @@ protocol; request bodies are limited in `chute.api.limits`, whatever the server.
 Request bodies reach the application in batches (`BodyBatches`), not in the 64 KiB
 pieces a socket read gives, so a 100 MiB upload costs a few hundred wake-ups of the
 request's task instead of a few thousand.
+
+The API processes and the embedded worker count for `GET /metrics` in one directory of
+this server's own (`metrics_dir`), so a scrape in any of them sees the sums of all.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
+import shutil
 import signal
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import ClassVar
 
@@ -183,6 +191,26 @@ def _protocol(settings: Settings) -> type[HeaderDeadline]:
         waiting: ClassVar[dict[HeaderDeadline, None]] = {}
 
     return Configured
+
+
+# prometheus_client's own name for it (`chute.metrics`).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[Path]:
+    """A new, empty directory in PROMETHEUS_MULTIPROC_DIR while the block runs, for this
+    process and the ones it starts, which inherit it; removed after.
+
+    To be entered before anything imports prometheus_client (`chute.metrics`), which reads
+    the variable once, at import. New at every start, so no count of an earlier run is
+    added in, whatever the variable said before: the directory is this server's alone."""
+    directory = Path(tempfile.mkdtemp(prefix="chute-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def raise_open_files_limit() -> None:
