@@ -179,7 +179,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from chute.metrics import serve_on_port
 
-        serve_on_port(args.metrics_host, args.metrics_port)
+        try:
+            serve_on_port(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            raise SystemExit(
+                f"chute: cannot answer metrics on {args.metrics_host}:{args.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
     run_worker(settings, threads=args.threads)
     return 0
 
@@ -226,6 +232,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"not a port from 1 to 65535: {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chute", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=2, help="jobs run at once (default 2)")
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         help="answer Prometheus scrapes of this worker's job and sweeper figures on this port "
         "(for a worker that `chute serve` did not start; no sign-in: keep it private)",
     )
