@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if prepared.returncode != 0:
         return prepared.returncode
     # The API processes and the embedded worker count for /metrics in one place.
-    with metrics_dir():
+    with metrics_dir(settings.data_dir):
         return _serve(args, settings)
 
 

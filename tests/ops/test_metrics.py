@@ -11,6 +11,8 @@ checked in-process too, where it costs milliseconds.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from chute.db.models import Job, JobStatus, User, utcnow
+from chute.serve import METRICS_DIR_ENV, metrics_dir
 from tests.api.inprocess import App, app_in_process
 from tests.conftest import Server, ServerFactory, free_port
 from tests.factories import chunk_fields, csv_bytes, csv_of_size, split
@@ -113,11 +116,8 @@ def send_chunk(
 
 
 def test_two_api_processes_report_one_total(make_server: ServerFactory, tmp_path: Path) -> None:
-    # The server's temporary directory, so the test finds its metrics directory in it.
-    server_tmp = tmp_path / "server-tmp"
-    server_tmp.mkdir()
-    server = make_server("--workers", "2", TMPDIR=str(server_tmp))
-    (metrics_dir,) = server_tmp.glob("chute-metrics-*")
+    server = make_server("--workers", "2")
+    (metrics_dir,) = (path for path in (server.data_dir / "metrics").iterdir() if path.is_dir())
     admin = admin_headers(server)
     user = server.client()
     auth = {"Authorization": user.http.headers["Authorization"]}
@@ -354,3 +354,35 @@ def test_routes_are_labelled_by_their_templates(app: App) -> None:
     assert grew("/api/job", "POST", "413") == 1
     routes = {dict(labels).get("route") for (_, labels) in after}
     assert not any(route and ("123456789" in route or "nothing" in route) for route in routes)
+
+
+def test_a_start_removes_only_the_metrics_dirs_of_servers_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `chute serve` holds a lock beside its directory while it runs; the kernel lets
+    go when it dies (SIGKILL too), and the next start removes what it left."""
+    monkeypatch.delenv(METRICS_DIR_ENV, raising=False)
+    root = tmp_path / "metrics"
+    root.mkdir()
+    gone = root / "serve-1-aaaa"
+    gone.mkdir()
+    (gone / "counter_1.db").write_bytes(b"left by a killed server")
+    (root / "serve-1-aaaa.lock").touch()
+    half = root / "serve-2-bbbb"  # its server died while removing it: no lock left
+    half.mkdir()
+    live = root / "serve-3-cccc"
+    live.mkdir()
+    (live / "counter_3.db").write_bytes(b"a running server's")
+    live_lock = root / "serve-3-cccc.lock"
+    live_lock.touch()
+    with live_lock.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the running server holds it
+        with metrics_dir(tmp_path) as mine:
+            assert os.environ[METRICS_DIR_ENV] == str(mine)
+            assert list(mine.iterdir()) == []
+            assert sorted(p.name for p in root.iterdir()) == sorted(
+                [live.name, live_lock.name, mine.name, f"{mine.name}.lock"]
+            )
+        assert sorted(p.name for p in root.iterdir()) == [live.name, live_lock.name]
+    assert METRICS_DIR_ENV not in os.environ
+    assert (live / "counter_3.db").read_bytes() == b"a running server's"
