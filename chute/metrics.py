@@ -3,7 +3,7 @@
 Counted where it happens, once for both upload protocols: bytes and chunks in the upload
 core's record (`chute.upload.core.record_parts`), refusals at the upload routes
 (`chute.api.metrics`), requests by one ASGI middleware, job runs where a worker ends them
-(`chute.jobs.runner`), expired uploads where the sweeper marks them.
+(`chute.jobs.runner`), expired uploads where the sweeper marks them (in the core too).
 
 Several processes count: `chute serve --workers N` runs N API processes, and beside them
 the embedded deployment's worker. `chute serve` gives them all one new directory in

@@ -123,7 +123,8 @@ def test_two_api_processes_report_one_total(make_server: ServerFactory, tmp_path
     auth = {"Authorization": user.http.headers["Authorization"]}
 
     # Good chunks, each on a new connection, until both API processes have recorded some
-    # (two rounds of eight are all but always enough; five make it certain enough).
+    # (the kernel gives each to either with even odds: one round of eight all but always
+    # does; five make it certain enough).
     jobs: list[int] = []
     chunks = sent = 0
     for round_ in range(5):
