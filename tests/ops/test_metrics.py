@@ -245,9 +245,14 @@ def test_two_api_processes_report_one_total(make_server: ServerFactory, tmp_path
 
 def test_public_metrics_and_a_workers_own_port(make_server: ServerFactory) -> None:
     """CHUTE_METRICS_PUBLIC: no sign-in. A worker that `serve` did not start (another host's,
-    in scale-out) answers for its runs on `--metrics-port`; the API's figures of jobs come
-    from the database, which is right wherever the worker ran."""
-    server = make_server("--no-worker", CHUTE_METRICS_PUBLIC="1")
+    in scale-out) answers for its runs and its sweeper's expiries on `--metrics-port`; the
+    API's figures of jobs come from the database, which is right wherever the worker ran."""
+    server = make_server(
+        "--no-worker",
+        CHUTE_METRICS_PUBLIC="1",
+        CHUTE_UPLOAD_EXPIRY="1",
+        CHUTE_SWEEP_INTERVAL="0.2",
+    )
     port = free_port()
     assert server.log_path is not None
     with server.log_path.open("ab") as log:
@@ -263,15 +268,22 @@ def test_public_metrics_and_a_workers_own_port(make_server: ServerFactory) -> No
         user = server.client()
         job_id = user.new_job("on another worker")
         user.upload(job_id, csv_bytes(300))
+        left = user.new_job("left unfinished")
+        data = csv_bytes(300)
+        assert user.send_chunk(left, 0, 2, data[:100]).status_code == 200
         assert user.wait_for(job_id, "succeeded", "failed", timeout=60)["status"] == "succeeded"
+        user.wait_for(left, "upload_expired", timeout=30)
         own = scrape(f"http://127.0.0.1:{port}")
         assert (
             value(own, "chute_job_run_duration_seconds_count", kind="profile", status="succeeded")
             == 1
         )
+        assert value(own, "chute_uploads_expired_total") == 1
         api = scrape(server.url)  # no token
         assert value(api, "chute_jobs", kind="profile", status="succeeded") == 1
+        assert value(api, "chute_jobs", kind="profile", status="upload_expired") == 1
         assert value(api, "chute_uploads_completed_total") == 1
+        assert value(api, "chute_upload_chunks_recorded_total") == 2
         assert (
             value(api, "chute_job_run_duration_seconds_count", kind="profile", status="succeeded")
             == 0
