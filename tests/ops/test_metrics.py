@@ -76,7 +76,7 @@ def scrape(url: str, headers: dict[str, str] | None = None) -> Samples:
     return parse(answer.text)
 
 
-def per_process(metrics_dir: Path, work: Path, name: str) -> dict[int, float]:
+def per_process(metrics_dir: Path, work: Path, name: str, **labels: str) -> dict[int, float]:
     """A counter's value in each process's own file (`counter_<pid>.db`), each read alone
     by prometheus_client's multi-process collector from a copy of that one file."""
     found = {}
@@ -87,7 +87,7 @@ def per_process(metrics_dir: Path, work: Path, name: str) -> dict[int, float]:
         shutil.copy(path, alone)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        found[pid] = value(parse_registry(registry), name)
+        found[pid] = value(parse_registry(registry), name, **labels)
     return found
 
 
@@ -241,6 +241,23 @@ def test_two_api_processes_report_one_total(make_server: ServerFactory, tmp_path
     }
     assert value(samples, "chute_queue_depth") == 0
     assert value(samples, "chute_queue_oldest_age_seconds") == 0
+
+    # Whichever process takes the scrape, the sums are the same: scraped on new
+    # connections until each API process has answered some.
+    for _ in range(20):
+        again = scrape(server.url, admin)
+        assert value(again, "chute_upload_bytes_received_total") == sent + len(tus_data)
+        answered = per_process(
+            metrics_dir,
+            tmp_path,
+            "chute_http_requests_total",
+            route="/metrics",
+            method="GET",
+            status="200",
+        )
+        if len([n for n in answered.values() if n]) >= 2:
+            break
+    assert len([n for n in answered.values() if n]) >= 2, answered
 
 
 def test_public_metrics_and_a_workers_own_port(make_server: ServerFactory) -> None:
