@@ -11,6 +11,7 @@ checked in-process too, where it costs milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -26,12 +27,23 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from sqlalchemy import update
 
+from chute.auth.service import add_user
+from chute.db.migrate import upgrade
 from chute.db.models import Job, JobStatus, User, utcnow
+from chute.db.session import make_engine, make_sessionmaker
+from chute.metrics import DatabaseCollector
 from chute.serve import METRICS_DIR_ENV, metrics_dir
 from tests.api.inprocess import App, app_in_process
-from tests.conftest import Server, ServerFactory, free_port
+from tests.conftest import (
+    Server,
+    ServerFactory,
+    free_port,
+    postgres_database,
+    require_services,
+)
 from tests.factories import chunk_fields, csv_bytes, csv_of_size, split
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -91,7 +103,7 @@ def per_process(metrics_dir: Path, work: Path, name: str, **labels: str) -> dict
     return found
 
 
-def parse_registry(registry: CollectorRegistry) -> Samples:
+def parse_registry(registry: Collector) -> Samples:
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in registry.collect()
@@ -326,34 +338,56 @@ def admin_client(app: App) -> httpx.Client:
     return client
 
 
-def test_queue_depth_and_the_oldest_queued_jobs_age_come_from_the_database(app: App) -> None:
-    client = admin_client(app)
-    now = utcnow()
-    with app.runtime.sessions() as session:
-        user_id = session.query(User.id).scalar()
-        for status, age in [
-            (JobStatus.QUEUED, 100),
-            (JobStatus.QUEUED, 10),
-            (JobStatus.RUNNING, 500),
-            (JobStatus.FAILED, 900),
-        ]:
-            session.add(
-                Job(
-                    user_id=user_id,
-                    name=f"{status} {age}",
-                    kind="profile",
-                    status=status,
-                    updated_at=now - timedelta(seconds=age),
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_queue_depth_and_the_oldest_queued_jobs_age_come_from_the_database(
+    database: str, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            require_services(redis=False)
+            url = stack.enter_context(postgres_database())
+        else:
+            url = f"sqlite:///{tmp_path / 'chute.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        sessions = make_sessionmaker(engine)
+        now = utcnow()
+        with sessions() as session:
+            user = add_user(session, "someone", "pw-for-tests")
+            for kind, status, age in [
+                ("profile", JobStatus.QUEUED, 100),
+                ("profile", JobStatus.QUEUED, 10),
+                ("other", JobStatus.QUEUED, 50),
+                ("profile", JobStatus.RUNNING, 500),
+                ("profile", JobStatus.FAILED, 900),
+            ]:
+                session.add(
+                    Job(
+                        user_id=user.id,
+                        name=f"{status} {age}",
+                        kind=kind,
+                        status=status,
+                        updated_at=now - timedelta(seconds=age),
+                    )
                 )
-            )
-        session.commit()
-    samples = scrape_in_process(client)
-    assert value(samples, "chute_queue_depth") == 2
+            session.commit()
+        samples = parse_registry(DatabaseCollector(sessions, ["profile"]))
+    assert value(samples, "chute_queue_depth") == 3
     assert 100 <= value(samples, "chute_queue_oldest_age_seconds") < 130
     assert by_label(samples, "chute_jobs", "status") == {"queued": 2, "running": 1, "failed": 1}
-    # Every status of every kind is a series, at 0 until a job has it.
-    assert value(samples, "chute_jobs", kind="profile", status="cancelled") == 0
+    assert value(samples, "chute_jobs", kind="profile", status="queued") == 2
+    # A kind the server no longer runs still shows while it has jobs.
+    assert value(samples, "chute_jobs", kind="other", status="queued") == 1
+    # Every status of every kind the server runs is a series, at 0 until a job has it.
     assert ("chute_jobs", frozenset({("kind", "profile"), ("status", "cancelled")})) in samples
+    assert ("chute_jobs", frozenset({("kind", "other"), ("status", "cancelled")})) not in samples
+
+
+def test_an_empty_queue_is_0_deep_and_0_old(app: App) -> None:
+    samples = scrape_in_process(admin_client(app))
+    assert value(samples, "chute_queue_depth") == 0
+    assert value(samples, "chute_queue_oldest_age_seconds") == 0
 
 
 def scrape_in_process(client: httpx.Client) -> Samples:
