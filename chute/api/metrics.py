@@ -2,8 +2,9 @@
 one pure ASGI middleware, and the refusals of the upload routes, by a dependency.
 
 /metrics answers admins only (a bearer token or a session of an admin), or anyone with
-CHUTE_METRICS_PUBLIC. It is kept out of the OpenAPI document, like the other operations
-routes a monitor rather than a client reads; the README's "Metrics" lists its series.
+CHUTE_METRICS_PUBLIC. It is kept out of the OpenAPI document: its answer is Prometheus'
+text, for a monitor, not JSON for the API's clients; the README's "Metrics" lists its
+series.
 """
 
 from __future__ import annotations

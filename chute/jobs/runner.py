@@ -211,8 +211,9 @@ def _finish(rt: Runtime, claim: Claim, to: JobStatus, **values: Any) -> bool:
             job_changed(session, claim.job_id, to)
         session.commit()
     if done:
-        job_run_ended(claim.kind, to.value, time.monotonic() - claim.t0)
-        seconds = round(time.monotonic() - claim.t0, 3)
+        elapsed = time.monotonic() - claim.t0
+        job_run_ended(claim.kind, to.value, elapsed)
+        seconds = round(elapsed, 3)
         extra = {**_fields(claim, to.value), "seconds": seconds}
         log.info("job %s: %s after %.2f s", claim.job_id, to.value, seconds, extra=extra)
     return done
