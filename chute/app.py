@@ -22,6 +22,7 @@ from chute.api import (
     events,
     health,
     jobs,
+    metrics,
     openapi,
     results,
     tokens,
@@ -72,7 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, users, tokens, jobs, uploads, tus, results, events, webhooks, config):
+    modules = (auth, users, tokens, jobs, uploads, tus, results, events, webhooks, config, metrics)
+    for module in modules:
         app.include_router(module.router)
     checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.
@@ -96,7 +98,8 @@ class _ChuteApp(FastAPI):
         # Around Starlette's error middleware too, so a 500 carries nosniff and no-store,
         # and a foreign front end can read the `detail` of every error, a 500's included.
         stack = with_cors(super().build_middleware_stack(), list(self.cors_origins))
-        return AnswerHeaders(tus.TusResumable(stack))
+        # Outermost, so each request is timed whole and counted with the status it got.
+        return metrics.RequestMetrics(AnswerHeaders(tus.TusResumable(stack)), self.routes)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -135,7 +135,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from chute.serve import serve, stop_with_parent
+    from chute.serve import metrics_dir
 
     settings = _settings()
     # Migrations and the first user in a process of their own: what they import and
@@ -143,6 +143,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     prepared = subprocess.run([sys.executable, "-m", "chute", "migrate"], check=False)
     if prepared.returncode != 0:
         return prepared.returncode
+    # The API processes and the embedded worker count for /metrics in one place.
+    with metrics_dir(settings.data_dir):
+        return _serve(args, settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from chute.serve import serve, stop_with_parent
+
     worker = None
     if not settings.embedded_queue:
         # Scale-out: API processes only; `chute worker` runs jobs, on any number of hosts.
@@ -172,6 +180,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _prepare(settings)
+    if args.metrics_port:
+        from chute.metrics import serve_on_port
+
+        try:
+            serve_on_port(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            raise SystemExit(
+                f"chute: cannot answer metrics on {args.metrics_host}:{args.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
     run_worker(settings, threads=args.threads)
     return 0
 
@@ -355,6 +373,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"not a port from 1 to 65535: {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chute", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -375,6 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a job worker")
     worker.add_argument("--threads", type=int, default=2, help="jobs run at once (default 2)")
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="answer Prometheus scrapes of this worker's job and sweeper figures on this port "
+        "(for a worker that `chute serve` did not start; no sign-in: keep it private)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (default 127.0.0.1)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     user = commands.add_parser("user", help="manage users")

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # Deliveries one worker sends at once, on threads of their own (never a job's).
     webhook_threads: int = Field(4, ge=1, le=64)
 
+    # GET /metrics (DESIGN §8) answers anyone, not only admins: for a Prometheus that
+    # reaches Chute only over a private network, or through a proxy that guards /metrics.
+    metrics_public: bool = False
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

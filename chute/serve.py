@@ -14,6 +14,9 @@ protocol; request bodies are limited in `chute.api.limits`, whatever the server.
 Request bodies reach the application in batches (`BodyBatches`), not in the 64 KiB
 pieces a socket read gives, so a 100 MiB upload costs a few hundred wake-ups of the
 request's task instead of a few thousand.
+
+The API processes and the embedded worker count for `GET /metrics` in one directory of
+this server's own (`metrics_dir`), so a scrape in any of them sees the sums of all.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
+import secrets
+import shutil
 import signal
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import ClassVar
 
@@ -183,6 +192,65 @@ def _protocol(settings: Settings) -> type[HeaderDeadline]:
         waiting: ClassVar[dict[HeaderDeadline, None]] = {}
 
     return Configured
+
+
+# prometheus_client's own name for it (`chute.metrics`).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_dir(data_dir: Path) -> Iterator[Path]:
+    """A new, empty directory under `data_dir`/metrics in PROMETHEUS_MULTIPROC_DIR while the
+    block runs, for this process and the ones it starts, which inherit it; removed after.
+
+    To be entered before anything imports prometheus_client (`chute.metrics`), which reads
+    the variable once, at import. New at every start, so no count of an earlier run is
+    added in, and this server's alone: several servers may share a data dir. Each holds a
+    lock on `<dir>.lock` while it runs (the kernel lets go when the process dies, SIGKILL
+    too), so a start removes the directories of servers that died without removing theirs
+    and leaves those of running ones. In the data dir, as the server may write there
+    whatever its sandbox (systemd's ProtectSystem=strict leaves /tmp read-only)."""
+    root = data_dir.resolve() / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
+    name = f"serve-{os.getpid()}-{secrets.token_hex(4)}"
+    # The lock first, the directory after: a directory without a lock is never a live one.
+    lock = os.open(root / f"{name}.lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    directory = root / name
+    before = os.environ.get(METRICS_DIR_ENV)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        directory.mkdir(mode=0o700)
+        os.environ[METRICS_DIR_ENV] = str(directory)
+        yield directory
+    finally:
+        if before is None:
+            os.environ.pop(METRICS_DIR_ENV, None)
+        else:
+            os.environ[METRICS_DIR_ENV] = before
+        shutil.rmtree(directory, ignore_errors=True)
+        (root / f"{name}.lock").unlink(missing_ok=True)
+        os.close(lock)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Remove the metrics directories of servers that are no longer running."""
+    for path in root.iterdir():
+        if path.suffix == ".lock":
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # its server just removed it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its server runs
+            finally:
+                os.close(fd)
+            shutil.rmtree(path.with_suffix(""), ignore_errors=True)
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and not path.with_name(f"{path.name}.lock").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def raise_open_files_limit() -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chute.api.deps import CurrentUser, RuntimeDep
+from chute.api.metrics import RefusalsCounted
 from chute.db.models import utcnow
 from chute.errors import ChuteError, Problem
 from chute.jobs.service import create_job
@@ -81,8 +82,8 @@ def options(rt: RuntimeDep) -> Response:
     )
 
 
-@router.post("", status_code=201, include_in_schema=False)
-@router.post("/", status_code=201)
+@router.post("", status_code=201, include_in_schema=False, dependencies=[RefusalsCounted])
+@router.post("/", status_code=201, dependencies=[RefusalsCounted])
 async def create(request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
     """A new upload: `Upload-Length`, and `Upload-Metadata` naming the job (`job_id`) or
     the new job's `name` (and `kind`, `params`); the body may carry the first bytes.
@@ -198,7 +199,7 @@ def head(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Re
     return Response(status_code=200, headers=headers)
 
 
-@router.patch("/{tus_id}", status_code=204)
+@router.patch("/{tus_id}", status_code=204, dependencies=[RefusalsCounted])
 async def patch(tus_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> Response:
     """Bytes appended at `Upload-Offset`, which must be the upload's."""
     _check_version(request)

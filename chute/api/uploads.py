@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
+from chute.api.metrics import RefusalsCounted
 from chute.api.schemas import ChunkAnswer
 from chute.upload import core
 from chute.upload.receive import ChunkReceiver
@@ -13,7 +14,7 @@ from chute.upload.stream import Body
 router = APIRouter(prefix="/api/job/{job_id}/upload-data", tags=["upload"])
 
 
-@router.post("")
+@router.post("", dependencies=[RefusalsCounted])
 async def upload_chunk(job_id: int, request: Request, user: CurrentUser) -> ChunkAnswer:
     """One chunk, as multipart/form-data; the body is streamed, never read whole."""
     length = request.headers.get("content-length")

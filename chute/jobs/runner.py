@@ -24,6 +24,7 @@ from chute.db.jobs import input_key, job_prefix, transition
 from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.jobs.isolation import UNEXPECTED, run_isolated
 from chute.jobs.kinds import JobCancelled, JobFailed, Kind
+from chute.metrics import job_run_ended
 from chute.storage import LocalPaths, PlacedPart
 from chute.upload.core import Source, parts_for_assembly, sources_for_assembly
 from chute.webhooks.events import job_changed
@@ -210,7 +211,9 @@ def _finish(rt: Runtime, claim: Claim, to: JobStatus, **values: Any) -> bool:
             job_changed(session, claim.job_id, to)
         session.commit()
     if done:
-        seconds = round(time.monotonic() - claim.t0, 3)
+        elapsed = time.monotonic() - claim.t0
+        job_run_ended(claim.kind, to.value, elapsed)
+        seconds = round(elapsed, 3)
         extra = {**_fields(claim, to.value), "seconds": seconds}
         log.info("job %s: %s after %.2f s", claim.job_id, to.value, seconds, extra=extra)
     return done

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from chute.db.jobs import expires_at, get_owned_job, transition
 from chute.db.models import Chunk, Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
+from chute.metrics import parts_recorded, upload_expired
 from chute.storage import PlacedPart
 
 TAKES_DATA = (JobStatus.AWAITING_UPLOAD, JobStatus.UPLOADING)
@@ -89,6 +90,9 @@ def record_parts(session: Session, job: Job, upload: Upload, parts: Sequence[New
         if completed_now:
             upload.completed_at = now
     session.commit()
+    # Here, once for both protocols: a tus final upload's parts are counted when they
+    # join it (its partial uploads record theirs outside the core).
+    parts_recorded([part.size for part in parts], completed_now)
     return completed_now
 
 
@@ -257,8 +261,10 @@ def expire_upload(session: Session, job_id: int, now: datetime, max_age: int) ->
     ):
         session.rollback()
         return None
-    storage_id = upload.storage_id
+    storage_id, expired = upload.storage_id, started(upload)
     session.execute(delete(Chunk).where(Chunk.job_id == job_id))
     session.delete(upload)
     session.commit()
+    if expired:
+        upload_expired()
     return storage_id
