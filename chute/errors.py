@@ -30,6 +30,7 @@ class Problem(Enum):
     ADMIN_ONLY = (403, "Only an admin may do this.")
     USER_DISABLED = (403, "This user is disabled; ask an admin to enable it.")
     JOB_NOT_FOUND = (404, "Job not found.")
+    USER_NOT_FOUND = (404, "User not found.")
     OUTPUT_NOT_FOUND = (404, "The job has no result file named {name!r}.")
     TUS_UPLOAD_NOT_FOUND = (404, "Upload not found.")
     WEBHOOK_NOT_FOUND = (404, "Webhook not found.")
@@ -128,6 +129,13 @@ class Problem(Enum):
     )
     NOT_READY = (503, "Chute is not ready: no answer from the {parts}.")
     STORAGE_FULL = (507, "The server's storage is full; the chunk was discarded, send it later.")
+    # The user's own limit (CHUTE_USER_QUOTA_BYTES or an admin's override), not the disk's.
+    QUOTA_EXCEEDED = (
+        507,
+        "This upload would pass your storage quota: it needs {need} more, and you use "
+        "{used} of your {quota}. Nothing of it was kept; delete jobs to free room, or ask "
+        "an admin for a larger quota.",
+    )
 
     @property
     def status(self) -> int:
