@@ -23,6 +23,7 @@ from chute.api import (
     health,
     jobs,
     openapi,
+    quotas,
     results,
     tus,
     uploads,
@@ -71,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    for module in (auth, users, jobs, uploads, tus, results, events, webhooks, config):
+    for module in (auth, users, quotas, jobs, uploads, tus, results, events, webhooks, config):
         app.include_router(module.router)
     checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.

@@ -18,6 +18,7 @@ from chute.api.schemas import LoginBody, Me, TokenAnswer
 from chute.auth.service import issue_token, revoke_token, sign_in
 from chute.auth.throttle import SigninLimits
 from chute.db.models import TokenKind, User, utcnow
+from chute.upload.quota import usage_of
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -87,5 +88,13 @@ def logout(request: Request, user: CurrentUser, session: SessionDep, rt: Runtime
 
 
 @router.get("/me")
-def me(user: CurrentUser) -> Me:
-    return Me(id=user.id, username=user.username, is_admin=user.is_admin)
+def me(user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Me:
+    usage = usage_of(session, rt.settings, user.id)
+    return Me(
+        id=user.id,
+        username=user.username,
+        is_admin=user.is_admin,
+        quota_bytes=usage.quota,
+        used_bytes=usage.stored,
+        reserved_bytes=usage.reserved,
+    )
