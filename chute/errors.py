@@ -135,6 +135,8 @@ class Problem(Enum):
         "This upload would pass your storage quota: it needs {need} more, and you use "
         "{used} of your {quota}. Nothing of it was kept; delete jobs to free room, or ask "
         "an admin for a larger quota.",
+        # For clients: a 507 that sending again will not cure (STORAGE_FULL may pass).
+        {"Chute-Quota": "exceeded"},
     )
 
     @property
