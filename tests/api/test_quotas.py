@@ -12,12 +12,16 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from chute.client import ChuteClientError, RetryPolicy
+from chute.client import Client as ChuteClient
+from tests.client_support import chunk_posts, token_of
 from tests.conftest import (
     Client,
     Deployment,
@@ -353,3 +357,18 @@ def test_outputs_count_and_deleting_a_job_frees_its_bytes(make_server: ServerFac
     assert me(client)["used_bytes"] == len(data) + made
     assert client.http.delete(f"/api/job/{job_id}").status_code == 204
     assert me(client)["used_bytes"] == 0
+
+
+def test_the_python_client_reports_a_quota_507_at_once(
+    server: Server, quota: int, tmp_path: Path
+) -> None:
+    """Unlike a full disk's 507, the quota's is not sent again: waiting frees no room."""
+    user = server.client()
+    path = tmp_path / "big.csv"
+    path.write_bytes(exact_csv(quota + 1))
+    with ChuteClient(server.url, token_of(user), retry=RetryPolicy(5, 0.01, 0.02)) as chute:
+        job = chute.create_job("too big")
+        with pytest.raises(ChuteClientError, match=QUOTA_WORDS):
+            chute.upload(job.id, path)
+    assert chunk_posts(server.log(), job.id, 507) == 1
+    assert chunk_posts(server.log(), job.id, None) == 1
