@@ -1,5 +1,6 @@
 // The Chute page: sign in, jobs, uploads, live job status and results.
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
+import { showQuota } from "./quota.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -218,6 +219,7 @@ async function openJobs() {
 }
 
 async function loadJobs() {
+  showQuota($("quota"));
   let page;
   try {
     page = await api("GET", `/api/job?limit=${PAGE_SIZE}&offset=${state.offset}`);
