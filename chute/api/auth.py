@@ -63,7 +63,19 @@ def login(
         secure=is_https(request, rt.settings.public_url),
         path="/",
     )
-    return Me(id=user.id, username=user.username, is_admin=user.is_admin)
+    return _me(session, rt, user.id, user.username, user.is_admin)
+
+
+def _me(session: SessionDep, rt: RuntimeDep, user_id: int, name: str, admin: bool) -> Me:
+    usage = usage_of(session, rt.settings, user_id)
+    return Me(
+        id=user_id,
+        username=name,
+        is_admin=admin,
+        quota_bytes=usage.quota,
+        used_bytes=usage.stored,
+        reserved_bytes=usage.reserved,
+    )
 
 
 @router.post("/logout", status_code=204)
@@ -89,12 +101,4 @@ def logout(request: Request, user: CurrentUser, session: SessionDep, rt: Runtime
 
 @router.get("/me")
 def me(user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Me:
-    usage = usage_of(session, rt.settings, user.id)
-    return Me(
-        id=user.id,
-        username=user.username,
-        is_admin=user.is_admin,
-        quota_bytes=usage.quota,
-        used_bytes=usage.stored,
-        reserved_bytes=usage.reserved,
-    )
+    return _me(session, rt, user.id, user.username, user.is_admin)

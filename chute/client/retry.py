@@ -4,9 +4,9 @@ Network errors (a stalled request cut off included), 5xx, 408, 423, 429 and 507 
 worth another try: the server is restarting, overloaded, short of disk for a while,
 cut off a request whose body stopped coming (408), or still holds the chunk for a
 request that died (423). A 507 of the user's storage quota is not: it says
-`Chute-Quota`, and only deleting jobs (or an admin) makes room. Every other 4xx is an answer about the request itself, and
-sending it again would get the same answer: a 409 for a chunk whose bytes differ
-from those the server holds stays final.
+`Chute-Quota`, and only deleting jobs (or an admin) makes room. Every other 4xx is an
+answer about the request itself, and sending it again would get the same answer: a 409
+for a chunk whose bytes differ from those the server holds stays final.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chute.config import Settings
@@ -99,16 +99,32 @@ def effective(settings: Settings, override: int | None) -> int | None:
 
 
 def upload_floor(upload: Upload) -> int:
-    """The least an unfinished upload's file can be, as far as the upload is bound to it.
+    """The least an unfinished upload's file can be, as far as the upload is bound to it."""
+    return _floor(
+        upload.protocol,
+        upload.chunks_received,
+        upload.file_size,
+        upload.chunk_size,
+        upload.total_chunks,
+    )
 
-    A chunk upload binds nothing until a chunk is recorded (a refused request leaves
-    nothing behind, `chute.upload.chunks`); then its `file_size`, or its chunk size times
-    all chunks but the last (each such chunk has exactly that size)."""
-    if upload.protocol == "tus":
-        return upload.file_size or 0
-    if upload.chunks_received == 0:
+
+def _floor(
+    protocol: str,
+    chunks_received: int,
+    file_size: int | None,
+    chunk_size: int | None,
+    total_chunks: int | None,
+) -> int:
+    """A tus upload is bound to its length from its creation. A chunk upload binds
+    nothing until a chunk is recorded (a refused request leaves nothing behind,
+    `chute.upload.chunks`); then its `file_size`, or its chunk size times all chunks but
+    the last (each such chunk has exactly that size)."""
+    if protocol == "tus":
+        return file_size or 0
+    if chunks_received == 0:
         return 0
-    return chunk_floor(upload.file_size, upload.chunk_size, upload.total_chunks)
+    return chunk_floor(file_size, chunk_size, total_chunks)
 
 
 def chunk_floor(file_size: int | None, chunk_size: int | None, total_chunks: int | None) -> int:
@@ -120,16 +136,31 @@ def chunk_floor(file_size: int | None, chunk_size: int | None, total_chunks: int
 
 
 def _held(session: Session, user_id: int) -> _Held:
-    whole = 0
+    owned = Job.user_id == user_id
+    whole = session.scalar(
+        select(func.coalesce(func.sum(Upload.bytes_received), 0))
+        .join(Job, Job.id == Upload.job_id)
+        # A cancelled job's input is removed.
+        .where(owned, Upload.completed_at.is_not(None), Job.status != JobStatus.CANCELLED)
+    )
+    whole = int(whole or 0)
     open_: dict[str, Unfinished] = {}
     rows = session.execute(
-        select(Upload, Job.status).join(Job, Job.id == Upload.job_id).where(Job.user_id == user_id)
+        select(
+            Upload.job_id,
+            Upload.bytes_received,
+            Upload.protocol,
+            Upload.chunks_received,
+            Upload.file_size,
+            Upload.chunk_size,
+            Upload.total_chunks,
+        )
+        .join(Job, Job.id == Upload.job_id)
+        .where(owned, Upload.completed_at.is_(None))
     )
-    for upload, status in rows:
-        if upload.completed_at is None:
-            open_[job_key(upload.job_id)] = Unfinished(upload.bytes_received, upload_floor(upload))
-        elif status != JobStatus.CANCELLED:  # a cancelled job's input is removed
-            whole += upload.bytes_received
+    for job_id, received, protocol, chunks, file_size, chunk_size, total in rows:
+        floor = _floor(protocol, chunks, file_size, chunk_size, total)
+        open_[job_key(job_id)] = Unfinished(received, floor)
     outputs = session.scalars(
         select(Job.outputs).where(Job.user_id == user_id, Job.outputs.is_not(None))
     )
