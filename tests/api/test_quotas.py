@@ -372,3 +372,36 @@ def test_the_python_client_reports_a_quota_507_at_once(
             chute.upload(job.id, path)
     assert chunk_posts(server.log(), job.id, 507) == 1
     assert chunk_posts(server.log(), job.id, None) == 1
+
+
+def test_parallel_tus_creations_never_pass_the_quota(server: Server, quota: int) -> None:
+    """Each creation locks its user's row while it counts: exactly three of eight fit."""
+    client = server.client()
+    length = quota // 4 + 1000
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: tus_create(client, length), range(8)))
+    assert sorted(a.status_code for a in answers) == [201] * 3 + [507] * 5
+    for answer in answers:
+        if answer.status_code == 507:
+            refused_for_quota(answer)
+    assert me(client)["reserved_bytes"] == 3 * length
+
+
+def test_chunks_through_two_api_processes_never_record_past_the_quota(
+    make_server: ServerFactory,
+) -> None:
+    """Each process sees its own requests streaming; the record checks the database again
+    under the user's lock, so what is recorded stays within the quota (README, Quotas)."""
+    chunk = 64 * 1024
+    srv = make_server("--workers", "2", "--no-worker", CHUTE_USER_QUOTA_BYTES=str(4 * chunk))
+    client = srv.client()
+    size = chunk + 1000
+    data = [exact_csv(size, seed=i) for i in range(12)]
+    jobs = [client.new_job() for _ in data]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(lambda i: client.send_chunk(jobs[i], 0, 1, data[i]), range(12)))
+    assert sorted(a.status_code for a in answers) == [200] * 3 + [507] * 9
+    for answer in answers:
+        if answer.status_code == 507:
+            refused_for_quota(answer)
+    assert me(client)["used_bytes"] == 3 * size

@@ -14,9 +14,12 @@ from chute.auth.service import add_user
 from chute.cli import parse_quota
 from chute.config import Settings
 from chute.db.migrate import upgrade
+from chute.db.models import Job, JobStatus
 from chute.db.session import make_engine, make_sessionmaker
 from chute.errors import ChuteError, Problem
-from chute.upload import quota
+from chute.storage import make_storage
+from chute.upload import chunks, quota
+from chute.upload.protocol import ChunkRequest
 from chute.upload.quota import Flight, QuotaLedger
 
 QUOTA = 1000
@@ -128,3 +131,32 @@ def test_sizes_the_command_takes(raw: str, size: int | None) -> None:
 def test_sizes_the_command_refuses(raw: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_quota(raw)
+
+
+def test_a_record_checks_the_database_again(world: World, tmp_path: Path) -> None:
+    """What another API process's ledger let through, the record refuses: two chunks
+    each checked against an empty database, only the first recorded."""
+    settings, sessions, user = world
+    storage = make_storage(settings.model_copy(update={"storage_url": f"file://{tmp_path}/s"}))
+    with sessions() as session:
+        jobs = []
+        for name in ("a", "b"):
+            job = Job(user_id=user, name=name, kind="profile", status=JobStatus.AWAITING_UPLOAD)
+            session.add(job)
+            session.commit()
+            jobs.append(job.id)
+    requests = [ChunkRequest(job_id, 0, 1, None, None, None, "data.csv") for job_id in jobs]
+    with sessions() as session:
+        plans = [chunks.open_upload(session, storage, settings, user, r) for r in requests]
+    stored = [chunks.StoredChunk(p.storage_id, 600, "0" * 64, True) for p in plans]
+    with sessions() as session:
+        assert chunks.record_chunk(session, settings, user, requests[0], stored[0]).completed_now
+    with sessions() as session:
+        error = refused(
+            lambda: chunks.record_chunk(session, settings, user, requests[1], stored[1])
+        )
+    assert "you use 600 bytes of your 1000 bytes" in str(error)
+    with sessions() as session:
+        assert quota.usage_of(session, settings, user).stored == 600
+        second = session.get(Job, jobs[1])
+        assert second is not None and second.status is JobStatus.AWAITING_UPLOAD
