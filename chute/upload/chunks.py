@@ -400,14 +400,15 @@ def is_recorded(session: Session, req: ChunkRequest) -> bool:
     return session.get(Chunk, (req.job_id, req.index)) is not None
 
 
-def check_takes_data(session: Session, user_id: int, job_id: int) -> None:
+def check_takes_data(session: Session, user_id: int, job_id: int) -> bool:
     """Refuse what `open_upload` refuses whatever the chunk's fields: a job that is not the
-    user's (404) or no longer takes data (409); a complete upload still takes re-sends.
-    For a file part sent before the fields, checked before any of its bytes is kept."""
+    user's (404) or no longer takes data (409); a complete upload still takes re-sends
+    (then True: the chunk can only be one). For a file part sent before the fields,
+    checked before any of its bytes is kept."""
     job = get_owned_job(session, user_id, job_id)
     upload = session.get(Upload, job.id)
     _check_protocol(upload)
-    if job.status in core.TAKES_DATA:
-        return
-    if upload is None or upload.completed_at is None:
+    complete = upload is not None and upload.completed_at is not None
+    if job.status not in core.TAKES_DATA and not complete:
         core.check_takes_data(job)
+    return complete

@@ -28,6 +28,7 @@ at its record: they are never recorded, and the client is told 507.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from chute.db.models import Chunk, Job, JobStatus, TusPartial, Upload, User
 from chute.errors import ChuteError, Problem
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # The most a quota can be: a 64-bit signed integer, as the column holds it.
 MAX_QUOTA = 2**63 - 1
@@ -205,9 +207,13 @@ def _refuse(before: int, after: int, quota: int) -> ChuteError:
     )
 
 
-def _judge(before: int, after: int, quota: int | None) -> None:
+def _judge(user_id: int, before: int, after: int, quota: int | None) -> None:
     """Refuse what raises the count past the quota; what adds nothing always passes."""
     if quota is not None and after > before and after > quota:
+        log.info(
+            "user %s: refused by the storage quota (%s bytes counted, %s more asked, quota %s)",
+            user_id, before, after - before, quota, extra={"user_id": user_id},
+        )  # fmt: skip
         raise _refuse(before, after, quota)
 
 
@@ -222,7 +228,7 @@ def check_new(session: Session, settings: Settings, user_id: int, length: int) -
     if quota is None:
         return
     before = _held(session, user_id).usage(quota).counted
-    _judge(before, before + length, quota)
+    _judge(user_id, before, before + length, quota)
 
 
 def check_record(
@@ -241,7 +247,7 @@ def check_record(
     _user(session, user_id, lock=True)
     held = _held(session, user_id)
     others = held.whole + sum(o.counted for k, o in held.open.items() if k != key)
-    _judge(others + before.counted, others + after.counted, quota)
+    _judge(user_id, others + before.counted, others + after.counted, quota)
 
 
 def unfinished(upload: Upload) -> Unfinished:
@@ -292,7 +298,7 @@ class QuotaLedger:
                 session.commit()
             if held is not None:
                 flights = self._flights.get(user_id, [])
-                _judge(_count(held, flights), _count(held, [*flights, flight]), quota)
+                _judge(user_id, _count(held, flights), _count(held, [*flights, flight]), quota)
             with self._guard:
                 self._flights.setdefault(user_id, []).append(flight)
         return Reservation(self, user_id, flight)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -191,9 +192,11 @@ class ChunkReceiver:
                         # The seed's sample sends the file before the fields: keep the
                         # bytes aside until the fields say where they go, once the job is
                         # known to take them, and the disk and the user's quota to have room.
-                        await self.path.in_thread(self._check_takes_data)
+                        complete = await self.path.in_thread(self._check_takes_data)
+                        # A complete upload takes only re-sends, which add nothing.
+                        most = 0 if complete else self._most(None, None)
                         spool_room = await self.path.in_thread(
-                            lambda: self._reserve(quota.Flight(self._key, self._most(None, None)))
+                            functools.partial(self._reserve, quota.Flight(self._key, most))
                         )
                         stack.callback(spool_room.release)
                         spool = await self.path.in_thread(self._open_spool)
@@ -222,9 +225,9 @@ class ChunkReceiver:
             return await self._finish(stored, request)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_takes_data(self) -> None:
+    def _check_takes_data(self) -> bool:
         with self.rt.sessions() as session:
-            chunks.check_takes_data(session, self.user_id, self.job_id)
+            return chunks.check_takes_data(session, self.user_id, self.job_id)
 
     def _open(self, request: ChunkRequest) -> chunks.ChunkPlan:
         with self.rt.sessions() as session:

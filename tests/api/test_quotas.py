@@ -189,7 +189,18 @@ def test_an_upload_reserves_its_file_and_a_resent_chunk_counts_once(
     # At the quota, to the byte: a re-send of a stored chunk still answers as before.
     again = client.send_chunk(job_id, 2, 4, parts[2], file_size=len(data))
     assert again.status_code == 200 and again.json()["complete"] is True, again.text
+    # So does one sent as the seed's sample sends it, the file part before the fields.
+    again = client.http.post(
+        f"/api/job/{job_id}/upload-data",
+        files=[
+            ("file", ("data.csv", parts[1], "text/csv")),
+            ("chunk_index", (None, "1")),
+            ("total_chunks", (None, "4")),
+        ],
+    )
+    assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
     assert me(client)["used_bytes"] == quota
+    assert f"user {user_id(server, client)}: refused by the storage quota" in server.log()
 
 
 def test_parallel_chunks_never_pass_the_quota(server: Server, quota: int) -> None:
