@@ -21,9 +21,10 @@ counted already, a re-sent chunk) goes through even when the user is past the qu
 Requests still streaming are counted too, by the `QuotaLedger` of the process they run
 in, so parallel chunks checked at once see each other. Another API process's requests
 are not in this ledger; for them the record of a chunk checks again in the database
-(`check_record`), under a lock of the user's row, so what the database counts never
-passes the quota. Between processes, then, a chunk's bytes may be written and refused
-at its record: they are never recorded, and the client is told 507.
+(`check_record`), under a lock of the user's row, so no chunk is recorded that takes
+the user past the quota. Between processes, then, a chunk's bytes may be written and
+refused at its record: they are never recorded, and the client is told 507. A tus
+creation counts recorded bytes and reservations, under the same lock (`check_new`).
 """
 
 from __future__ import annotations
