@@ -24,6 +24,7 @@ from chute.api import (
     jobs,
     metrics,
     openapi,
+    quotas,
     results,
     tokens,
     tus,
@@ -73,8 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Only these peers' X-Forwarded-For/-Proto are believed: they set the client's
         # address and scheme in the scope for everything after (sign-in limits, cookies).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    modules = (auth, users, tokens, jobs, uploads, tus, results, events, webhooks, config, metrics)
-    for module in modules:
+    modules = (auth, users, quotas, tokens, jobs, uploads, tus, results, events, webhooks)
+    for module in (*modules, config, metrics):
         app.include_router(module.router)
     checks = health.install(app)
     # After the API, so no page path can shadow a route under /api.

@@ -443,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     passwd.add_argument("name")
     passwd.set_defaults(func=cmd_user_passwd)
+    add_quota_command(user_commands)
 
     backup = commands.add_parser(
         "backup", help="copy the embedded deployment's data dir, while it runs, to DEST"
@@ -459,3 +460,74 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
+
+
+UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_quota(raw: str) -> int | None:
+    """`default` (None), or a number of bytes with an optional unit: 500MiB, 20GB, 0."""
+    text = raw.strip().lower().replace(" ", "")
+    if text == "default":
+        return None
+    digits = text.rstrip("kmgtib")
+    unit = text[len(digits) :]
+    if not digits.isascii() or not digits.isdigit() or unit not in UNITS or len(digits) > 19:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a size: give bytes (like 500MiB, 20GB or 0 for none) or default"
+        )
+    return int(digits) * UNITS[unit]
+
+
+def cmd_user_quota(args: argparse.Namespace) -> int:
+    """Show a user's storage quota and use, or set it (DESIGN §8), in the database."""
+    from sqlalchemy import select
+
+    from chute.db.models import User
+    from chute.db.session import make_engine, make_sessionmaker
+    from chute.errors import ChuteError
+    from chute.upload import quota
+
+    settings = _settings()
+    _prepare(settings)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            user = session.scalar(select(User).where(User.username == args.name))
+            if user is None:
+                print(f"chute: no user named {args.name!r}", file=sys.stderr)
+                return 1
+            if args.size is not _SHOW:
+                quota.set_override(session, user.id, args.size)
+            usage = quota.usage_of(session, settings, user.id)
+            override = user.quota_bytes
+    except ChuteError as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    limit = "no quota" if usage.quota is None else f"quota {usage.quota} bytes"
+    source = "the default (CHUTE_USER_QUOTA_BYTES)" if override is None else "set for this user"
+    print(
+        f"{args.name!r}: {limit}, {source}; uses {usage.stored} bytes"
+        + (f", {usage.reserved} more reserved by unfinished uploads" if usage.reserved else "")
+        + "."
+    )
+    return 0
+
+
+_SHOW = object()
+
+
+def add_quota_command(user_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    quota = user_commands.add_parser(
+        "quota",
+        help="show or set a user's storage quota: BYTES (500MiB, 20GB; 0: none) or default",
+    )
+    quota.add_argument("name")
+    quota.add_argument("size", nargs="?", type=parse_quota, default=_SHOW)
+    quota.set_defaults(func=cmd_user_quota)

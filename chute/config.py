@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_uploads_per_user: int = Field(16, ge=1)
     # Chunks are refused with 507 when storing one would leave less free disk than this.
     min_free_bytes: int = Field(1 * GiB, ge=0)
+    # Bytes each user may hold (unfinished uploads, stored files and job outputs) unless an
+    # admin set their own quota (`users.quota_bytes`); 0: no quota. Past it uploads get 507.
+    user_quota_bytes: int = Field(0, ge=0, le=2**63 - 1)
     # Seconds a request waits for another request still sending the same chunk; longer
     # than CHUTE_BODY_IDLE_TIMEOUT, so a re-send outwaits a request cut off unseen, and
     # shorter than the clients' stall timeout (60 s), which would otherwise cut off the

@@ -151,6 +151,15 @@ class Problem(Enum):
     )
     NOT_READY = (503, "Chute is not ready: no answer from the {parts}.")
     STORAGE_FULL = (507, "The server's storage is full; the chunk was discarded, send it later.")
+    # The user's own limit (CHUTE_USER_QUOTA_BYTES or an admin's override), not the disk's.
+    QUOTA_EXCEEDED = (
+        507,
+        "This upload would pass your storage quota: it needs {need} more, and you use "
+        "{used} of your {quota}. Nothing of it was kept; delete jobs to free room, or ask "
+        "an admin for a larger quota.",
+        # For clients: a 507 that sending again will not cure (STORAGE_FULL may pass).
+        {"Chute-Quota": "exceeded"},
+    )
 
     @property
     def status(self) -> int:

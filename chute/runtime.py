@@ -17,6 +17,7 @@ from chute.jobs.kinds import Kind, load_kinds
 from chute.jobs.queue import JobQueue, make_huey
 from chute.storage import PartLocking, Storage, make_storage
 from chute.upload.partlease import PartLeases
+from chute.upload.quota import QuotaLedger
 from chute.webhooks.delivery import Policy, deliver
 from chute.webhooks.events import EventConfig
 from chute.webhooks.queue import WebhookQueue, enqueue_on_commit, queue_name
@@ -42,6 +43,8 @@ class Runtime:
     # Who keeps two writers of one part apart: the storage itself where it can (local
     # disk), else the database's leases. Chosen here, once, never per request.
     part_locks: PartLocking = field(init=False)
+    # This process's upload requests still streaming, for the users' quotas.
+    quota_ledger: QuotaLedger = field(default_factory=QuotaLedger)
 
     def close(self) -> None:
         if self.oidc is not None:

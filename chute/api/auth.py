@@ -18,6 +18,7 @@ from chute.api.schemas import LoginBody, Me, TokenAnswer
 from chute.auth.service import issue_token, revoke_token, sign_in
 from chute.auth.throttle import SigninLimits
 from chute.db.models import TokenKind, User, utcnow
+from chute.upload.quota import usage_of
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -62,7 +63,19 @@ def login(
         secure=is_https(request, rt.settings.public_url),
         path="/",
     )
-    return Me(id=user.id, username=user.username, is_admin=user.is_admin)
+    return _me(session, rt, user.id, user.username, user.is_admin)
+
+
+def _me(session: SessionDep, rt: RuntimeDep, user_id: int, name: str, admin: bool) -> Me:
+    usage = usage_of(session, rt.settings, user_id)
+    return Me(
+        id=user_id,
+        username=name,
+        is_admin=admin,
+        quota_bytes=usage.quota,
+        used_bytes=usage.stored,
+        reserved_bytes=usage.reserved,
+    )
 
 
 @router.post("/logout", status_code=204)
@@ -87,5 +100,5 @@ def logout(request: Request, user: CurrentUser, session: SessionDep, rt: Runtime
 
 
 @router.get("/me")
-def me(user: CurrentUser) -> Me:
-    return Me(id=user.id, username=user.username, is_admin=user.is_admin)
+def me(user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Me:
+    return _me(session, rt, user.id, user.username, user.is_admin)

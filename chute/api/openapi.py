@@ -124,6 +124,7 @@ TUS_BODY: tuple[Entry, ...] = (
     Problem.TOO_MANY_UPLOADS,
     Problem.STORAGE_FULL,
     Problem.STORAGE_UNAVAILABLE,
+    Problem.QUOTA_EXCEEDED,
 )
 
 # What only a route's service knows it answers, beyond the derived errors.
@@ -161,8 +162,11 @@ ROUTE_PROBLEMS: dict[tuple[str, str], tuple[Entry, ...]] = {
         Problem.TOO_MANY_UPLOADS,
         Problem.STORAGE_UNAVAILABLE,
         Problem.STORAGE_FULL,
+        Problem.QUOTA_EXCEEDED,
     ),
     ("DELETE", "/api/job/{job_id}/upload-data"): (Problem.UPLOAD_COMPLETE,),
+    ("GET", "/api/users/{user_id}/quota"): (Problem.USER_NOT_FOUND,),
+    ("PUT", "/api/users/{user_id}/quota"): (Problem.USER_NOT_FOUND, Problem.INVALID_FIELD),
     ("POST", "/api/tus/"): (
         Problem.TUS_BAD_HEADER,
         Problem.TUS_VERSION,

@@ -118,6 +118,11 @@ class Me(BaseModel):
     id: int
     username: str
     is_admin: bool = False
+    # Storage quota (DESIGN §8): what applies (None: none), the bytes held, and what
+    # unfinished uploads of a known size still have to send; both count against it.
+    quota_bytes: int | None = None
+    used_bytes: int = 0
+    reserved_bytes: int = 0
 
 
 class ChunkAnswer(BaseModel):

@@ -3,9 +3,10 @@
 Network errors (a stalled request cut off included), 5xx, 408, 423, 429 and 507 are
 worth another try: the server is restarting, overloaded, short of disk for a while,
 cut off a request whose body stopped coming (408), or still holds the chunk for a
-request that died (423). Every other 4xx is an answer about the request itself, and
-sending it again would get the same answer: a 409 for a chunk whose bytes differ
-from those the server holds stays final.
+request that died (423). A 507 of the user's storage quota is not: it says
+`Chute-Quota`, and only deleting jobs (or an admin) makes room. Every other 4xx is an
+answer about the request itself, and sending it again would get the same answer: a 409
+for a chunk whose bytes differ from those the server holds stays final.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ RETRY_STATUSES = frozenset({408, 423, 429, 507})
 
 def retryable_status(status: int) -> bool:
     return status >= 500 or status in RETRY_STATUSES
+
+
+def retryable(response: httpx.Response) -> bool:
+    """A 507 of the user's storage quota (`Chute-Quota`), unlike a full disk's, is final:
+    waiting does not free the user's room, deleting jobs does."""
+    return retryable_status(response.status_code) and "chute-quota" not in response.headers
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -104,7 +111,7 @@ class RetryPolicy:
                     raise
                 failure: Exception = exc
             else:
-                if not (retryable_status(response.status_code) and may_repeat(response)):
+                if not (retryable(response) and may_repeat(response)):
                     return response
                 failure = ApiError(response.status_code, detail_of(response))
                 floor = retry_after(response) or 0.0

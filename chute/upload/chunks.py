@@ -21,7 +21,7 @@ from chute.db.jobs import expires_at, get_owned_job, input_key
 from chute.db.models import Chunk, Job, Upload, utcnow
 from chute.errors import ChuteError, Problem
 from chute.storage import Storage
-from chute.upload import core
+from chute.upload import core, quota
 from chute.upload.protocol import ChunkRequest
 
 
@@ -341,6 +341,7 @@ def record_chunk(
         )
     core.check_takes_data(job)
     _check_against_upload(upload, req)
+    counted_before = quota.unfinished(upload)
     size = stored.size
     file_size = _file_size(upload, req)
     if req.file_size is not None and upload.file_size is None:
@@ -376,6 +377,15 @@ def record_chunk(
                 f"the chunks add up to {stored_bytes} bytes, not the file_size {file_size}"
             )
         upload.file_size = file_size
+    # Requests of another API process are not in this one's quota ledger: the database's
+    # count is checked once more, the user's row locked (`chute.upload.quota`).
+    counted_after = quota.Unfinished(
+        upload.bytes_received + size,
+        quota.chunk_floor(upload.file_size, upload.chunk_size, upload.total_chunks),
+    )
+    quota.check_record(
+        session, settings, user_id, quota.job_key(job.id), counted_before, counted_after
+    )
     offset = None if upload.chunk_size is None else req.index * upload.chunk_size
     completed_now = core.record_parts(
         session,
@@ -390,14 +400,15 @@ def is_recorded(session: Session, req: ChunkRequest) -> bool:
     return session.get(Chunk, (req.job_id, req.index)) is not None
 
 
-def check_takes_data(session: Session, user_id: int, job_id: int) -> None:
+def check_takes_data(session: Session, user_id: int, job_id: int) -> bool:
     """Refuse what `open_upload` refuses whatever the chunk's fields: a job that is not the
-    user's (404) or no longer takes data (409); a complete upload still takes re-sends.
-    For a file part sent before the fields, checked before any of its bytes is kept."""
+    user's (404) or no longer takes data (409); a complete upload still takes re-sends
+    (then True: the chunk can only be one). For a file part sent before the fields,
+    checked before any of its bytes is kept."""
     job = get_owned_job(session, user_id, job_id)
     upload = session.get(Upload, job.id)
     _check_protocol(upload)
-    if job.status in core.TAKES_DATA:
-        return
-    if upload is None or upload.completed_at is None:
+    complete = upload is not None and upload.completed_at is not None
+    if job.status not in core.TAKES_DATA and not complete:
         core.check_takes_data(job)
+    return complete

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -36,7 +37,7 @@ from chute.errors import ChuteError, Problem, invalid
 from chute.runtime import Runtime
 from chute.storage import Part, PartWriter
 from chute.storage.base import HeldPart
-from chute.upload import chunks, core
+from chute.upload import chunks, core, quota
 from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.form import Field, FileData, FileEnd, FileStart, iter_form, malformed
 from chute.upload.protocol import ChunkRequest, add_field, has_position, parse_chunk_request
@@ -127,6 +128,7 @@ class _Stored:
     writer: PartWriter | None
     held: HeldPart | None
     check: CsvStartCheck | None
+    reservation: quota.Reservation | None
 
 
 class ChunkReceiver:
@@ -171,6 +173,7 @@ class ChunkReceiver:
             stored: _Stored | None = None
             spool: _SpoolWriter | None = None
             spooled: Pipeline | None = None
+            spool_room: quota.Reservation | None = None
             file_name: str | None = None
             events = iter_form(content_type, body.read(limit), content_length)
             async for event in events:
@@ -188,8 +191,14 @@ class ChunkReceiver:
                     else:
                         # The seed's sample sends the file before the fields: keep the
                         # bytes aside until the fields say where they go, once the job is
-                        # known to take them and the disk has room.
-                        await self.path.in_thread(self._check_takes_data)
+                        # known to take them, and the disk and the user's quota to have room.
+                        complete = await self.path.in_thread(self._check_takes_data)
+                        # A complete upload takes only re-sends, which add nothing.
+                        most = 0 if complete else self._most(None, None)
+                        spool_room = await self.path.in_thread(
+                            functools.partial(self._reserve, quota.Flight(self._key, most))
+                        )
+                        stack.callback(spool_room.release)
                         spool = await self.path.in_thread(self._open_spool)
                         stack.callback(spool.close)
                         spooled = Pipeline(
@@ -204,8 +213,9 @@ class ChunkReceiver:
                 raise invalid("the field file is missing")
             request = parse_chunk_request(self.job_id, fields, file_name, self.settings)
             if stored is None:
-                assert spool is not None and spooled is not None
+                assert spool is not None and spooled is not None and spool_room is not None
                 source = _read_file(spool.path, self.executor)
+                spool_room.release()  # the chunk's own reservation follows
                 stored = await self._store(stack, request, source, spooled.size)
             elif (request.index, request.total_chunks) != (
                 stored.request.index,
@@ -215,15 +225,26 @@ class ChunkReceiver:
             return await self._finish(stored, request)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_takes_data(self) -> None:
+    def _check_takes_data(self) -> bool:
         with self.rt.sessions() as session:
-            chunks.check_takes_data(session, self.user_id, self.job_id)
+            return chunks.check_takes_data(session, self.user_id, self.job_id)
 
     def _open(self, request: ChunkRequest) -> chunks.ChunkPlan:
         with self.rt.sessions() as session:
             return chunks.open_upload(
                 session, self.rt.storage, self.settings, self.user_id, request
             )
+
+    @property
+    def _key(self) -> str:
+        return quota.job_key(self.job_id)
+
+    def _reserve(
+        self, flight: quota.Flight, recorded: tuple[int, int] | None = None
+    ) -> quota.Reservation:
+        return self.rt.quota_ledger.reserve(
+            self.rt.sessions, self.settings, self.user_id, flight, recorded
+        )
 
     def _is_recorded(self, request: ChunkRequest) -> bool:
         with self.rt.sessions() as session:
@@ -250,7 +271,16 @@ class ChunkReceiver:
             raise plan.over_limit
         writer: PartWriter | None = None
         held: HeldPart | None = None
+        reservation: quota.Reservation | None = None
         if not plan.complete:
+            # Before any byte is stored: the user's quota takes the chunk, and the whole
+            # file when the request or the upload says how large it is.
+            floor = quota.chunk_floor(request.file_size, plan.chunk_size, request.total_chunks)
+            flight = quota.Flight(self._key, self._most(plan.limit, size), floor)
+            reservation = await self.path.in_thread(
+                lambda: self._reserve(flight, (self.job_id, request.index))
+            )
+            stack.callback(reservation.release)
             held = await self.path.lock(stack, plan.storage_id, request.index)
             if not await self.path.in_thread(lambda: self._is_recorded(request)):
                 part = Part(
@@ -267,7 +297,7 @@ class ChunkReceiver:
             plan.limit, plan.over_limit, writer, check, lambda: self._held_open(plan.storage_id)
         )
         await self.path.pump(source, pipeline)
-        return _Stored(request, plan, pipeline, writer, held, check)
+        return _Stored(request, plan, pipeline, writer, held, check, reservation)
 
     def _open_spool(self) -> _SpoolWriter:
         directory = self.settings.data_dir / "tmp"
@@ -306,7 +336,10 @@ class ChunkReceiver:
             with self.rt.sessions() as session:
                 return chunks.record_chunk(session, self.settings, self.user_id, request, chunk)
 
-        recorded = await self.path.in_thread(record)
+        reservation = stored.reservation
+        recorded = await self.path.in_thread(
+            record if reservation is None else lambda: reservation.settle(record)
+        )
         log.info(
             "job %s: chunk %s recorded (%s bytes)%s", self.job_id, request.index, pipeline.size,
             ", the upload is complete" if recorded.completed_now else "",

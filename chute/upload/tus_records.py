@@ -27,7 +27,7 @@ from chute.db.jobs import expires_at, get_owned_job, input_key
 from chute.db.models import Job, TusPartial, TusPartialPart, Upload, utcnow
 from chute.errors import ChuteError, Problem
 from chute.storage import Storage
-from chute.upload import core
+from chute.upload import core, quota
 from chute.upload.csvcheck import CsvStartCheck
 from chute.upload.stream import storage_errors
 
@@ -156,6 +156,8 @@ def create_upload(
     """A tus upload of `length` bytes for the user's job, which must await its upload."""
     check_length(settings, length)
     job, replaced = _job_taking_an_upload(session, storage, user_id, job_id)
+    # The whole length counts from the creation on: its PATCHes then never pass the quota.
+    quota.check_new(session, settings, user_id, length)
     with storage_errors():
         storage_id = storage.begin(input_key(job.id))
     upload = _tus_upload(storage, settings, job, storage_id, length, metadata, file_name)
@@ -185,6 +187,7 @@ def create_partial(
 ) -> TusState:
     """A partial upload (concatenation): bytes for a final upload to name later."""
     check_length(settings, length)
+    quota.check_new(session, settings, user_id, length)
     tus_id = _new_tus_id()
     with storage_errors():
         storage_id = storage.begin(partial_key(tus_id))

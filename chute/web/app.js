@@ -2,6 +2,7 @@
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
 import { adminLink, openAdmin } from "./admin.js";
 import { openTokens } from "./tokens.js";
+import { showQuota } from "./quota.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -226,6 +227,7 @@ async function openJobs() {
 }
 
 async function loadJobs() {
+  showQuota($("quota"));
   let page;
   try {
     page = await api("GET", `/api/job?limit=${PAGE_SIZE}&offset=${state.offset}`);

@@ -23,7 +23,8 @@ export type UploadErrorCode =
   | "too-large"
   | "empty"
   | "insecure"
-  | "headers";
+  | "headers"
+  | "quota";
 
 /** An upload that cannot go on: `status` is the HTTP status (0 for none). */
 export declare class UploadError extends Error {
@@ -66,6 +67,8 @@ export interface TransportAnswer {
   /** The answer's JSON, or null when it had none that parsed. */
   body: any;
   retryAfter: string | null;
+  /** The answer is a 507 of the user's storage quota (`Chute-Quota`): final, not retried. */
+  quota?: boolean;
 }
 
 /** Sends chunks; rejects with NetworkError when no answer came, AbortError when stopped. */

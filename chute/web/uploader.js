@@ -127,7 +127,7 @@ function describe(status, body, fallback) {
 
 // ---------------------------------------------------------------------------
 // Transports: send({url, form, headers, signal, onProgress(loaded, total), onAlive()})
-//   → Promise<{status, body, retryAfter}>; rejects with NetworkError when no answer
+//   → Promise<{status, body, retryAfter, quota}>; rejects with NetworkError when no answer
 //   came, with an AbortError when `signal` stopped it. `onProgress` as the body's bytes
 //   go out, `onAlive` on any other sign of the server (the answer's head, its body):
 //   the uploader's stall watch cuts off a request that hears neither for a while.
@@ -157,6 +157,7 @@ export function xhrTransport() {
             status: xhr.status,
             body: parseJson(xhr.responseText),
             retryAfter: xhr.getResponseHeader("Retry-After"),
+            quota: xhr.getResponseHeader("Chute-Quota") !== null,
           });
         xhr.onerror = () => settle(reject, new NetworkError());
         xhr.ontimeout = () => settle(reject, new NetworkError("The request timed out."));
@@ -204,6 +205,7 @@ export function fetchTransport(
         status: response.status,
         body: parseJson(text),
         retryAfter: response.headers.get("Retry-After"),
+        quota: response.headers.has("Chute-Quota"),
       };
     },
   };
@@ -805,6 +807,8 @@ export class Uploader extends EventTarget {
         continue;
       }
       const reason = describe(status, result?.body, failure?.message);
+      // A 507 of the user's quota, unlike one of a full disk, is not cured by waiting.
+      if (result?.quota) throw new UploadError(reason, { status, index, code: "quota" });
       if (!retryable(status)) throw new UploadError(reason, { status, index });
       if (attempt >= this.#retry.maxRetries) {
         const message =
@@ -878,7 +882,12 @@ export class Uploader extends EventTarget {
       if (signal.aborted) throw aborted();
       throw new NetworkError(`The connection to the server failed (${error.message}).`);
     }
-    return { status: response.status, body: parseJson(text), retryAfter: response.headers.get("Retry-After") };
+    return {
+      status: response.status,
+      body: parseJson(text),
+      retryAfter: response.headers.get("Retry-After"),
+      quota: response.headers.has("Chute-Quota"),
+    };
   }
 
   // --- progress -------------------------------------------------------------------

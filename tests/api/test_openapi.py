@@ -397,3 +397,17 @@ def test_api_sequences_match_its_document(make_server: ServerFactory) -> None:
     # success answer.
     assert sum(answers.values()) >= 50, seen
     assert len({label for label, _ in answers}) >= 6, seen
+
+
+def test_the_quota_routes_and_the_quotas_507_are_documented() -> None:
+    doc = _document()
+    assert statuses(doc, "GET", "/api/users/{user_id}/quota") == {200, 401, 403, 404, 422}
+    assert statuses(doc, "PUT", "/api/users/{user_id}/quota") == {
+        200, 400, 401, 403, 404, 408, 413, 422,
+    }  # fmt: skip
+    words = openapi.words(Problem.QUOTA_EXCEEDED)
+    for method, path in (("POST", UPLOAD), ("POST", "/api/tus/"), ("PATCH", "/api/tus/{tus_id}")):
+        response = doc["paths"][path][method.lower()]["responses"]["507"]
+        assert words in response["description"], (method, path)
+    me = doc["components"]["schemas"]["Me"]["properties"]
+    assert {"quota_bytes", "used_bytes", "reserved_bytes"} <= me.keys()
