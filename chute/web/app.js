@@ -2,7 +2,7 @@
 // Plain DOM, no framework; the upload protocol lives in uploader.js.
 import { adminLink, openAdmin } from "./admin.js";
 import { openTokens } from "./tokens.js";
-import { showQuota } from "./quota.js";
+import { formatBytes, showQuota } from "./quota.js";
 import { inspectCsv, Uploader, UploadMemory } from "./uploader.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "upload_expired"]);
@@ -63,15 +63,7 @@ async function api(method, path, body) {
 // --- formatting -----------------------------------------------------------------
 
 function bytes(n) {
-  if (n == null) return "–";
-  const units = ["bytes", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  let v = n;
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000;
-    i++;
-  }
-  return i === 0 ? `${n} bytes` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+  return n == null ? "–" : formatBytes(n);
 }
 
 function when(iso) {

@@ -3,9 +3,7 @@ PostgreSQL: (issuer, subject) is the user, created once however many requests ra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,29 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chute.auth.oidc import Identity
 from chute.auth.service import USERNAME_MAX, add_user, authenticate, user_for_identity
-from chute.db.migrate import upgrade
 from chute.db.models import User
-from chute.db.session import make_engine, make_sessionmaker
 from chute.errors import ChuteError
-from tests.conftest import postgres_database, require_services
 
 ISSUER = "https://id.example.com"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    def made(url: str) -> Iterator[sessionmaker[Session]]:
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
-
-    if request.param == "sqlite":
-        yield from made(f"sqlite:///{tmp_path / 'chute.db'}")
-        return
-    require_services(redis=False)
-    with postgres_database() as url:
-        yield from made(url)
 
 
 def test_a_user_is_created_once_and_found_again(sessions: sessionmaker[Session]) -> None:

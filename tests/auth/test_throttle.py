@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -15,11 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from chute.auth import service, throttle
 from chute.auth.service import add_user, issue_token, purge_expired, sign_in, user_for_token
 from chute.auth.throttle import SigninLimits
-from chute.db.migrate import upgrade
 from chute.db.models import AuthToken, SigninFailures, TokenKind, utcnow
-from chute.db.session import make_engine, make_sessionmaker
 from chute.errors import ChuteError, Problem
-from tests.conftest import postgres_database, require_services
 
 LIMITS = SigninLimits(
     max_failures=5,
@@ -28,23 +23,6 @@ LIMITS = SigninLimits(
     max_block=timedelta(seconds=300),
 )
 PASSWORD = "right-password"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'chute.db'}"
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
-        return
-    require_services(redis=False)
-    with postgres_database() as url:
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and a new password end, and what deleting a user takes with it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chute.auth import users
 from chute.auth.service import authenticate, issue_token, user_for_token
-from chute.db.migrate import upgrade
 from chute.db.models import (
     AuthToken,
     Chunk,
@@ -27,28 +25,10 @@ from chute.db.models import (
     User,
     utcnow,
 )
-from chute.db.session import make_engine, make_sessionmaker
 from chute.errors import ChuteError, Problem
 from chute.storage.memory import MemoryStorage
-from tests.conftest import postgres_database, require_services
 
 PASSWORD = "a good password"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    def made(url: str) -> Iterator[sessionmaker[Session]]:
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
-
-    if request.param == "sqlite":
-        yield from made(f"sqlite:///{tmp_path / 'chute.db'}")
-        return
-    require_services(redis=False)
-    with postgres_database() as url:
-        yield from made(url)
 
 
 def refused(problem: Problem) -> pytest.RaisesExc[ChuteError]:
