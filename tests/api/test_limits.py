@@ -23,6 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from chute.config import Settings
+from chute.serve import BODY_HIGH_WATER
 from tests.api.test_upload import chunk_parts, form_body, recorded, upload_status
 from tests.api.test_upload_robustness import peak_rss, serving_pids, start_raw, wait_read
 from tests.conftest import Deployment, Server, ServerFactory, serving
@@ -157,6 +158,13 @@ def idle_server(
 IDLE = "No byte of the request body came for 2 seconds; nothing was kept, send it again."
 
 
+# A chunk whose first half is far more than the server reads ahead of the application
+# (BODY_HIGH_WATER, chute/serve.py): once the server has read that half from the socket,
+# the request's route has taken in most of it, so it holds the chunk's part.
+HELD_BYTES = 8 * MiB
+assert HELD_BYTES // 2 >= 4 * BODY_HIGH_WATER
+
+
 def half_sent(server: Server, client: Any, job_id: int, data: bytes) -> socket.socket:
     """A chunk request whose body stops in the middle of the file part, as when a laptop
     sleeps: no FIN, no RST. Returns once the server has read what was sent (it then holds
@@ -171,7 +179,7 @@ def half_sent(server: Server, client: Any, job_id: int, data: bytes) -> socket.s
 def test_chunk_whose_body_stops_is_cut_off_and_records_nothing(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()
-    data = csv_of_size(2 * MiB)
+    data = csv_of_size(HELD_BYTES)
     with half_sent(idle_server, client, job_id, data) as sock:
         stopped = time.monotonic()
         status, headers, answer = answer_of(sock)
@@ -192,7 +200,7 @@ def test_chunk_whose_body_stops_is_cut_off_and_records_nothing(idle_server: Serv
 def test_resend_waits_for_the_dead_request_and_is_taken(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()
-    data = csv_of_size(2 * MiB)
+    data = csv_of_size(HELD_BYTES)
     with half_sent(idle_server, client, job_id, data) as dead:
         started = time.monotonic()
         answer = client.send_chunk(job_id, 0, 1, data)
@@ -209,7 +217,7 @@ def test_resend_waits_for_the_dead_request_and_is_taken(idle_server: Server) -> 
 def test_part_held_past_the_wait_is_423_with_retry_after(idle_server: Server) -> None:
     client = idle_server.client()
     job_id = client.new_job()
-    data = csv_of_size(2 * MiB)
+    data = csv_of_size(HELD_BYTES)
     content_type, body = form_body(chunk_parts(0, 1, data))
     sent = body.index(data) + len(data) // 2
     stop = threading.Event()
