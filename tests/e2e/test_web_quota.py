@@ -63,7 +63,7 @@ def test_the_jobs_page_shows_use_of_the_quota(web: Server, people: People, tmp_p
     view.get_by_role("button", name="Create job and upload").click()
     expect(page).to_have_url(re.compile(r"#/job/\d+$"))
     expect(page.locator("#upload-error")).to_contain_text(
-        "would pass your storage quota", timeout=10_000
+        "would pass your storage quota", timeout=30_000
     )
     big_job = alice.current_job_id()
     assert alice.held(big_job)["bytes_received"] == 0
