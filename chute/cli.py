@@ -485,39 +485,27 @@ def parse_quota(raw: str) -> int | None:
 
 def cmd_user_quota(args: argparse.Namespace) -> int:
     """Show a user's storage quota and use, or set it (DESIGN §8), in the database."""
-    from sqlalchemy import select
-
-    from chute.db.models import User
-    from chute.db.session import make_engine, make_sessionmaker
-    from chute.errors import ChuteError
     from chute.upload import quota
 
-    settings = _settings()
-    _prepare(settings)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            user = session.scalar(select(User).where(User.username == args.name))
-            if user is None:
-                print(f"chute: no user named {args.name!r}", file=sys.stderr)
-                return 1
-            if args.size is not _SHOW:
-                quota.set_override(session, user.id, args.size)
-            usage = quota.usage_of(session, settings, user.id)
-            override = user.quota_bytes
-    except ChuteError as exc:
-        print(f"chute: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
-    limit = "no quota" if usage.quota is None else f"quota {usage.quota} bytes"
-    source = "the default (CHUTE_USER_QUOTA_BYTES)" if override is None else "set for this user"
-    print(
-        f"{args.name!r}: {limit}, {source}; uses {usage.stored} bytes"
-        + (f", {usage.reserved} more reserved by unfinished uploads" if usage.reserved else "")
-        + "."
-    )
-    return 0
+    def action(settings: Settings, session: Session) -> str:
+        user = _named(session, args.name)
+        if args.size is not _SHOW:
+            quota.set_override(session, user.id, args.size)
+        usage = quota.usage_of(session, settings, user.id)
+        limit = "no quota" if usage.quota is None else f"quota {usage.quota} bytes"
+        source = (
+            "the default (CHUTE_USER_QUOTA_BYTES)"
+            if user.quota_bytes is None
+            else "set for this user"
+        )
+        reserved = f", {usage.reserved} more reserved by unfinished uploads"
+        return (
+            f"'{clean(user.username)}': {limit}, {source}; uses {usage.stored} bytes"
+            + (reserved if usage.reserved else "")
+            + "."
+        )
+
+    return _user_command(action)
 
 
 _SHOW = object()

@@ -6,9 +6,8 @@ from fastapi import APIRouter, Query, Response
 
 from chute.api.deps import CurrentUser, RuntimeDep, SessionDep
 from chute.api.schemas import JobCreate, JobPage, JobPublic
-from chute.db.jobs import MAX_ID, Leftovers, get_owned_job, job_prefix
+from chute.db.jobs import MAX_ID, get_owned_job, remove_stored
 from chute.jobs import service
-from chute.storage import Storage
 
 router = APIRouter(prefix="/api/job", tags=["jobs"])
 
@@ -44,20 +43,11 @@ def get_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep)
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> JobPublic:
     job, discard = service.cancel_job(session, user.id, job_id)
-    remove(rt.storage, discard)
-    rt.storage.delete_prefix(job_prefix(job_id))
+    remove_stored(rt.storage, discard, [job_id])
     return JobPublic.of(job, service.upload_of(session, job_id), rt.settings.upload_expiry)
 
 
 @router.delete("/{job_id}", status_code=204)
 def delete_job(job_id: int, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Response:
-    remove(rt.storage, service.delete_job(session, user.id, job_id))
-    rt.storage.delete_prefix(job_prefix(job_id))
+    remove_stored(rt.storage, service.delete_job(session, user.id, job_id), [job_id])
     return Response(status_code=204)
-
-
-def remove(storage: Storage, discard: Leftovers) -> None:
-    for upload_id in discard.uploads:
-        storage.abort(upload_id)
-    for key in discard.files:
-        storage.delete(key)

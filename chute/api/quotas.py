@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from chute.api.deps import AdminUser, RuntimeDep, SessionDep
+from chute.db.users import get_user
 from chute.upload import quota
 
 router = APIRouter(prefix="/api/users", tags=["users"])
@@ -32,7 +33,7 @@ class QuotaPublic(BaseModel):
 
 
 def _public(session: SessionDep, rt: RuntimeDep, user_id: int) -> QuotaPublic:
-    user = quota.user_of(session, user_id)
+    user = get_user(session, user_id)
     usage = quota.usage_of(session, rt.settings, user.id)
     return QuotaPublic(
         user_id=user.id,

@@ -6,7 +6,6 @@ A token's secret is shown to its owner once; the database keeps its SHA-256 only
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from chute.auth import throttle
 from chute.auth.passwords import hash_password, random_password, verify_password
-from chute.auth.tokens import is_api_token, purge_expired_api_tokens, revoke_secret
+from chute.auth.tokens import digest, is_api_token, purge_expired_api_tokens, revoke_secret
 from chute.db.models import AuthToken, TokenKind, User, utcnow
 from chute.errors import ChuteError, Problem
 
@@ -30,10 +29,6 @@ USERNAME_MAX = 100
 NO_PASSWORD = ""
 # Room kept after a name taken from a token for a suffix that makes it unique ("-12").
 _SUFFIX_ROOM = 12
-
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def check_username(name: str) -> str:
@@ -160,7 +155,7 @@ def issue_token(session: Session, user: User, kind: TokenKind, ttl: int) -> str:
         AuthToken(
             user_id=user.id,
             kind=kind,
-            token_hash=_digest(secret),
+            token_hash=digest(secret),
             expires_at=utcnow() + timedelta(seconds=ttl),
         )
     )
@@ -173,7 +168,7 @@ def user_for_token(session: Session, secret: str, kind: TokenKind, now: datetime
         select(User)
         .join(AuthToken, AuthToken.user_id == User.id)
         .where(
-            AuthToken.token_hash == _digest(secret),
+            AuthToken.token_hash == digest(secret),
             AuthToken.kind == kind,
             AuthToken.expires_at > now,
             User.disabled_at.is_(None),
@@ -187,7 +182,7 @@ def revoke_token(session: Session, secret: str, kind: TokenKind) -> None:
         revoke_secret(session, secret)
         return
     session.execute(
-        delete(AuthToken).where(AuthToken.token_hash == _digest(secret), AuthToken.kind == kind)
+        delete(AuthToken).where(AuthToken.token_hash == digest(secret), AuthToken.kind == kind)
     )
     session.commit()
 

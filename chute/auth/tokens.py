@@ -47,7 +47,8 @@ def is_api_token(secret: str) -> bool:
     return secret.startswith(PREFIX)
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """What the database keeps of a token's, or a session's, secret."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -112,7 +113,7 @@ def create(
     token = ApiToken(
         user_id=user_id,
         name=name,
-        token_hash=_digest(secret),
+        token_hash=digest(secret),
         created_at=now,
         expires_at=expires_at,
     )
@@ -143,7 +144,7 @@ def revoke(session: Session, user_id: int, token_id: int) -> None:
 
 def revoke_secret(session: Session, secret: str) -> None:
     """Delete the token with this secret, if there is one (a sign-out sent with it). Commits."""
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == _digest(secret)))
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == digest(secret)))
     session.commit()
 
 
@@ -162,7 +163,7 @@ def user_for_api_token(session: Session, secret: str, now: datetime) -> tuple[Us
         select(User, ApiToken.id, ApiToken.last_used_at)
         .join(ApiToken, ApiToken.user_id == User.id)
         .where(
-            ApiToken.token_hash == _digest(secret),
+            ApiToken.token_hash == digest(secret),
             or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now),
             User.disabled_at.is_(None),
         )

@@ -26,15 +26,14 @@ from sqlalchemy.orm import Session
 
 from chute.auth.passwords import hash_password
 from chute.auth.service import add_user, check_username
-from chute.db.jobs import Leftovers, job_prefix, leftovers
+from chute.db.jobs import Leftovers, leftovers, remove_stored
 from chute.db.models import AuthToken, Job, TusPartial, Upload, User, utcnow
+from chute.db.users import get_user
 from chute.errors import ChuteError, Problem, invalid
 from chute.storage import Storage
 
 log = logging.getLogger(__name__)
 
-# The largest id `users.id` holds (a 32-bit integer on PostgreSQL).
-MAX_USER_ID = 2**31 - 1
 # Longer passwords only cost hashing time.
 PASSWORD_MAX = 1000
 
@@ -47,16 +46,6 @@ def _note(what: str, user_id: int, actor_id: int | None) -> None:
 
 def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.id)))
-
-
-def get_user(session: Session, user_id: int, *, lock: bool = False) -> User:
-    if not 0 < user_id <= MAX_USER_ID:
-        raise ChuteError(Problem.USER_NOT_FOUND)
-    query = select(User).where(User.id == user_id)
-    user = session.scalar(query.with_for_update() if lock else query)
-    if user is None:
-        raise ChuteError(Problem.USER_NOT_FOUND)
-    return user
 
 
 def user_named(session: Session, username: str) -> User:
@@ -209,9 +198,4 @@ def delete_user(session: Session, user_id: int, *, actor_id: int | None) -> User
 def remove_files(storage: Storage, found: UserFiles) -> None:
     """Remove from storage what `delete_user` found. Idempotent: run it again after a
     failure, nothing is read from the database."""
-    for upload_id in found.leftovers.uploads:
-        storage.abort(upload_id)
-    for key in found.leftovers.files:
-        storage.delete(key)
-    for job_id in found.job_ids:
-        storage.delete_prefix(job_prefix(job_id))
+    remove_stored(storage, found.leftovers, found.job_ids)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from chute.db.models import Job, JobStatus, Upload, utcnow
 from chute.errors import ChuteError, Problem
+from chute.storage import Storage
 from chute.webhooks.events import job_changed
 
 # The largest id any supported database holds (a signed 64-bit integer).
@@ -81,6 +82,17 @@ class Leftovers:
 
     uploads: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+
+
+def remove_stored(storage: Storage, found: Leftovers, job_ids: Iterable[int] = ()) -> None:
+    """Remove from storage what deleting or cancelling jobs left (`found`), then each job's
+    folder. Reads nothing from the database, so it may run again after a failure."""
+    for upload_id in found.uploads:
+        storage.abort(upload_id)
+    for key in found.files:
+        storage.delete(key)
+    for job_id in job_ids:
+        storage.delete_prefix(job_prefix(job_id))
 
 
 def leftovers(upload: Upload | None) -> Leftovers:

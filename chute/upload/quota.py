@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chute.config import Settings
 from chute.db.models import Chunk, Job, JobStatus, TusPartial, Upload, User
+from chute.db.users import get_user
 from chute.errors import ChuteError, Problem
 
 T = TypeVar("T")
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 # The most a quota can be: a 64-bit signed integer, as the column holds it.
 MAX_QUOTA = 2**63 - 1
-MAX_USER_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -356,21 +356,13 @@ def _count(held: _Held, flights: list[Flight]) -> int:
     return total
 
 
-def user_of(session: Session, user_id: int, *, lock: bool = False) -> User:
-    """The user `user_id` (404 if there is none; users' ids are 32-bit)."""
-    user = _user(session, user_id, lock=lock) if 0 < user_id <= MAX_USER_ID else None
-    if user is None:
-        raise ChuteError(Problem.USER_NOT_FOUND)
-    return user
-
-
 def set_override(session: Session, user_id: int, quota_bytes: int | None) -> User:
     """An admin's quota for one user (None: back to CHUTE_USER_QUOTA_BYTES; 0: none)."""
     if quota_bytes is not None and not 0 <= quota_bytes <= MAX_QUOTA:
         raise ChuteError(
             Problem.INVALID_FIELD, what=f"quota_bytes must be between 0 and {MAX_QUOTA}"
         )
-    user = user_of(session, user_id, lock=True)
+    user = get_user(session, user_id, lock=True)
     user.quota_bytes = quota_bytes
     session.commit()
     return user

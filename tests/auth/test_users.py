@@ -25,6 +25,7 @@ from chute.db.models import (
     User,
     utcnow,
 )
+from chute.db.users import MAX_USER_ID
 from chute.errors import ChuteError, Problem
 from chute.storage.memory import MemoryStorage
 
@@ -62,7 +63,7 @@ def test_names_and_passwords_are_checked(sessions: sessionmaker[Session]) -> Non
 def test_unknown_ids_are_not_found(sessions: sessionmaker[Session]) -> None:
     make(sessions, "root", admin=True)
     with sessions() as session:
-        for user_id in (0, -1, 999_999, users.MAX_USER_ID, users.MAX_USER_ID + 1, 2**63):
+        for user_id in (0, -1, 999_999, MAX_USER_ID, MAX_USER_ID + 1, 2**63):
             with refused(Problem.USER_NOT_FOUND):
                 users.disable_user(session, user_id, actor_id=None)
             with refused(Problem.USER_NOT_FOUND):
