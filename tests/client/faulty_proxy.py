@@ -41,6 +41,8 @@ class Seen:
     at: float  # time.monotonic() when its head arrived
     index: int | None  # its chunk_index, when the proxy read that far
     verdict: Verdict
+    # time.monotonic() just before the proxy's own answer left: the client cannot have it
+    # sooner, so its wait for Retry-After starts after this.
     answered_at: float | None = None
 
 
@@ -116,13 +118,13 @@ class FaultyProxy:
                 b"" if verdict.retry_after is None else b"Retry-After: %g\r\n" % verdict.retry_after
             )
             payload = b'{"detail": "%s"}' % verdict.detail.encode()
+            seen.answered_at = time.monotonic()
             sock.sendall(
                 b"HTTP/1.1 %d Proxy\r\nContent-Type: application/json\r\n" % verdict.status
                 + extra
                 + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(payload)
                 + payload
             )
-            seen.answered_at = time.monotonic()
             sock.close()
         except OSError:
             sock.close()
