@@ -471,6 +471,9 @@ async function uploadFileChosen(file) {
   startUpload(state.jobId, file);
 }
 
+// Each failed uploader's message (see startUpload).
+const failures = new WeakMap();
+
 function startUpload(jobId, file) {
   const uploader = new Uploader(file, jobId, {
     memory: state.memory,
@@ -478,6 +481,9 @@ function startUpload(jobId, file) {
     parallel: state.config.parallel_chunks,
   });
   state.uploads.set(jobId, uploader);
+  // Kept for a view opened after the failure: one fast refusal (a quota's 507) can come
+  // before the job's view, which opens after the job is read, listens.
+  uploader.addEventListener("error", ({ detail }) => failures.set(uploader, detail.message));
   uploader.addEventListener("complete", () => {
     if (state.watch && state.jobId === jobId) state.watch.stop();
     if (state.jobId === jobId) state.watch = watchJob(jobId, renderJob);
@@ -576,6 +582,9 @@ function attachUploader(uploader) {
   els.pause.onclick = () => uploader.pause();
   els.resume.onclick = () => uploader.resume();
   els.cancel.onclick = () => uploader.cancel();
+  if (uploader.state === "failed" && failures.has(uploader)) {
+    els.error.textContent = clean(`The upload failed: ${failures.get(uploader)}`);
+  }
   buttons();
   if (uploader.state === "paused") say("Paused.");
 }
